@@ -1,0 +1,109 @@
+//! The `jobstream` command. See `jobstream --help` and the README.
+//!
+//! Exit codes: 0 success; 2 bad flags (clap); 66 input not found; 74 I/O error while running;
+//! 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
+
+mod demo;
+mod generate;
+mod replay;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for an input file that cannot be opened (sysexits EX_NOINPUT).
+pub const EXIT_NO_INPUT: u8 = 66;
+/// Exit code for an I/O failure while running (sysexits EX_IOERR).
+pub const EXIT_IO: u8 = 74;
+/// Exit code for an invalid configuration (sysexits EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobstream",
+    version,
+    about = "Moves AWS IoT Jobs events from MQTT into Kafka and analytics-ready Parquet.",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline on embedded defaults, with zero setup, and summarise what went where.
+    Demo(demo::DemoArgs),
+    /// Replay a capture (`TOPIC<TAB>PAYLOAD` lines) through the parser into Parquet and a DLQ.
+    Replay(replay::ReplayArgs),
+    /// Write a simulated fleet's job events as a capture file (the format `replay` reads).
+    Generate(generate::GenerateArgs),
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// A failure exiting with `code`.
+    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            code: EXIT_IO,
+            error,
+        }
+    }
+}
+
+/// Maps sink errors to exit codes: bad settings are configuration errors, the rest I/O.
+impl From<jobstream_sink::SinkError> for Failure {
+    fn from(error: jobstream_sink::SinkError) -> Self {
+        let code = match &error {
+            jobstream_sink::SinkError::Config { .. } => EXIT_CONFIG,
+            jobstream_sink::SinkError::Io { action, source, .. }
+                if *action == "open capture" && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                EXIT_NO_INPUT
+            }
+            _ => EXIT_IO,
+        };
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JOBSTREAM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("jobstream: error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}

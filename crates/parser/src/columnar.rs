@@ -1,0 +1,437 @@
+//! Events → Arrow record batches for the two tables, with exactly the column names and types
+//! of the Parquet contract (DESIGN.md, "Contracts users rely on").
+
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::builder::{
+    Int64Builder, ListBuilder, MapBuilder, MapFieldNames, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{Array as _, ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::model::{Event, Family, JobEvent, JobExecutionEvent, ProcessDetails};
+
+/// Where and when a message was received; both columns are null when the source did not record
+/// them (a capture file has no receive time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Provenance<'a> {
+    /// The MQTT topic the event arrived on.
+    pub mqtt_topic: Option<&'a str>,
+    /// When jobstream received it, ms since the epoch.
+    pub received_at_ms: Option<i64>,
+}
+
+/// A batch could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Arrow refused the columns (a bug: builders and schema disagree).
+    #[error("building an Arrow batch failed: {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn time_builder(capacity: usize) -> TimestampMillisecondBuilder {
+    TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC")
+}
+
+fn status_details_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    // Parquet's own names for map parts, so every reader sees a standard MAP.
+    let names = MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    };
+    MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
+        .with_values_field(Field::new("value", DataType::Utf8, false))
+}
+
+fn string_col(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn time_col(name: &str, nullable: bool) -> Field {
+    Field::new(name, timestamp_type(), nullable)
+}
+
+/// The schema of `job_events`.
+pub fn job_events_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields = vec![
+                string_col("event_id", false),
+                string_col("event_type", false),
+                string_col("operation", false),
+                string_col("job_id", false),
+                string_col("status", false),
+                time_col("event_time", false),
+                string_col("target_selection", true),
+                Field::new_list("targets", Field::new_list_field(DataType::Utf8, true), true),
+                string_col("description", true),
+                string_col("comment", true),
+                time_col("created_at", true),
+                time_col("last_updated_at", true),
+                time_col("completed_at", true),
+            ];
+            for (_, column, _) in ProcessDetails::COUNTERS {
+                fields.push(Field::new(column, DataType::Int64, true));
+            }
+            fields.extend([
+                string_col("extra", true),
+                string_col("mqtt_topic", true),
+                time_col("received_at", true),
+            ]);
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// The schema of `job_execution_events`.
+pub fn job_execution_events_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let map_type = status_details_builder().finish().data_type().clone();
+            Arc::new(Schema::new(vec![
+                string_col("event_id", false),
+                string_col("event_type", false),
+                string_col("operation", false),
+                string_col("job_id", false),
+                string_col("thing_arn", false),
+                string_col("thing_name", false),
+                string_col("status", false),
+                time_col("event_time", false),
+                Field::new("status_details", map_type, true),
+                string_col("extra", true),
+                string_col("mqtt_topic", true),
+                time_col("received_at", true),
+            ]))
+        })
+        .clone()
+}
+
+/// The schema of a family's table.
+pub fn schema(family: Family) -> SchemaRef {
+    match family {
+        Family::Job => job_events_schema(),
+        Family::Execution => job_execution_events_schema(),
+    }
+}
+
+/// Builds `job_events` batches.
+#[derive(Debug)]
+pub struct JobEventsBuilder {
+    event_id: StringBuilder,
+    event_type: StringBuilder,
+    operation: StringBuilder,
+    job_id: StringBuilder,
+    status: StringBuilder,
+    event_time: TimestampMillisecondBuilder,
+    target_selection: StringBuilder,
+    targets: ListBuilder<StringBuilder>,
+    description: StringBuilder,
+    comment: StringBuilder,
+    created_at: TimestampMillisecondBuilder,
+    last_updated_at: TimestampMillisecondBuilder,
+    completed_at: TimestampMillisecondBuilder,
+    counters: [Int64Builder; 8],
+    extra: StringBuilder,
+    mqtt_topic: StringBuilder,
+    received_at: TimestampMillisecondBuilder,
+    scratch: Vec<u8>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl JobEventsBuilder {
+    /// An empty builder sized for about `rows` rows.
+    pub fn with_capacity(rows: usize) -> Self {
+        let s = |avg: usize| StringBuilder::with_capacity(rows, rows * avg);
+        JobEventsBuilder {
+            event_id: s(36),
+            event_type: s(3),
+            operation: s(9),
+            job_id: s(36),
+            status: s(9),
+            event_time: time_builder(rows),
+            target_selection: s(8),
+            targets: ListBuilder::new(s(64)),
+            description: s(32),
+            comment: s(0),
+            created_at: time_builder(rows),
+            last_updated_at: time_builder(rows),
+            completed_at: time_builder(rows),
+            counters: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
+            extra: s(0),
+            mqtt_topic: s(64),
+            received_at: time_builder(rows),
+            scratch: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Appends one event as a row.
+    pub fn append(&mut self, event: &JobEvent<'_, '_>, provenance: &Provenance<'_>) {
+        let c = &event.common;
+        self.event_id.append_value(c.event_id);
+        self.event_type.append_value(Family::Job.event_type());
+        self.operation.append_value(event.operation.as_str());
+        self.job_id.append_value(c.job_id);
+        self.status.append_value(event.status.as_str());
+        self.event_time.append_value(c.event_time_ms);
+        self.target_selection.append_option(event.target_selection);
+        match &event.targets {
+            Some(targets) => {
+                for target in targets.iter() {
+                    self.bytes += target.len();
+                    self.targets.values().append_value(target);
+                }
+                self.targets.append(true);
+            }
+            None => self.targets.append(false),
+        }
+        self.description.append_option(event.description);
+        self.comment.append_option(event.comment);
+        self.created_at.append_option(event.created_at_ms);
+        self.last_updated_at.append_option(event.last_updated_at_ms);
+        self.completed_at.append_option(event.completed_at_ms);
+        let details = event.process_details.unwrap_or_default();
+        for (builder, (_, _, get)) in self.counters.iter_mut().zip(ProcessDetails::COUNTERS) {
+            builder.append_option(get(&details));
+        }
+        self.scratch.clear();
+        if c.extra.write_json(Family::Job, &mut self.scratch) {
+            self.extra
+                .append_value(String::from_utf8_lossy(&self.scratch));
+        } else {
+            self.extra.append_null();
+        }
+        self.mqtt_topic.append_option(provenance.mqtt_topic);
+        self.received_at.append_option(provenance.received_at_ms);
+        self.rows += 1;
+        self.bytes += 200
+            + c.event_id.len()
+            + c.job_id.len()
+            + event.description.map_or(0, str::len)
+            + event.comment.map_or(0, str::len)
+            + self.scratch.len()
+            + provenance.mqtt_topic.map_or(0, str::len);
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// An estimate of the memory the pending rows take, for flush decisions.
+    pub fn approx_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes the pending rows as a batch and leaves the builder empty (and reusable).
+    ///
+    /// # Errors
+    /// Only if Arrow refuses the columns, which would be a bug in this module.
+    pub fn finish(&mut self) -> Result<RecordBatch, BatchError> {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.event_type.finish()),
+            Arc::new(self.operation.finish()),
+            Arc::new(self.job_id.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.event_time.finish()),
+            Arc::new(self.target_selection.finish()),
+            Arc::new(self.targets.finish()),
+            Arc::new(self.description.finish()),
+            Arc::new(self.comment.finish()),
+            Arc::new(self.created_at.finish()),
+            Arc::new(self.last_updated_at.finish()),
+            Arc::new(self.completed_at.finish()),
+        ];
+        for counter in &mut self.counters {
+            columns.push(Arc::new(counter.finish()));
+        }
+        columns.push(Arc::new(self.extra.finish()));
+        columns.push(Arc::new(self.mqtt_topic.finish()));
+        columns.push(Arc::new(self.received_at.finish()));
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(RecordBatch::try_new(job_events_schema(), columns)?)
+    }
+}
+
+/// Builds `job_execution_events` batches.
+#[derive(Debug)]
+pub struct JobExecutionEventsBuilder {
+    event_id: StringBuilder,
+    event_type: StringBuilder,
+    operation: StringBuilder,
+    job_id: StringBuilder,
+    thing_arn: StringBuilder,
+    thing_name: StringBuilder,
+    status: StringBuilder,
+    event_time: TimestampMillisecondBuilder,
+    status_details: MapBuilder<StringBuilder, StringBuilder>,
+    extra: StringBuilder,
+    mqtt_topic: StringBuilder,
+    received_at: TimestampMillisecondBuilder,
+    scratch: Vec<u8>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl JobExecutionEventsBuilder {
+    /// An empty builder sized for about `rows` rows.
+    pub fn with_capacity(rows: usize) -> Self {
+        let s = |avg: usize| StringBuilder::with_capacity(rows, rows * avg);
+        JobExecutionEventsBuilder {
+            event_id: s(36),
+            event_type: s(13),
+            operation: s(9),
+            job_id: s(36),
+            thing_arn: s(80),
+            thing_name: s(40),
+            status: s(9),
+            event_time: time_builder(rows),
+            status_details: status_details_builder(),
+            extra: s(0),
+            mqtt_topic: s(64),
+            received_at: time_builder(rows),
+            scratch: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Appends one event as a row.
+    pub fn append(&mut self, event: &JobExecutionEvent<'_, '_>, provenance: &Provenance<'_>) {
+        let c = &event.common;
+        self.event_id.append_value(c.event_id);
+        self.event_type.append_value(Family::Execution.event_type());
+        self.operation.append_value(event.operation.as_str());
+        self.job_id.append_value(c.job_id);
+        self.thing_arn.append_value(event.thing_arn);
+        self.thing_name.append_value(event.thing_name());
+        self.status.append_value(event.status.as_str());
+        self.event_time.append_value(c.event_time_ms);
+        match &event.status_details {
+            Some(details) => {
+                for (key, value) in details.iter() {
+                    self.bytes += key.len() + value.len() + 8;
+                    self.status_details.keys().append_value(key);
+                    self.status_details.values().append_value(value);
+                }
+                // Cannot fail: keys and values were appended in pairs just above.
+                let _ = self.status_details.append(true);
+            }
+            None => {
+                let _ = self.status_details.append(false);
+            }
+        }
+        self.scratch.clear();
+        if c.extra.write_json(Family::Execution, &mut self.scratch) {
+            self.extra
+                .append_value(String::from_utf8_lossy(&self.scratch));
+        } else {
+            self.extra.append_null();
+        }
+        self.mqtt_topic.append_option(provenance.mqtt_topic);
+        self.received_at.append_option(provenance.received_at_ms);
+        self.rows += 1;
+        self.bytes += 120
+            + c.event_id.len()
+            + c.job_id.len()
+            + 2 * event.thing_arn.len()
+            + self.scratch.len()
+            + provenance.mqtt_topic.map_or(0, str::len);
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// An estimate of the memory the pending rows take, for flush decisions.
+    pub fn approx_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes the pending rows as a batch and leaves the builder empty (and reusable).
+    ///
+    /// # Errors
+    /// Only if Arrow refuses the columns, which would be a bug in this module.
+    pub fn finish(&mut self) -> Result<RecordBatch, BatchError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.event_type.finish()),
+            Arc::new(self.operation.finish()),
+            Arc::new(self.job_id.finish()),
+            Arc::new(self.thing_arn.finish()),
+            Arc::new(self.thing_name.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.event_time.finish()),
+            Arc::new(self.status_details.finish()),
+            Arc::new(self.extra.finish()),
+            Arc::new(self.mqtt_topic.finish()),
+            Arc::new(self.received_at.finish()),
+        ];
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(RecordBatch::try_new(
+            job_execution_events_schema(),
+            columns,
+        )?)
+    }
+}
+
+/// One builder per table; routes each event to its family's builder.
+#[derive(Debug)]
+pub struct TableBuilders {
+    /// `job_events` rows.
+    pub jobs: JobEventsBuilder,
+    /// `job_execution_events` rows.
+    pub executions: JobExecutionEventsBuilder,
+}
+
+impl TableBuilders {
+    /// Builders sized for about `rows` rows each.
+    pub fn with_capacity(rows: usize) -> Self {
+        TableBuilders {
+            jobs: JobEventsBuilder::with_capacity(rows / 8),
+            executions: JobExecutionEventsBuilder::with_capacity(rows),
+        }
+    }
+
+    /// Appends the event to its table's builder.
+    pub fn append(&mut self, event: &Event<'_, '_>, provenance: &Provenance<'_>) {
+        match event {
+            Event::Job(e) => self.jobs.append(e, provenance),
+            Event::Execution(e) => self.executions.append(e, provenance),
+        }
+    }
+
+    /// Pending rows in both tables.
+    pub fn len(&self) -> usize {
+        self.jobs.len() + self.executions.len()
+    }
+
+    /// Whether no row is pending in either table.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,36 @@
+//! AWS IoT Jobs events: MQTT topic + payload → typed, validated events → Arrow batches.
+//!
+//! This crate is the pure core of jobstream: no I/O, no threads, no async. The bridge calls it
+//! from its parser workers, `replay` from its reader loop, and the Kafka → Parquet stage on what
+//! it consumes, so every path validates and types events identically.
+//!
+//! ```text
+//!  topic ──▶ TopicParser ──┐
+//!                          ├──▶ Parser::parse ──▶ Ok(Event)  ──▶ TableBuilders ──▶ RecordBatch
+//!  payload ─▶ simd-json ───┘     (validation)  └─▶ Err(Reject{kind, message})  (to the DLQ)
+//!             tape (reused)
+//! ```
+//!
+//! * [`Parser`] owns all scratch memory (padded input copy, simd-json buffers, the tape) and
+//!   reuses it, so the steady state allocates nothing per message beyond the output columns.
+//!   The caller's payload is never modified: it is what goes to Kafka byte for byte.
+//! * [`Event`] borrows strings from the scratch input and lists/maps from the tape; it lives
+//!   inside the callback given to [`Parser::parse`].
+//! * [`Reject`] carries a stable [`RejectKind`] label (the DLQ's `error_kind`) and a message.
+//! * [`columnar`] holds the two table schemas of the Parquet contract and their builders.
+//!
+//! Times: AWS sends `timestamp` in epoch seconds and `createdAt`/`lastUpdatedAt`/`completedAt`
+//! in epoch milliseconds. Every time is normalised to milliseconds (see [`SECONDS_BELOW`]).
+
+pub mod columnar;
+mod json;
+pub mod model;
+mod parse;
+pub mod reject;
+pub mod topic;
+
+pub use columnar::{Provenance, TableBuilders};
+pub use model::{Event, Family};
+pub use parse::{Parser, ParserConfig, DEFAULT_MAX_PAYLOAD_BYTES, SECONDS_BELOW};
+pub use reject::{Reject, RejectKind};
+pub use topic::{TopicParser, DEFAULT_PREFIX};

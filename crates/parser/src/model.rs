@@ -1,0 +1,479 @@
+//! The typed model of AWS IoT Jobs events.
+//!
+//! Strings borrow from the parser's scratch copy of the payload (simd-json unescapes in
+//! place), lists and maps are views over the parsed tape: building an [`Event`] copies nothing.
+
+use simd_json::prelude::*;
+use simd_json::tape::Value;
+
+/// The two event families, one table each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// `eventType: "JOB"`, topics `<prefix>job/...`, table `job_events`.
+    Job,
+    /// `eventType: "JOB_EXECUTION"`, topics `<prefix>jobExecution/...`, table
+    /// `job_execution_events`.
+    Execution,
+}
+
+impl Family {
+    /// The payload's `eventType` value for this family.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Family::Job => "JOB",
+            Family::Execution => "JOB_EXECUTION",
+        }
+    }
+
+    /// The Parquet table name.
+    pub fn table(self) -> &'static str {
+        match self {
+            Family::Job => "job_events",
+            Family::Execution => "job_execution_events",
+        }
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value as AWS spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Parses the AWS spelling; `None` for anything else.
+            #[allow(clippy::should_implement_trait)]
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Operations of JOB events (the last topic segment).
+    JobOperation {
+        /// The job completed.
+        Completed => "completed",
+        /// The job was canceled.
+        Canceled => "canceled",
+        /// The job was deleted.
+        Deleted => "deleted",
+        /// Cancellation started.
+        CancellationInProgress => "cancellation_in_progress",
+        /// Deletion started.
+        DeletionInProgress => "deletion_in_progress",
+    }
+);
+
+string_enum!(
+    /// Job statuses as JOB events report them.
+    JobStatus {
+        /// Done.
+        Completed => "COMPLETED",
+        /// Canceled.
+        Canceled => "CANCELED",
+        /// Deleted.
+        Deleted => "DELETED",
+        /// Cancellation under way.
+        CancellationInProgress => "CANCELLATION_IN_PROGRESS",
+        /// Deletion under way.
+        DeletionInProgress => "DELETION_IN_PROGRESS",
+    }
+);
+
+string_enum!(
+    /// Operations of JOB_EXECUTION events.
+    ExecutionOperation {
+        /// The device reported success.
+        Succeeded => "succeeded",
+        /// The device reported failure.
+        Failed => "failed",
+        /// The device rejected the job.
+        Rejected => "rejected",
+        /// The execution was canceled.
+        Canceled => "canceled",
+        /// The thing was removed from the job's targets.
+        Removed => "removed",
+        /// The execution timed out.
+        TimedOut => "timed_out",
+        /// The execution was deleted.
+        Deleted => "deleted",
+    }
+);
+
+string_enum!(
+    /// Job execution statuses.
+    ExecutionStatus {
+        /// Waiting for the device.
+        Queued => "QUEUED",
+        /// The device is working on it.
+        InProgress => "IN_PROGRESS",
+        /// Succeeded.
+        Succeeded => "SUCCEEDED",
+        /// Failed.
+        Failed => "FAILED",
+        /// Rejected by the device.
+        Rejected => "REJECTED",
+        /// Canceled.
+        Canceled => "CANCELED",
+        /// Removed.
+        Removed => "REMOVED",
+        /// Timed out.
+        TimedOut => "TIMED_OUT",
+        /// Deleted.
+        Deleted => "DELETED",
+    }
+);
+
+impl JobOperation {
+    /// The status a JOB event with this operation must carry.
+    pub fn expected_status(self) -> JobStatus {
+        match self {
+            JobOperation::Completed => JobStatus::Completed,
+            JobOperation::Canceled => JobStatus::Canceled,
+            JobOperation::Deleted => JobStatus::Deleted,
+            JobOperation::CancellationInProgress => JobStatus::CancellationInProgress,
+            JobOperation::DeletionInProgress => JobStatus::DeletionInProgress,
+        }
+    }
+}
+
+impl ExecutionOperation {
+    /// Whether an execution event with this operation may carry `status`.
+    ///
+    /// Terminal operations name their status exactly. `deleted` can hit an execution in any
+    /// state (AWS deletes queued and in-progress executions too), so it accepts every status.
+    pub fn allows_status(self, status: ExecutionStatus) -> bool {
+        use ExecutionOperation as Op;
+        use ExecutionStatus as St;
+        matches!(
+            (self, status),
+            (Op::Succeeded, St::Succeeded)
+                | (Op::Failed, St::Failed)
+                | (Op::Rejected, St::Rejected)
+                | (Op::Canceled, St::Canceled)
+                | (Op::Removed, St::Removed)
+                | (Op::TimedOut, St::TimedOut)
+                | (Op::Deleted, _)
+        )
+    }
+}
+
+/// A validated event of either family.
+///
+/// The variants differ in size, but an event lives on the stack for one callback; boxing the
+/// larger one would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'t, 'i> {
+    /// A JOB event.
+    Job(JobEvent<'t, 'i>),
+    /// A JOB_EXECUTION event.
+    Execution(JobExecutionEvent<'t, 'i>),
+}
+
+impl<'t, 'i> Event<'t, 'i> {
+    /// The family (and so the table) of the event.
+    pub fn family(&self) -> Family {
+        match self {
+            Event::Job(_) => Family::Job,
+            Event::Execution(_) => Family::Execution,
+        }
+    }
+
+    /// The fields both families share.
+    pub fn common(&self) -> &Common<'t, 'i> {
+        match self {
+            Event::Job(e) => &e.common,
+            Event::Execution(e) => &e.common,
+        }
+    }
+
+    /// The operation as AWS spells it.
+    pub fn operation_str(&self) -> &'static str {
+        match self {
+            Event::Job(e) => e.operation.as_str(),
+            Event::Execution(e) => e.operation.as_str(),
+        }
+    }
+
+    /// The status as AWS spells it.
+    pub fn status_str(&self) -> &'static str {
+        match self {
+            Event::Job(e) => e.status.as_str(),
+            Event::Execution(e) => e.status.as_str(),
+        }
+    }
+}
+
+/// Fields every event has.
+#[derive(Debug, Clone, Copy)]
+pub struct Common<'t, 'i> {
+    /// `eventId`: AWS's id of the event; duplicates of it are redeliveries.
+    pub event_id: &'i str,
+    /// `timestamp`, normalised to milliseconds since the epoch (AWS sends seconds).
+    pub event_time_ms: i64,
+    /// `jobId`.
+    pub job_id: &'i str,
+    /// Payload fields the model does not know, to be kept as JSON (`extra` column).
+    pub extra: Extra<'t, 'i>,
+}
+
+/// A JOB event (`$aws/events/job/<jobId>/<operation>`).
+#[derive(Debug, Clone, Copy)]
+pub struct JobEvent<'t, 'i> {
+    /// Shared fields.
+    pub common: Common<'t, 'i>,
+    /// `operation`.
+    pub operation: JobOperation,
+    /// `status`, consistent with the operation.
+    pub status: JobStatus,
+    /// `targetSelection` (`SNAPSHOT` or `CONTINUOUS`), kept as sent.
+    pub target_selection: Option<&'i str>,
+    /// `targets`: thing and thing-group ARNs.
+    pub targets: Option<StrList<'t, 'i>>,
+    /// `description`.
+    pub description: Option<&'i str>,
+    /// `comment` (cancel and delete operations).
+    pub comment: Option<&'i str>,
+    /// `createdAt`, ms since the epoch.
+    pub created_at_ms: Option<i64>,
+    /// `lastUpdatedAt`, ms since the epoch.
+    pub last_updated_at_ms: Option<i64>,
+    /// `completedAt`, ms since the epoch (completed jobs).
+    pub completed_at_ms: Option<i64>,
+    /// `jobProcessDetails` counters (completed jobs).
+    pub process_details: Option<ProcessDetails>,
+}
+
+/// `jobProcessDetails`: how many things ended in each state. The spec shows five counters;
+/// AWS also reports queued, in-progress and timed-out things, and all are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessDetails {
+    /// `numberOfCanceledThings`.
+    pub canceled: Option<i64>,
+    /// `numberOfFailedThings`.
+    pub failed: Option<i64>,
+    /// `numberOfInProgressThings`.
+    pub in_progress: Option<i64>,
+    /// `numberOfQueuedThings`.
+    pub queued: Option<i64>,
+    /// `numberOfRejectedThings`.
+    pub rejected: Option<i64>,
+    /// `numberOfRemovedThings`.
+    pub removed: Option<i64>,
+    /// `numberOfSucceededThings`.
+    pub succeeded: Option<i64>,
+    /// `numberOfTimedOutThings`.
+    pub timed_out: Option<i64>,
+}
+
+/// A `jobProcessDetails` counter: payload key, column name, accessor.
+pub type Counter = (&'static str, &'static str, fn(&ProcessDetails) -> Option<i64>);
+
+impl ProcessDetails {
+    /// Payload key, column name and accessor of every counter, in column order.
+    pub const COUNTERS: [Counter; 8] = [
+        ("numberOfCanceledThings", "number_of_canceled_things", |p| {
+            p.canceled
+        }),
+        ("numberOfFailedThings", "number_of_failed_things", |p| {
+            p.failed
+        }),
+        (
+            "numberOfInProgressThings",
+            "number_of_in_progress_things",
+            |p| p.in_progress,
+        ),
+        ("numberOfQueuedThings", "number_of_queued_things", |p| {
+            p.queued
+        }),
+        ("numberOfRejectedThings", "number_of_rejected_things", |p| {
+            p.rejected
+        }),
+        ("numberOfRemovedThings", "number_of_removed_things", |p| {
+            p.removed
+        }),
+        (
+            "numberOfSucceededThings",
+            "number_of_succeeded_things",
+            |p| p.succeeded,
+        ),
+        (
+            "numberOfTimedOutThings",
+            "number_of_timed_out_things",
+            |p| p.timed_out,
+        ),
+    ];
+
+    pub(crate) fn slot(&mut self, key: &str) -> Option<&mut Option<i64>> {
+        Some(match key {
+            "numberOfCanceledThings" => &mut self.canceled,
+            "numberOfFailedThings" => &mut self.failed,
+            "numberOfInProgressThings" => &mut self.in_progress,
+            "numberOfQueuedThings" => &mut self.queued,
+            "numberOfRejectedThings" => &mut self.rejected,
+            "numberOfRemovedThings" => &mut self.removed,
+            "numberOfSucceededThings" => &mut self.succeeded,
+            "numberOfTimedOutThings" => &mut self.timed_out,
+            _ => return None,
+        })
+    }
+}
+
+/// A JOB_EXECUTION event (`$aws/events/jobExecution/<jobId>/<operation>`).
+#[derive(Debug, Clone, Copy)]
+pub struct JobExecutionEvent<'t, 'i> {
+    /// Shared fields.
+    pub common: Common<'t, 'i>,
+    /// `operation`.
+    pub operation: ExecutionOperation,
+    /// `status`, consistent with the operation.
+    pub status: ExecutionStatus,
+    /// `thingArn`.
+    pub thing_arn: &'i str,
+    /// `statusDetails`: string → string, as the device reported it.
+    pub status_details: Option<StrMap<'t, 'i>>,
+}
+
+impl JobExecutionEvent<'_, '_> {
+    /// The thing's name: the last `/` segment of `thingArn`.
+    pub fn thing_name(&self) -> &str {
+        thing_name(self.thing_arn)
+    }
+}
+
+/// The last `/` segment of an ARN (the whole string when there is no `/`).
+pub fn thing_name(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+/// A JSON array already checked to hold only strings.
+#[derive(Debug, Clone, Copy)]
+pub struct StrList<'t, 'i>(pub(crate) Value<'t, 'i>);
+
+impl<'t, 'i> StrList<'t, 'i> {
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.0.into_array().map_or(0, |a| a.len())
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The strings, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'i str> + 't {
+        self.0
+            .into_array()
+            .into_iter()
+            .flat_map(|a| a.iter())
+            .filter_map(|v| v.into_string())
+    }
+}
+
+/// A JSON object already checked to hold only string values.
+#[derive(Debug, Clone, Copy)]
+pub struct StrMap<'t, 'i>(pub(crate) Value<'t, 'i>);
+
+impl<'t, 'i> StrMap<'t, 'i> {
+    /// Number of entries (duplicate keys count each time they appear).
+    pub fn len(&self) -> usize {
+        self.0.into_object().map_or(0, |o| o.len())
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entries, in payload order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'i str, &'i str)> + 't {
+        self.0
+            .into_object()
+            .into_iter()
+            .flat_map(|o| o.iter())
+            .filter_map(|(k, v)| v.into_string().map(|v| (k, v)))
+    }
+}
+
+/// Unknown fields of an event, still on the tape; serialised to JSON only when written.
+///
+/// `fields` are unknown top-level members; `process_details` are unknown members inside
+/// `jobProcessDetails`, kept under that key so nothing AWS sends is lost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'t, 'i> {
+    pub(crate) object: Option<Value<'t, 'i>>,
+    pub(crate) process_details: Option<Value<'t, 'i>>,
+    pub(crate) unknown_top: u32,
+    pub(crate) unknown_nested: u32,
+}
+
+impl Extra<'_, '_> {
+    /// Whether there is nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        self.unknown_top == 0 && self.unknown_nested == 0
+    }
+
+    /// Appends the unknown fields as one JSON object to `out`; writes nothing and returns
+    /// `false` when there are none.
+    pub fn write_json(&self, family: Family, out: &mut Vec<u8>) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let mut first = true;
+        out.push(b'{');
+        if let Some(object) = self.object.and_then(|v| v.into_object()) {
+            for (key, value) in object.iter() {
+                if crate::parse::is_known_top_level(family, key) {
+                    continue;
+                }
+                member(out, &mut first, key);
+                crate::json::write_value(out, value);
+            }
+        }
+        if let Some(details) = self.process_details.and_then(|v| v.into_object()) {
+            if self.unknown_nested > 0 {
+                member(out, &mut first, "jobProcessDetails");
+                let mut first_nested = true;
+                out.push(b'{');
+                for (key, value) in details.iter() {
+                    if ProcessDetails::default().slot(key).is_some() {
+                        continue;
+                    }
+                    member(out, &mut first_nested, key);
+                    crate::json::write_value(out, value);
+                }
+                out.push(b'}');
+            }
+        }
+        out.push(b'}');
+        true
+    }
+}
+
+fn member(out: &mut Vec<u8>, first: &mut bool, key: &str) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    crate::json::write_str(out, key);
+    out.push(b':');
+}

@@ -1,0 +1,18 @@
+//! jobstream's sinks.
+//!
+//! * [`parquet`]: Arrow batches → Parquet files, one open file per table and event date, each
+//!   written under a temporary name, fsynced and published by atomic rename, named after the
+//!   input positions it holds so that a rerun rewrites the same names instead of adding copies.
+//! * [`dlq`]: the dead-letter file of rejected inputs (JSON lines).
+//! * [`replay`]: a capture file through the parser into these sinks.
+//!
+//! Execution model: everything here is synchronous and single-owner; the async pipeline calls
+//! it from dedicated blocking tasks. Errors are [`SinkError`]s that name the path or setting.
+
+pub mod dlq;
+mod error;
+pub mod parquet;
+pub mod replay;
+pub mod time;
+
+pub use error::SinkError;

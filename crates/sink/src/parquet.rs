@@ -1,0 +1,624 @@
+//! Parquet files for the two tables, published atomically and named after what they hold.
+//!
+//! Layout: `<root>/<table>/date=YYYY-MM-DD/<source>+<first>+<last>.parquet`, where `source`
+//! identifies the input (a Kafka topic and partition, or a capture file) and `first`/`last`
+//! are the input positions (offsets, line numbers) of the first and last row in the file.
+//!
+//! Life of a file:
+//! 1. rows gather in Arrow builders; every `batch_rows` rows they are encoded into the open
+//!    writer, and the row group is flushed once `in_progress_size()` passes `row_group_bytes`,
+//!    so memory per open file stays bounded whatever the file size;
+//! 2. the file is written as `.<source>+<first>.inprogress` in its partition directory — a
+//!    dot-file that DuckDB, Spark and Hive all ignore;
+//! 3. on roll (rows, bytes, age, inactivity, or finish) the writer is closed, the file fsynced,
+//!    renamed to its final name and the directory fsynced: readers see whole files or nothing;
+//! 4. a crash leaves only `.inprogress` files, which [`ParquetSink::new`] removes for its source.
+//!
+//! Exactly-once: on start the sink indexes the published files of its source; an input position
+//! already covered by a published file of the same table and date is skipped. Rolling on rows
+//! and bytes is deterministic, so a rerun over the same input writes the same names.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use jobstream_parser::columnar::{JobEventsBuilder, JobExecutionEventsBuilder, Provenance};
+use jobstream_parser::{Event, Family};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::time::{date_string, epoch_day, parse_date};
+use crate::SinkError;
+
+/// Compression codec for Parquet pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// zstd at a level from 1 (fast) to 22 (small); 3 is the default.
+    Zstd(i32),
+    /// Snappy.
+    Snappy,
+    /// LZ4 (raw).
+    Lz4,
+    /// No compression.
+    None,
+}
+
+impl FromStr for Codec {
+    type Err = String;
+
+    /// `zstd`, `zstd:LEVEL`, `snappy`, `lz4` or `none`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, level) = match text.split_once(':') {
+            Some((name, level)) => (name, Some(level)),
+            None => (text, None),
+        };
+        match (name.to_ascii_lowercase().as_str(), level) {
+            ("zstd", None) => Ok(Codec::Zstd(3)),
+            ("zstd", Some(level)) => match level.parse::<i32>() {
+                Ok(n) if (1..=22).contains(&n) => Ok(Codec::Zstd(n)),
+                _ => Err(format!("zstd level must be 1..=22, got {level:?}")),
+            },
+            ("snappy", None) => Ok(Codec::Snappy),
+            ("lz4", None) => Ok(Codec::Lz4),
+            ("none" | "uncompressed", None) => Ok(Codec::None),
+            _ => Err(format!(
+                "unknown codec {text:?}: use zstd, zstd:LEVEL (1-22), snappy, lz4 or none"
+            )),
+        }
+    }
+}
+
+impl Codec {
+    fn to_parquet(self) -> Result<Compression, SinkError> {
+        Ok(match self {
+            Codec::Zstd(level) => {
+                Compression::ZSTD(ZstdLevel::try_new(level).map_err(|e| SinkError::Config {
+                    setting: "parquet.compression",
+                    value: format!("zstd:{level}"),
+                    reason: e.to_string(),
+                })?)
+            }
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Lz4 => Compression::LZ4_RAW,
+            Codec::None => Compression::UNCOMPRESSED,
+        })
+    }
+}
+
+/// How Parquet files are written and when they roll.
+#[derive(Debug, Clone)]
+pub struct ParquetConfig {
+    /// Output root; tables go to `<root>/job_events/` and `<root>/job_execution_events/`.
+    pub root: PathBuf,
+    /// Page compression.
+    pub codec: Codec,
+    /// Rows buffered in Arrow builders before they are encoded (bounds builder memory).
+    pub batch_rows: usize,
+    /// Encoded-but-unflushed bytes (`in_progress_size()`) at which a row group is flushed.
+    pub row_group_bytes: usize,
+    /// A file is published once it holds this many rows.
+    pub max_file_rows: u64,
+    /// A file is published once its size reaches this many bytes.
+    pub max_file_bytes: u64,
+    /// A file is published once it has been open this long (`None`: never by age).
+    pub max_file_age: Option<Duration>,
+    /// A file is published once no row arrived for this long (`None`: never by inactivity).
+    pub idle_timeout: Option<Duration>,
+    /// Open files at most; the least recently written is published to make room. Each open
+    /// file holds up to `batch_rows` rows and one row group in memory.
+    pub max_open_files: usize,
+}
+
+impl ParquetConfig {
+    /// Defaults for `root`: zstd level 3, 8192-row batches, 32 MiB row groups, files of up to
+    /// 64 MiB or 5 million rows, published after 10 minutes open or 60 seconds idle.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ParquetConfig {
+            root: root.into(),
+            codec: Codec::Zstd(3),
+            batch_rows: 8192,
+            row_group_bytes: 32 << 20,
+            max_file_rows: 5_000_000,
+            max_file_bytes: 64 << 20,
+            max_file_age: Some(Duration::from_secs(600)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_open_files: 32,
+        }
+    }
+
+    fn validate(&self) -> Result<(), SinkError> {
+        let positive = |setting: &'static str, value: u64| {
+            if value == 0 {
+                Err(SinkError::Config {
+                    setting,
+                    value: "0".into(),
+                    reason: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("parquet.batch_rows", self.batch_rows as u64)?;
+        positive("parquet.row_group_bytes", self.row_group_bytes as u64)?;
+        positive("parquet.max_file_rows", self.max_file_rows)?;
+        positive("parquet.max_file_bytes", self.max_file_bytes)?;
+        positive("parquet.max_open_files", self.max_open_files as u64)?;
+        self.codec.to_parquet().map(|_| ())
+    }
+}
+
+/// A published Parquet file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedFile {
+    /// Which table.
+    pub family: Family,
+    /// Final path.
+    pub path: PathBuf,
+    /// Input position of the first row.
+    pub first: u64,
+    /// Input position of the last row.
+    pub last: u64,
+    /// Rows in the file.
+    pub rows: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+}
+
+/// What [`ParquetSink::append`] did with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Buffered into an open file.
+    Written,
+    /// Already in a published file from an earlier run; not written again.
+    AlreadyPublished,
+}
+
+/// Makes a source name safe as a file-name component (`[A-Za-z0-9._-]`, others become `_`).
+pub fn sanitize_source(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_start_matches('.');
+    if trimmed.is_empty() {
+        "input".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+fn final_name(source: &str, first: u64, last: u64) -> String {
+    format!("{source}+{first:012}+{last:012}.parquet")
+}
+
+fn temp_name(source: &str, first: u64) -> String {
+    format!(".{source}+{first:012}.inprogress")
+}
+
+/// `(first, last)` of a published file name of `source`.
+fn parse_final_name(source: &str, name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(source)?.strip_prefix('+')?;
+    let rest = rest.strip_suffix(".parquet")?;
+    let (first, last) = rest.split_once('+')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+// One per open file, and open files are few (max_open_files): size is not worth a Box.
+#[allow(clippy::large_enum_variant)]
+enum Rows {
+    Jobs(JobEventsBuilder),
+    Executions(JobExecutionEventsBuilder),
+}
+
+struct OpenFile {
+    temp_path: PathBuf,
+    dir: PathBuf,
+    file: File,
+    writer: ArrowWriter<File>,
+    rows: Rows,
+    first: u64,
+    last: u64,
+    row_count: u64,
+    opened: Instant,
+    last_append: Instant,
+}
+
+impl std::fmt::Debug for OpenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFile")
+            .field("temp_path", &self.temp_path)
+            .field("first", &self.first)
+            .field("last", &self.last)
+            .field("rows", &self.row_count)
+            .finish()
+    }
+}
+
+/// Writes the rows of one input source (a Kafka partition, a capture file) to Parquet.
+///
+/// Execution model: synchronous, single owner. Positions must be given in increasing order.
+/// Error contract: an I/O or encoder error leaves already published files intact; the open
+/// temporaries are removed by [`abandon`](Self::abandon) or by the next start.
+#[derive(Debug)]
+pub struct ParquetSink {
+    config: ParquetConfig,
+    properties: WriterProperties,
+    source: String,
+    open: HashMap<(Family, i64), OpenFile>,
+    published_index: HashMap<(Family, i64), Vec<(u64, u64)>>,
+    published: Vec<PublishedFile>,
+}
+
+impl ParquetSink {
+    /// A sink for `source` (sanitised with [`sanitize_source`]). Removes temporaries a crashed
+    /// run of the same source left, and indexes its published files.
+    ///
+    /// # Errors
+    /// Invalid settings, or the root cannot be created or read.
+    pub fn new(config: ParquetConfig, source: &str) -> Result<Self, SinkError> {
+        config.validate()?;
+        let source = sanitize_source(source);
+        let properties = writer_properties(&config)?;
+        let mut published_index: HashMap<(Family, i64), Vec<(u64, u64)>> = HashMap::new();
+        for family in [Family::Job, Family::Execution] {
+            let table_dir = config.root.join(family.table());
+            fs::create_dir_all(&table_dir)
+                .map_err(SinkError::io("create directory", &table_dir))?;
+            let partitions = fs::read_dir(&table_dir).map_err(SinkError::io("list", &table_dir))?;
+            for partition in partitions.flatten() {
+                let name = partition.file_name();
+                let Some(day) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("date="))
+                    .and_then(parse_date)
+                else {
+                    continue;
+                };
+                let dir = partition.path();
+                let files = fs::read_dir(&dir).map_err(SinkError::io("list", &dir))?;
+                for file in files.flatten() {
+                    let file_name = file.file_name();
+                    let Some(file_name) = file_name.to_str() else {
+                        continue;
+                    };
+                    if file_name.starts_with(&format!(".{source}+"))
+                        && file_name.ends_with(".inprogress")
+                    {
+                        let path = file.path();
+                        fs::remove_file(&path)
+                            .map_err(SinkError::io("remove stale temporary", &path))?;
+                        tracing::info!(path = %path.display(), "removed a temporary left by an interrupted run");
+                    } else if let Some(range) = parse_final_name(&source, file_name) {
+                        published_index
+                            .entry((family, day))
+                            .or_default()
+                            .push(range);
+                    }
+                }
+            }
+        }
+        for ranges in published_index.values_mut() {
+            ranges.sort_unstable();
+        }
+        Ok(ParquetSink {
+            config,
+            properties,
+            source,
+            open: HashMap::new(),
+            published_index,
+            published: Vec::new(),
+        })
+    }
+
+    /// The sanitised source name used in file names.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The highest input position already published by an earlier run, if any.
+    pub fn published_up_to(&self) -> Option<u64> {
+        self.published_index
+            .values()
+            .filter_map(|ranges| ranges.last().map(|r| r.1))
+            .max()
+    }
+
+    fn already_published(&self, family: Family, day: i64, position: u64) -> bool {
+        let Some(ranges) = self.published_index.get(&(family, day)) else {
+            return false;
+        };
+        let i = ranges.partition_point(|&(first, _)| first <= position);
+        i > 0 && ranges[i - 1].1 >= position
+    }
+
+    /// Adds one event at input `position`.
+    ///
+    /// # Errors
+    /// I/O or encoding errors of the file the row went to.
+    pub fn append(
+        &mut self,
+        event: &Event<'_, '_>,
+        provenance: &Provenance<'_>,
+        position: u64,
+    ) -> Result<Appended, SinkError> {
+        let family = event.family();
+        let day = epoch_day(event.common().event_time_ms);
+        if self.already_published(family, day, position) {
+            return Ok(Appended::AlreadyPublished);
+        }
+        if !self.open.contains_key(&(family, day)) {
+            if self.open.len() >= self.config.max_open_files {
+                self.publish_least_recent()?;
+            }
+            let file = self.open_file(family, day, position)?;
+            self.open.insert((family, day), file);
+        }
+        let now = Instant::now();
+        let should_roll = {
+            let Some(file) = self.open.get_mut(&(family, day)) else {
+                return Ok(Appended::Written);
+            };
+            match (&mut file.rows, event) {
+                (Rows::Jobs(rows), Event::Job(e)) => rows.append(e, provenance),
+                (Rows::Executions(rows), Event::Execution(e)) => rows.append(e, provenance),
+                // The key includes the family, so the builder always matches the event.
+                _ => {}
+            }
+            file.last = position;
+            file.row_count += 1;
+            file.last_append = now;
+            if pending_rows(&file.rows) >= self.config.batch_rows {
+                encode(file, self.config.row_group_bytes)?;
+                file.row_count >= self.config.max_file_rows
+                    || file_size(file) >= self.config.max_file_bytes
+            } else {
+                file.row_count >= self.config.max_file_rows
+            }
+        };
+        if should_roll {
+            self.publish(family, day)?;
+        }
+        Ok(Appended::Written)
+    }
+
+    /// Publishes files that have been open longer than `max_file_age` or idle longer than
+    /// `idle_timeout`. Call it periodically (the pipelines do, once a second).
+    ///
+    /// # Errors
+    /// I/O or encoding errors while publishing.
+    pub fn tick(&mut self, now: Instant) -> Result<(), SinkError> {
+        let due: Vec<(Family, i64)> =
+            self.open
+                .iter()
+                .filter(|(_, f)| {
+                    self.config
+                        .max_file_age
+                        .is_some_and(|age| now.saturating_duration_since(f.opened) >= age)
+                        || self.config.idle_timeout.is_some_and(|idle| {
+                            now.saturating_duration_since(f.last_append) >= idle
+                        })
+                })
+                .map(|(key, _)| *key)
+                .collect();
+        for key in due {
+            self.publish(key.0, key.1)?;
+        }
+        Ok(())
+    }
+
+    /// Files published since the last call, in publication order.
+    pub fn take_published(&mut self) -> Vec<PublishedFile> {
+        std::mem::take(&mut self.published)
+    }
+
+    /// The lowest input position held in a file not yet published: everything before it is
+    /// durable. `None` when nothing is pending.
+    pub fn lowest_pending_position(&self) -> Option<u64> {
+        self.open.values().map(|f| f.first).min()
+    }
+
+    /// Number of rows buffered or encoded but not yet published.
+    pub fn pending_rows(&self) -> u64 {
+        self.open.values().map(|f| f.row_count).sum()
+    }
+
+    /// Publishes every open file and returns all files published since the last
+    /// [`take_published`](Self::take_published).
+    ///
+    /// # Errors
+    /// I/O or encoding errors while publishing; the files not yet published stay temporaries.
+    pub fn finish(mut self) -> Result<Vec<PublishedFile>, SinkError> {
+        let mut keys: Vec<(Family, i64)> = self.open.keys().copied().collect();
+        keys.sort_unstable();
+        for (family, day) in keys {
+            self.publish(family, day)?;
+        }
+        Ok(self.take_published())
+    }
+
+    /// Drops every open file without publishing (their rows will be re-read from the input).
+    pub fn abandon(mut self) {
+        for (_, file) in self.open.drain() {
+            drop(file.writer);
+            let _ = fs::remove_file(&file.temp_path);
+        }
+    }
+
+    fn open_file(&self, family: Family, day: i64, first: u64) -> Result<OpenFile, SinkError> {
+        let dir = self
+            .config
+            .root
+            .join(family.table())
+            .join(format!("date={}", date_string(day)));
+        fs::create_dir_all(&dir).map_err(SinkError::io("create directory", &dir))?;
+        let temp_path = dir.join(temp_name(&self.source, first));
+        let file = File::create(&temp_path).map_err(SinkError::io("create", &temp_path))?;
+        let handle = file
+            .try_clone()
+            .map_err(SinkError::io("open", &temp_path))?;
+        let schema = jobstream_parser::columnar::schema(family);
+        let writer = ArrowWriter::try_new(file, schema, Some(self.properties.clone())).map_err(
+            |source| SinkError::Parquet {
+                path: temp_path.clone(),
+                source,
+            },
+        )?;
+        let capacity = self.config.batch_rows;
+        let rows = match family {
+            Family::Job => Rows::Jobs(JobEventsBuilder::with_capacity(capacity.min(1024))),
+            Family::Execution => {
+                Rows::Executions(JobExecutionEventsBuilder::with_capacity(capacity))
+            }
+        };
+        let now = Instant::now();
+        Ok(OpenFile {
+            temp_path,
+            dir,
+            file: handle,
+            writer,
+            rows,
+            first,
+            last: first,
+            row_count: 0,
+            opened: now,
+            last_append: now,
+        })
+    }
+
+    fn publish_least_recent(&mut self) -> Result<(), SinkError> {
+        if let Some(key) = self
+            .open
+            .iter()
+            .min_by_key(|(_, f)| f.last_append)
+            .map(|(key, _)| *key)
+        {
+            self.publish(key.0, key.1)?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, family: Family, day: i64) -> Result<(), SinkError> {
+        let Some(mut file) = self.open.remove(&(family, day)) else {
+            return Ok(());
+        };
+        encode(&mut file, self.config.row_group_bytes)?;
+        let OpenFile {
+            temp_path,
+            dir,
+            file: handle,
+            mut writer,
+            first,
+            last,
+            row_count,
+            ..
+        } = file;
+        writer.append_key_value_metadata(KeyValue::new(
+            "jobstream.input".to_owned(),
+            format!("{}+{first}+{last}", self.source),
+        ));
+        writer.close().map_err(|source| SinkError::Parquet {
+            path: temp_path.clone(),
+            source,
+        })?;
+        handle
+            .sync_all()
+            .map_err(SinkError::io("fsync", &temp_path))?;
+        let bytes = handle.metadata().map(|m| m.len()).unwrap_or_default();
+        drop(handle);
+        let final_path = dir.join(final_name(&self.source, first, last));
+        fs::rename(&temp_path, &final_path)
+            .map_err(SinkError::io("publish (rename)", &final_path))?;
+        sync_dir(&dir)?;
+        self.published_index
+            .entry((family, day))
+            .or_default()
+            .push((first, last));
+        self.published.push(PublishedFile {
+            family,
+            path: final_path,
+            first,
+            last,
+            rows: row_count,
+            bytes,
+        });
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(SinkError::io("fsync directory", dir))
+}
+
+fn pending_rows(rows: &Rows) -> usize {
+    match rows {
+        Rows::Jobs(b) => b.len(),
+        Rows::Executions(b) => b.len(),
+    }
+}
+
+fn file_size(file: &OpenFile) -> u64 {
+    (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
+}
+
+/// Encodes the buffered rows into the writer, flushing the row group once it is big enough.
+fn encode(file: &mut OpenFile, row_group_bytes: usize) -> Result<(), SinkError> {
+    if pending_rows(&file.rows) == 0 {
+        return Ok(());
+    }
+    let batch = match &mut file.rows {
+        Rows::Jobs(b) => b.finish()?,
+        Rows::Executions(b) => b.finish()?,
+    };
+    let path = &file.temp_path;
+    file.writer
+        .write(&batch)
+        .map_err(|source| SinkError::Parquet {
+            path: path.clone(),
+            source,
+        })?;
+    if file.writer.in_progress_size() >= row_group_bytes {
+        file.writer.flush().map_err(|source| SinkError::Parquet {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkError> {
+    let mut builder = WriterProperties::builder()
+        .set_compression(config.codec.to_parquet()?)
+        .set_created_by(format!("jobstream {}", env!("CARGO_PKG_VERSION")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        // Row groups are cut by bytes (in_progress_size), not by a row count.
+        .set_max_row_group_row_count(None)
+        // High-cardinality columns (ids, ARNs, JSON) gain nothing from a dictionary and cost
+        // a fallback; the enumerations and per-job columns compress to almost nothing with one.
+        .set_dictionary_enabled(false);
+    for column in [
+        "event_type",
+        "operation",
+        "status",
+        "target_selection",
+        "job_id",
+        "description",
+        "comment",
+        "mqtt_topic",
+    ] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
+    }
+    Ok(builder.build())
+}

@@ -1,0 +1,316 @@
+//! A capture file through the parser into the sinks: backfills, tests, and the offline path.
+//!
+//! Capture format: one message per line, `TOPIC<TAB>PAYLOAD`, exactly what
+//! `mosquitto_sub -t '$aws/events/#' -F '%t\t%p'` writes. A payload cannot contain a raw
+//! newline in this format (mosquitto_sub would split it); JSON from AWS never does.
+//!
+//! Two threads: a reader hands blocks of whole lines to the parsing loop over a bounded
+//! channel (at most [`BLOCKS_IN_FLIGHT`] blocks of [`BLOCK_BYTES`]), so memory stays flat
+//! whatever the input size, and reading overlaps parsing and encoding.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jobstream_parser::{Family, Parser, ParserConfig, Provenance};
+
+use crate::dlq::{DlqFile, DlqRecord};
+use crate::parquet::{Appended, ParquetConfig, ParquetSink, PublishedFile};
+use crate::SinkError;
+
+/// Size of one block of input handed from the reader to the parser.
+pub const BLOCK_BYTES: usize = 1 << 20;
+/// Blocks queued between reader and parser; with [`BLOCK_BYTES`] this bounds buffered input
+/// to 4 MiB, enough to keep the parser busy through a slow read.
+pub const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// The DLQ label of a line that is not `TOPIC<TAB>PAYLOAD`.
+pub const MALFORMED_LINE: &str = "malformed_line";
+
+/// Where the capture comes from.
+#[derive(Debug, Clone)]
+pub enum ReplayInput {
+    /// Standard input (`-`): files also roll on age and inactivity, since it may be live.
+    Stdin,
+    /// A capture file: files roll on rows and bytes only, so reruns write the same names.
+    File(PathBuf),
+}
+
+/// What `replay` does.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    /// The capture.
+    pub input: ReplayInput,
+    /// Parquet output, if any.
+    pub parquet: Option<ParquetConfig>,
+    /// DLQ file, if any (rejects are always counted).
+    pub dlq: Option<PathBuf>,
+    /// Topic prefix and payload cap.
+    pub parser: ParserConfig,
+}
+
+/// Counters of a replay, reported as it goes and at the end.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayStats {
+    /// Lines read.
+    pub lines: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Rows written to `job_events`.
+    pub job_rows: u64,
+    /// Rows written to `job_execution_events`.
+    pub execution_rows: u64,
+    /// Valid events skipped because an earlier run already published them.
+    pub already_published: u64,
+    /// Rejected lines by kind.
+    pub rejects: BTreeMap<&'static str, u64>,
+    /// Published Parquet files.
+    pub files: Vec<PublishedFile>,
+    /// The DLQ file, when one was written.
+    pub dlq_path: Option<PathBuf>,
+    /// Wall time so far.
+    pub elapsed: Duration,
+}
+
+impl ReplayStats {
+    /// All rejected lines.
+    pub fn rejected(&self) -> u64 {
+        self.rejects.values().sum()
+    }
+
+    /// Valid events (written now or earlier).
+    pub fn accepted(&self) -> u64 {
+        self.job_rows + self.execution_rows + self.already_published
+    }
+}
+
+struct Block {
+    data: Vec<u8>,
+}
+
+fn spawn_reader(
+    mut input: Box<dyn Read + Send>,
+    blocks: SyncSender<io::Result<Block>>,
+    recycled: Receiver<Vec<u8>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let mut data = recycled
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BLOCK_BYTES));
+            data.clear();
+            data.extend_from_slice(&carry);
+            carry.clear();
+            let start = data.len();
+            data.resize(start.max(BLOCK_BYTES), 0);
+            let read = loop {
+                match input.read(&mut data[start..]) {
+                    Ok(n) => break Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            match read {
+                Err(e) => {
+                    let _ = blocks.send(Err(e));
+                    return;
+                }
+                Ok(0) => {
+                    data.truncate(start);
+                    if !data.is_empty() {
+                        let _ = blocks.send(Ok(Block { data }));
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    data.truncate(start + n);
+                    // Hand over whole lines only; the partial tail starts the next block.
+                    match data.iter().rposition(|&b| b == b'\n') {
+                        Some(end) => {
+                            carry.extend_from_slice(&data[end + 1..]);
+                            data.truncate(end + 1);
+                            if blocks.send(Ok(Block { data })).is_err() {
+                                return;
+                            }
+                        }
+                        None => carry = data,
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs a replay; `progress` is called every 65,536 lines and once at the end.
+///
+/// # Errors
+/// Reading the input, or writing Parquet or the DLQ, failed. Rejected lines are not errors.
+pub fn replay(
+    config: ReplayConfig,
+    progress: &mut dyn FnMut(&ReplayStats),
+) -> Result<ReplayStats, SinkError> {
+    let started = Instant::now();
+    let (input, source, live): (Box<dyn Read + Send>, String, bool) = match &config.input {
+        ReplayInput::Stdin => {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default();
+            (Box::new(io::stdin()), format!("stdin-{ms}"), true)
+        }
+        ReplayInput::File(path) => {
+            let file = File::open(path).map_err(SinkError::io("open capture", path))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "capture".to_owned());
+            (Box::new(file), name, false)
+        }
+    };
+    let mut sink = match config.parquet {
+        Some(mut parquet) => {
+            if !live {
+                parquet.max_file_age = None;
+                parquet.idle_timeout = None;
+            }
+            Some(ParquetSink::new(parquet, &source)?)
+        }
+        None => None,
+    };
+    let mut dlq = config.dlq.as_deref().map(DlqFile::create).transpose()?;
+    let mut parser = Parser::new(config.parser);
+    let mut stats = ReplayStats::default();
+
+    let (block_tx, block_rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
+    let (recycle_tx, recycle_rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
+    let reader = spawn_reader(input, block_tx, recycle_rx);
+    let input_error = SinkError::io(
+        "read capture",
+        match &config.input {
+            ReplayInput::Stdin => PathBuf::from("-"),
+            ReplayInput::File(path) => path.clone(),
+        },
+    );
+    let mut next_report = 1u64 << 16;
+
+    loop {
+        let block = match block_rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(block)) => block,
+            Ok(Err(e)) => {
+                return Err(input_error(e));
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(sink) = sink.as_mut() {
+                    sink.tick(Instant::now())?;
+                    stats.files.extend(sink.take_published());
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        stats.bytes += block.data.len() as u64;
+        let data = block.data.strip_suffix(b"\n").unwrap_or(&block.data);
+        for line in data.split(|&b| b == b'\n') {
+            stats.lines += 1;
+            let line_no = stats.lines;
+            let Some(tab) = line.iter().position(|&b| b == b'\t') else {
+                reject_line(
+                    &mut stats,
+                    dlq.as_mut(),
+                    "",
+                    line,
+                    MALFORMED_LINE,
+                    "line has no TAB between topic and payload",
+                    line_no,
+                )?;
+                continue;
+            };
+            let (topic, payload) = (&line[..tab], &line[tab + 1..]);
+            let Ok(topic) = std::str::from_utf8(topic) else {
+                let lossy = String::from_utf8_lossy(topic).into_owned();
+                reject_line(
+                    &mut stats,
+                    dlq.as_mut(),
+                    &lossy,
+                    payload,
+                    MALFORMED_LINE,
+                    "topic is not UTF-8",
+                    line_no,
+                )?;
+                continue;
+            };
+            let provenance = Provenance {
+                mqtt_topic: Some(topic),
+                received_at_ms: None,
+            };
+            let outcome = parser.parse(topic, payload, |outcome| match outcome {
+                Ok(event) => {
+                    let family = event.family();
+                    let appended = match sink.as_mut() {
+                        Some(sink) => sink.append(&event, &provenance, line_no)?,
+                        None => Appended::Written,
+                    };
+                    Ok(Ok((family, appended)))
+                }
+                Err(reject) => Ok::<_, SinkError>(Err(reject)),
+            })?;
+            match outcome {
+                Ok((_, Appended::AlreadyPublished)) => stats.already_published += 1,
+                Ok((Family::Job, Appended::Written)) => stats.job_rows += 1,
+                Ok((Family::Execution, Appended::Written)) => stats.execution_rows += 1,
+                Err(reject) => reject_line(
+                    &mut stats,
+                    dlq.as_mut(),
+                    topic,
+                    payload,
+                    reject.kind.as_str(),
+                    &reject.message,
+                    line_no,
+                )?,
+            }
+        }
+        let _ = recycle_tx.try_send(block.data);
+        if let Some(sink) = sink.as_mut() {
+            if live {
+                sink.tick(Instant::now())?;
+            }
+            stats.files.extend(sink.take_published());
+        }
+        if stats.lines >= next_report {
+            next_report = stats.lines + (1 << 16);
+            stats.elapsed = started.elapsed();
+            progress(&stats);
+        }
+    }
+    let _ = reader.join();
+    if let Some(sink) = sink {
+        stats.files.extend(sink.finish()?);
+    }
+    if let Some(dlq) = dlq {
+        stats.dlq_path = Some(dlq.finish()?);
+    }
+    stats.elapsed = started.elapsed();
+    progress(&stats);
+    Ok(stats)
+}
+
+fn reject_line(
+    stats: &mut ReplayStats,
+    dlq: Option<&mut DlqFile>,
+    topic: &str,
+    payload: &[u8],
+    kind: &'static str,
+    error: &str,
+    line: u64,
+) -> Result<(), SinkError> {
+    *stats.rejects.entry(kind).or_default() += 1;
+    if let Some(dlq) = dlq {
+        dlq.write(&DlqRecord::new(topic, payload, kind, error, Some(line)))?;
+    }
+    Ok(())
+}

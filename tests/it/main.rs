@@ -1,0 +1,11 @@
+//! jobstream's integration tests: one binary, a module per area.
+//!
+//! Tests that need third-party readers (DuckDB, pyarrow) or brokers live in `tests/python/`
+//! and are run by `scripts/test` after these.
+
+mod columnar;
+mod fuzz;
+mod parquet_sink;
+mod parser;
+mod replay_cli;
+mod support;

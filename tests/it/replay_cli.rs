@@ -1,0 +1,200 @@
+//! `jobstream replay` and `jobstream generate` as a user runs them.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::support::{jobstream_bin, parquet_files};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(jobstream_bin())
+        .args(args)
+        .output()
+        .expect("jobstream runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn summary_value(summary: &str, label: &str) -> u64 {
+    summary
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .and_then(|l| {
+            l[l.find(label).map(|i| i + label.len()).unwrap_or(0)..]
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in summary:\n{summary}"))
+}
+
+#[test]
+fn replay_counts_every_line_as_a_row_or_a_reject_and_fills_the_dlq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("capture.tsv");
+    let generated = run(&[
+        "generate",
+        "--events",
+        "5000",
+        "--output",
+        capture.to_str().expect("utf8"),
+    ]);
+    assert!(generated.status.success(), "{generated:?}");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&capture)
+        .expect("open");
+    file.write_all(b"no tab on this line\n").expect("write");
+    file.write_all(b"$aws/events/job/j/completed\tnot json\n")
+        .expect("write");
+    file.write_all(b"$aws/events/job/j/completed\t\xff\xfe binary\n")
+        .expect("write");
+    file.write_all(b"\n").expect("write");
+    drop(file);
+    let lines = std::fs::read(&capture)
+        .expect("read")
+        .split(|&b| b == b'\n')
+        .count() as u64
+        - 1;
+
+    let parquet = dir.path().join("out");
+    let dlq = dir.path().join("dlq.jsonl");
+    let output = run(&[
+        "replay",
+        "--input",
+        capture.to_str().expect("utf8"),
+        "--parquet",
+        parquet.to_str().expect("utf8"),
+        "--dlq",
+        dlq.to_str().expect("utf8"),
+    ]);
+    assert!(
+        output.status.success(),
+        "rejects are not errors: {output:?}"
+    );
+    let summary = stdout(&output);
+    let read = summary_value(&summary, "lines read");
+    let jobs = summary_value(&summary, "job_events rows");
+    let executions = summary_value(&summary, "job_execution_events rows");
+    let rejected = summary_value(&summary, "rejected");
+    assert_eq!(read, lines);
+    assert_eq!(read, jobs + executions + rejected, "{summary}");
+    assert_eq!(rejected, 4);
+    assert!(summary.contains("malformed_line"), "{summary}");
+    assert!(summary.contains("not_json"), "{summary}");
+    assert!(!parquet_files(&parquet).is_empty());
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&dlq)
+        .expect("dlq written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("DLQ lines are JSON"))
+        .collect();
+    assert_eq!(records.len(), 4);
+    let binary = records
+        .iter()
+        .find(|r| r.get("payload_base64").is_some())
+        .expect("a non-UTF-8 payload is kept as base64");
+    assert_eq!(binary["error_kind"], "not_json");
+    assert_eq!(binary["topic"], "$aws/events/job/j/completed");
+    assert_eq!(binary["payload_base64"], "//4gYmluYXJ5");
+    for record in &records {
+        assert!(record["line"].as_u64().expect("line") > lines - 4);
+        assert!(!record["error"].as_str().expect("error").is_empty());
+    }
+
+    // A rerun publishes nothing new and rewrites the same DLQ.
+    let before = parquet_files(&parquet);
+    let again = run(&[
+        "replay",
+        "--input",
+        capture.to_str().expect("utf8"),
+        "--parquet",
+        parquet.to_str().expect("utf8"),
+        "--dlq",
+        dlq.to_str().expect("utf8"),
+    ]);
+    assert!(again.status.success());
+    let summary = stdout(&again);
+    assert_eq!(
+        summary_value(&summary, "already published"),
+        jobs + executions
+    );
+    assert_eq!(parquet_files(&parquet), before);
+    assert_eq!(
+        std::fs::read_to_string(&dlq).expect("dlq").lines().count(),
+        4
+    );
+}
+
+#[test]
+fn replay_reads_standard_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = run(&["generate", "--events", "300"]);
+    assert!(capture.status.success());
+    let mut child = Command::new(jobstream_bin())
+        .args(["replay", "--input", "-", "--parquet"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&capture.stdout)
+        .expect("pipe");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let summary = stdout(&output);
+    let lines = capture.stdout.split(|&b| b == b'\n').count() as u64 - 1;
+    assert_eq!(summary_value(&summary, "lines read"), lines);
+    assert_eq!(summary_value(&summary, "rejected"), 0);
+}
+
+#[test]
+fn missing_input_and_bad_flags_exit_non_zero_with_a_clear_message() {
+    let missing = run(&["replay", "--input", "/nonexistent/capture.tsv"]);
+    assert_eq!(missing.status.code(), Some(66));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("/nonexistent/capture.tsv"), "{stderr}");
+
+    let bad_codec = run(&["replay", "--input", "-", "--compression", "brotli9"]);
+    assert_eq!(bad_codec.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad_codec.stderr);
+    assert!(
+        stderr.contains("unknown codec") && stderr.contains("zstd"),
+        "{stderr}"
+    );
+
+    let zero_rows = run(&[
+        "replay",
+        "--input",
+        "-",
+        "--parquet",
+        "/tmp/x",
+        "--max-file-rows",
+        "0",
+    ]);
+    assert_eq!(zero_rows.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&zero_rows.stderr);
+    assert!(stderr.contains("max_file_rows"), "{stderr}");
+}
+
+#[test]
+fn demo_runs_on_embedded_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = run(&[
+        "demo",
+        "--events",
+        "2000",
+        "--dir",
+        dir.path().to_str().expect("utf8"),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let text = stdout(&output);
+    assert!(text.contains("2 rejected"), "{text}");
+    assert!(!parquet_files(&dir.path().join("parquet")).is_empty());
+}
