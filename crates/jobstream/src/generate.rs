@@ -26,6 +26,9 @@ pub struct GenerateArgs {
     /// RNG seed: the same seed and sizes give the same bytes.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Epoch seconds of the first event (events are ~150 ms apart on average).
+    #[arg(long, default_value_t = FleetConfig::default().start_epoch_s)]
+    start_epoch_s: i64,
     /// Add an unknown field to about one event in 40 (exercises the `extra` column).
     #[arg(long)]
     unknown_fields: bool,
@@ -49,7 +52,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Failure> {
         concurrent_jobs: args.concurrent_jobs.max(1),
         topic_prefix: args.topic_prefix,
         unknown_fields: args.unknown_fields,
-        ..FleetConfig::default()
+        start_epoch_s: args.start_epoch_s,
     };
     let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
         Box::new(io::stdout().lock())

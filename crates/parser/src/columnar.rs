@@ -145,6 +145,7 @@ pub struct JobEventsBuilder {
     scratch: Vec<u8>,
     rows: usize,
     bytes: usize,
+    capacity: usize,
 }
 
 impl JobEventsBuilder {
@@ -172,6 +173,7 @@ impl JobEventsBuilder {
             scratch: Vec::new(),
             rows: 0,
             bytes: 0,
+            capacity: rows,
         }
     }
 
@@ -238,11 +240,19 @@ impl JobEventsBuilder {
         self.bytes
     }
 
-    /// Takes the pending rows as a batch and leaves the builder empty (and reusable).
+    /// Takes the pending rows as a batch and leaves the builder empty (and reusable, with its
+    /// capacity, so the next batch does not pay for regrowing every column).
     ///
     /// # Errors
     /// Only if Arrow refuses the columns, which would be a bug in this module.
     pub fn finish(&mut self) -> Result<RecordBatch, BatchError> {
+        let rows = self.capacity.max(self.rows);
+        let fresh = JobEventsBuilder::with_capacity(rows);
+        let mut old = std::mem::replace(self, fresh);
+        old.finish_columns()
+    }
+
+    fn finish_columns(&mut self) -> Result<RecordBatch, BatchError> {
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
             Arc::new(self.event_type.finish()),
@@ -288,6 +298,7 @@ pub struct JobExecutionEventsBuilder {
     scratch: Vec<u8>,
     rows: usize,
     bytes: usize,
+    capacity: usize,
 }
 
 impl JobExecutionEventsBuilder {
@@ -310,6 +321,7 @@ impl JobExecutionEventsBuilder {
             scratch: Vec::new(),
             rows: 0,
             bytes: 0,
+            capacity: rows,
         }
     }
 
@@ -371,11 +383,19 @@ impl JobExecutionEventsBuilder {
         self.bytes
     }
 
-    /// Takes the pending rows as a batch and leaves the builder empty (and reusable).
+    /// Takes the pending rows as a batch and leaves the builder empty (and reusable, with its
+    /// capacity).
     ///
     /// # Errors
     /// Only if Arrow refuses the columns, which would be a bug in this module.
     pub fn finish(&mut self) -> Result<RecordBatch, BatchError> {
+        let rows = self.capacity.max(self.rows);
+        let fresh = JobExecutionEventsBuilder::with_capacity(rows);
+        let mut old = std::mem::replace(self, fresh);
+        old.finish_columns()
+    }
+
+    fn finish_columns(&mut self) -> Result<RecordBatch, BatchError> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
             Arc::new(self.event_type.finish()),

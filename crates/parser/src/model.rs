@@ -285,7 +285,11 @@ pub struct ProcessDetails {
 }
 
 /// A `jobProcessDetails` counter: payload key, column name, accessor.
-pub type Counter = (&'static str, &'static str, fn(&ProcessDetails) -> Option<i64>);
+pub type Counter = (
+    &'static str,
+    &'static str,
+    fn(&ProcessDetails) -> Option<i64>,
+);
 
 impl ProcessDetails {
     /// Payload key, column name and accessor of every counter, in column order.

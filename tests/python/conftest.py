@@ -1,0 +1,132 @@
+"""Shared fixtures: the jobstream binary, captures, and an independent oracle.
+
+The oracle reads capture lines with Python's own json module and derives the rows the
+Parquet contract promises (DESIGN.md), so these tests do not trust jobstream's parser.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SECONDS_BELOW = 100_000_000_000
+
+COUNTERS = {
+    "numberOfCanceledThings": "number_of_canceled_things",
+    "numberOfFailedThings": "number_of_failed_things",
+    "numberOfInProgressThings": "number_of_in_progress_things",
+    "numberOfQueuedThings": "number_of_queued_things",
+    "numberOfRejectedThings": "number_of_rejected_things",
+    "numberOfRemovedThings": "number_of_removed_things",
+    "numberOfSucceededThings": "number_of_succeeded_things",
+    "numberOfTimedOutThings": "number_of_timed_out_things",
+}
+JOB_KEYS = {
+    "eventType", "eventId", "timestamp", "operation", "jobId", "status", "targetSelection",
+    "targets", "description", "comment", "createdAt", "lastUpdatedAt", "completedAt",
+    "jobProcessDetails",
+}
+EXECUTION_KEYS = {
+    "eventType", "eventId", "timestamp", "operation", "jobId", "status", "thingArn",
+    "statusDetails",
+}
+
+
+def jobstream_bin() -> str:
+    path = os.environ.get("JOBSTREAM_BIN") or str(ROOT / "target" / "debug" / "jobstream")
+    if not Path(path).exists():
+        pytest.fail(f"jobstream binary not found at {path}; run scripts/test (it builds it)")
+    return path
+
+
+def run(*args, check=True, **kwargs):
+    result = subprocess.run([jobstream_bin(), *map(str, args)], capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"jobstream {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def wait_for(condition, timeout=60.0, interval=0.02, what="condition"):
+    """Polls `condition` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ms(value):
+    if value is None:
+        return None
+    return value * 1000 if value < SECONDS_BELOW else value
+
+
+def expected_row(topic: str, payload: dict) -> dict:
+    """The row the Parquet contract promises for one accepted event (without received_at)."""
+    job = payload["eventType"] == "JOB"
+    known = JOB_KEYS if job else EXECUTION_KEYS
+    extra = {k: v for k, v in payload.items() if k not in known}
+    details = payload.get("jobProcessDetails") or {}
+    if job:
+        unknown_details = {k: v for k, v in details.items() if k not in COUNTERS}
+        if unknown_details:
+            extra["jobProcessDetails"] = unknown_details
+    row = {
+        "event_id": payload["eventId"],
+        "event_type": payload["eventType"],
+        "operation": payload["operation"],
+        "job_id": payload["jobId"],
+        "status": payload["status"],
+        "event_time": ms(payload["timestamp"]),
+        "extra": extra or None,
+        "mqtt_topic": topic,
+    }
+    if job:
+        row.update(
+            target_selection=payload.get("targetSelection"),
+            targets=payload.get("targets"),
+            description=payload.get("description"),
+            comment=payload.get("comment"),
+            created_at=ms(payload.get("createdAt")),
+            last_updated_at=ms(payload.get("lastUpdatedAt")),
+            completed_at=ms(payload.get("completedAt")),
+        )
+        for key, column in COUNTERS.items():
+            row[column] = details.get(key)
+    else:
+        arn = payload["thingArn"]
+        row.update(
+            thing_arn=arn,
+            thing_name=arn.rsplit("/", 1)[-1],
+            status_details=payload.get("statusDetails"),
+        )
+    return row
+
+
+def read_capture(path: Path):
+    """(topic, payload dict or None) per line; None when Python's json rejects the payload."""
+    out = []
+    with open(path, "rb") as f:
+        for raw in f.read().split(b"\n")[:-1]:
+            topic, _, payload = raw.partition(b"\t")
+            try:
+                out.append((topic.decode(), json.loads(payload)))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                out.append((topic.decode(errors="replace"), None))
+    return out
+
+
+@pytest.fixture
+def capture(tmp_path):
+    """A generated capture of ~20k events spanning two dates, with unknown fields."""
+    path = tmp_path / "capture.tsv"
+    # 23:30 UTC: the fleet's events cross midnight, so there are two date partitions.
+    run("generate", "--events", 20_000, "--unknown-fields", "--start-epoch-s", 1_795_217_400,
+        "--output", path)
+    return path

@@ -1,0 +1,220 @@
+"""Parquet output checked by readers no one here wrote: DuckDB and pyarrow."""
+
+import json
+import os
+from datetime import datetime, timezone
+import signal
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, expected_row, jobstream_bin, read_capture, run, wait_for
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+TIME_COLUMNS = {
+    "job_events": ["event_time", "created_at", "last_updated_at", "completed_at", "received_at"],
+    "job_execution_events": ["event_time", "received_at"],
+}
+
+
+def parquet_files(root: Path):
+    return sorted(p for p in root.rglob("*.parquet"))
+
+
+def glob(root: Path, table: str) -> str:
+    return str(root / table / "*" / "*.parquet")
+
+
+def replay(capture, out, *extra):
+    result = run("replay", "--input", capture, "--parquet", out, "--dlq", out / "dlq.jsonl", *extra)
+    return result.stdout
+
+
+def normalise(row: dict) -> dict:
+    """pyarrow's Python values → the oracle's shapes (ms ints, dicts, parsed JSON)."""
+    out = {}
+    for key, value in row.items():
+        if key == "received_at":
+            continue
+        if isinstance(value, datetime):
+            delta = value - EPOCH
+            value = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+        if key == "status_details" and value is not None:
+            value = dict(value)
+        if key == "extra" and value is not None:
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def test_every_file_has_the_contract_types_in_pyarrow_and_duckdb(capture, tmp_path):
+    out = tmp_path / "out"
+    replay(capture, out)
+    files = parquet_files(out)
+    assert files
+    for path in files:
+        table = path.parent.parent.name
+        schema = pq.read_schema(path)
+        for column in TIME_COLUMNS[table]:
+            assert schema.field(column).type == pa.timestamp("ms", tz="UTC"), (path, column)
+        if table == "job_events":
+            assert schema.field("targets").type == pa.list_(pa.string())
+            assert schema.field("number_of_succeeded_things").type == pa.int64()
+            assert schema.field("number_of_timed_out_things").type == pa.int64()
+        else:
+            assert pa.types.is_map(schema.field("status_details").type)
+            assert schema.field("status_details").type.key_type == pa.string()
+            assert schema.field("status_details").type.item_type == pa.string()
+            assert schema.field("thing_name").type == pa.string()
+        metadata = pq.read_metadata(path)
+        for rg in range(metadata.num_row_groups):
+            for c in range(metadata.num_columns):
+                column = metadata.row_group(rg).column(c)
+                assert column.compression == "ZSTD"
+                assert column.is_stats_set, column.path_in_schema
+        # The physical type is INT64 with a TIMESTAMP(MILLIS, UTC) logical type: never nanos.
+        logical = str(metadata.schema.column(metadata.schema.names.index("event_time")).logical_type)
+        assert "milliseconds" in logical.lower() and "isAdjustedToUTC=true" in logical.replace(" ", ""), logical
+
+    con = duckdb.connect()
+    types = dict(
+        con.execute(
+            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{glob(out, 'job_events')}', hive_partitioning=true))"
+        ).fetchall()
+    )
+    assert types["event_time"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["completed_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["targets"] == "VARCHAR[]"
+    assert types["number_of_failed_things"] == "BIGINT"
+    assert types["date"] == "DATE"
+    types = dict(
+        con.execute(
+            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{glob(out, 'job_execution_events')}', hive_partitioning=true))"
+        ).fetchall()
+    )
+    assert types["status_details"] == "MAP(VARCHAR, VARCHAR)"
+    assert types["event_time"] == "TIMESTAMP WITH TIME ZONE"
+
+
+def check_values_equal_input(capture: Path, out: Path):
+    lines = read_capture(capture)
+    expected = {}
+    for topic, payload in lines:
+        if payload is not None:
+            expected[(payload["eventId"], topic)] = expected_row(topic, payload)
+    got = {}
+    for path in parquet_files(out):
+        for row in pq.read_table(path).to_pylist():
+            row = normalise(row)
+            key = (row["event_id"], row["mqtt_topic"])
+            assert key not in got, f"duplicate row {key}"
+            got[key] = row
+    assert got.keys() == expected.keys()
+    for key, want in expected.items():
+        have = got[key]
+        for column, value in want.items():
+            assert have[column] == value, (key, column, have[column], value)
+    # Lines read = rows + rejects.
+    dlq = out / "dlq.jsonl"
+    rejects = dlq.read_text().count("\n") if dlq.exists() else 0
+    assert len(lines) == len(got) + rejects
+
+
+def test_values_equal_the_input_for_a_generated_corpus(capture, tmp_path):
+    out = tmp_path / "out"
+    replay(capture, out)
+    check_values_equal_input(capture, out)
+
+
+def test_values_equal_the_input_for_every_spec_example(tmp_path):
+    out = tmp_path / "out"
+    capture = ROOT / "tests" / "fixtures" / "spec-examples.tsv"
+    replay(capture, out)
+    check_values_equal_input(capture, out)
+    con = duckdb.connect()
+    (completed,) = con.execute(
+        f"SELECT completed_at FROM read_parquet('{glob(out, 'job_events')}') WHERE operation = 'completed'"
+    ).fetchone()
+    assert completed.isoformat().startswith("2009-02-13T23:31:30.123")
+    names = con.execute(
+        f"SELECT DISTINCT thing_name, status_details['key'] FROM read_parquet('{glob(out, 'job_execution_events')}')"
+    ).fetchall()
+    assert names == [("6d639fbc-8f85-4a90-924d-a2867f8366a7", "value")]
+
+
+def test_hive_partition_pruning_skips_other_dates(capture, tmp_path):
+    out = tmp_path / "out"
+    replay(capture, out)
+    dates = sorted(p.name for p in (out / "job_execution_events").iterdir())
+    assert dates == ["date=2026-11-20", "date=2026-11-21"], dates
+    con = duckdb.connect()
+    pattern = glob(out, "job_execution_events")
+    (total,) = con.execute(f"SELECT count(*) FROM read_parquet('{pattern}', hive_partitioning=true)").fetchone()
+    (day2,) = con.execute(
+        f"SELECT count(*) FROM read_parquet('{pattern}', hive_partitioning=true) WHERE date = DATE '2026-11-21'"
+    ).fetchone()
+    (by_time,) = con.execute(
+        f"SELECT count(*) FROM read_parquet('{pattern}') WHERE event_time >= TIMESTAMPTZ '2026-11-21 00:00:00+00'"
+    ).fetchone()
+    assert 0 < day2 < total and day2 == by_time
+    # An unreadable file in the other partition: a pruned query never opens it.
+    (out / "job_execution_events" / "date=2026-11-20" / "zz-corrupt.parquet").write_bytes(b"not parquet")
+    (again,) = con.execute(
+        f"SELECT count(*) FROM read_parquet('{pattern}', hive_partitioning=true) WHERE date = DATE '2026-11-21'"
+    ).fetchone()
+    assert again == day2
+    with pytest.raises(duckdb.Error):
+        con.execute(f"SELECT count(*) FROM read_parquet('{pattern}', hive_partitioning=true)").fetchone()
+
+
+def test_kill_9_mid_file_leaves_no_partial_file_and_rerun_writes_the_same_files(tmp_path):
+    big = tmp_path / "src" / "capture.tsv"
+    big.parent.mkdir()
+    run("generate", "--events", 150_000, "--output", big)
+    data = big.read_bytes()
+    flags = ["--max-file-rows", "20000", "--quiet"]
+
+    # Reference: one uninterrupted run.
+    clean = tmp_path / "clean"
+    run("replay", "--input", big, "--parquet", clean, *flags)
+    reference = [p.relative_to(clean) for p in parquet_files(clean)]
+    assert len(reference) > 4
+
+    # Same file name, served through a FIFO so the test controls how far the run gets.
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    fifo = fifo_dir / "capture.tsv"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([jobstream_bin(), "replay", "--input", fifo, "--parquet", out, *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    writer = open(fifo, "wb")
+    cut = data.index(b"\n", len(data) // 2) + 1
+    writer.write(data[:cut])
+    writer.flush()
+    wait_for(lambda: parquet_files(out) and list(out.rglob(".*.inprogress")), timeout=120,
+             what="a published file and an open temporary")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    writer.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    survivors = parquet_files(out)
+    assert list(out.rglob(".*.inprogress")), "the kill hit mid-file"
+    for path in survivors:
+        pq.read_table(path)  # every visible file is complete and readable
+    assert {p.relative_to(out) for p in survivors} <= set(reference)
+
+    rerun = run("replay", "--input", big, "--parquet", out, *flags).stdout
+    assert "already published" in rerun
+    assert [p.relative_to(out) for p in parquet_files(out)] == reference
+    assert not list(out.rglob(".*.inprogress"))
+    con = duckdb.connect()
+    count, distinct = con.execute(
+        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{out}/*/*/*.parquet')"
+    ).fetchone()
+    assert count == distinct == data.count(b"\n")
