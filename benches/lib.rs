@@ -14,7 +14,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
 use jobstream_parser::columnar::{job_events_schema, job_execution_events_schema};
-use jobstream_parser::model::{ExecutionOperation, ExecutionStatus, JobOperation, JobStatus};
+use jobstream_parser::model::{ExecutionStatus, JobStatus};
 use jobstream_parser::topic::{Operation, TopicParser};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -101,21 +101,11 @@ fn ms(n: i64) -> i64 {
 }
 
 /// serde_json + validation + Arrow building for both tables.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SerdePath {
     topics: TopicParser,
     jobs: JobColumns,
     executions: ExecutionColumns,
-}
-
-impl Default for SerdePath {
-    fn default() -> Self {
-        SerdePath {
-            topics: TopicParser::default(),
-            jobs: JobColumns::default(),
-            executions: ExecutionColumns::default(),
-        }
-    }
 }
 
 impl SerdePath {
@@ -151,7 +141,6 @@ impl SerdePath {
                 self.executions.push(&e, topic, extra.as_deref());
             }
         }
-        let _ = (JobOperation::Completed, ExecutionOperation::Succeeded);
         true
     }
 

@@ -4,6 +4,7 @@
 //! and are run by `scripts/test` after these.
 
 mod columnar;
+mod config;
 mod fuzz;
 mod parquet_sink;
 mod parser;

@@ -68,6 +68,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             input: ReplayInput::File(capture),
             parquet: Some(ParquetConfig::new(&parquet_root)),
             dlq: Some(dlq.clone()),
+            kafka: None,
             parser: ParserConfig::default(),
         },
         &mut |_| {},

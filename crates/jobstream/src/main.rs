@@ -1,11 +1,12 @@
 //! The `jobstream` command. See `jobstream --help` and the README.
 //!
-//! Exit codes: 0 success; 2 bad flags (clap); 66 input not found; 74 I/O error while running;
-//! 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
+//! Exit codes: 0 success; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable;
+//! 74 I/O error while running; 75 the drain did not finish in time; 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
 
 mod demo;
 mod generate;
 mod replay;
+mod run;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ struct Cli {
 enum Command {
     /// Run the pipeline on embedded defaults, with zero setup, and summarise what went where.
     Demo(demo::DemoArgs),
+    /// Bridge MQTT to Kafka with end-to-end acknowledgements (config file, environment, flags).
+    Run(Box<run::RunArgs>),
     /// Replay a capture (`TOPIC<TAB>PAYLOAD` lines) through the parser into Parquet and a DLQ.
     Replay(replay::ReplayArgs),
     /// Write a simulated fleet's job events as a capture file (the format `replay` reads).
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::run(args),
         Command::Generate(args) => generate::run(args),
     };

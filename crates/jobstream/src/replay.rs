@@ -22,6 +22,9 @@ pub struct ReplayArgs {
     /// Write rejected lines to this file as JSON lines.
     #[arg(long)]
     dlq: Option<PathBuf>,
+    /// Also produce events to Kafka (and rejects to the DLQ topic) at these brokers.
+    #[arg(long, env = "JOBSTREAM_KAFKA_BROKERS")]
+    kafka: Option<String>,
     /// Topic prefix before `job/` and `jobExecution/`.
     #[arg(long, default_value = jobstream_parser::DEFAULT_PREFIX)]
     topic_prefix: String,
@@ -69,7 +72,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         )),
         ..ParquetConfig::new(root)
     });
-    if parquet.is_none() && args.dlq.is_none() {
+    if parquet.is_none() && args.dlq.is_none() && args.kafka.is_none() {
         eprintln!("jobstream: note: neither --parquet nor --dlq given; validating only");
     }
     let total_bytes = match &input {
@@ -92,6 +95,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         input,
         parquet,
         dlq: args.dlq,
+        kafka: args.kafka.map(jobstream_sink::kafka::KafkaConfig::new),
         parser: ParserConfig {
             topic_prefix: args.topic_prefix,
             max_payload_bytes: args.max_payload_bytes,
@@ -111,6 +115,12 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         bar.finish_and_clear();
     }
     print_summary(&stats);
+    if stats.kafka_failed > 0 {
+        return Err(Failure::new(
+            crate::EXIT_IO,
+            anyhow::anyhow!("{} records did not reach Kafka", stats.kafka_failed),
+        ));
+    }
     Ok(())
 }
 
@@ -136,6 +146,12 @@ fn print_summary(stats: &ReplayStats) {
         stats.files.len(),
         bytes as f64 / (1u64 << 20) as f64
     );
+    if stats.kafka_delivered + stats.kafka_failed > 0 {
+        println!(
+            "  kafka records            {:>12}  ({} failed)",
+            stats.kafka_delivered, stats.kafka_failed
+        );
+    }
     if let Some(path) = &stats.dlq_path {
         println!("  dlq                      {}", path.display());
     }

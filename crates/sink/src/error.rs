@@ -25,6 +25,9 @@ pub enum SinkError {
     /// Building an Arrow batch failed (a bug in the column builders).
     #[error(transparent)]
     Batch(#[from] jobstream_parser::columnar::BatchError),
+    /// Kafka refused or failed an operation.
+    #[error("kafka: {0}")]
+    Kafka(String),
     /// A setting is out of range.
     #[error("invalid setting {setting} = {value}: {reason}")]
     Config {

@@ -4,6 +4,7 @@
 //!   written under a temporary name, fsynced and published by atomic rename, named after the
 //!   input positions it holds so that a rerun rewrites the same names instead of adding copies.
 //! * [`dlq`]: the dead-letter file of rejected inputs (JSON lines).
+//! * [`kafka`]: events and rejects to Kafka topics, with a delivery outcome per record.
 //! * [`replay`]: a capture file through the parser into these sinks.
 //!
 //! Execution model: everything here is synchronous and single-owner; the async pipeline calls
@@ -11,6 +12,7 @@
 
 pub mod dlq;
 mod error;
+pub mod kafka;
 pub mod parquet;
 pub mod replay;
 pub mod time;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jobstream_parser::{Family, Parser, ParserConfig, Provenance};
 
 use crate::dlq::{DlqFile, DlqRecord};
+use crate::kafka::{KafkaConfig, KafkaSink};
 use crate::parquet::{Appended, ParquetConfig, ParquetSink, PublishedFile};
 use crate::SinkError;
 
@@ -49,6 +50,8 @@ pub struct ReplayConfig {
     pub parquet: Option<ParquetConfig>,
     /// DLQ file, if any (rejects are always counted).
     pub dlq: Option<PathBuf>,
+    /// Kafka, if any: events to their topics, rejects to the DLQ topic.
+    pub kafka: Option<KafkaConfig>,
     /// Topic prefix and payload cap.
     pub parser: ParserConfig,
 }
@@ -72,6 +75,10 @@ pub struct ReplayStats {
     pub files: Vec<PublishedFile>,
     /// The DLQ file, when one was written.
     pub dlq_path: Option<PathBuf>,
+    /// Records Kafka confirmed (events and rejects), with `--kafka`.
+    pub kafka_delivered: u64,
+    /// Records Kafka failed to take, with `--kafka`.
+    pub kafka_failed: u64,
     /// Wall time so far.
     pub elapsed: Duration,
 }
@@ -183,6 +190,29 @@ pub fn replay(
         None => None,
     };
     let mut dlq = config.dlq.as_deref().map(DlqFile::create).transpose()?;
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let kafka = match config.kafka {
+        Some(kafka_config) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(SinkError::io(
+                    "start a runtime for",
+                    "the Kafka admin client",
+                ))?;
+            runtime.block_on(crate::kafka::ensure_topics(
+                &kafka_config,
+                Duration::from_secs(30),
+            ))?;
+            let (delivered, failed) = (delivered.clone(), failed.clone());
+            Some(KafkaSink::new(kafka_config, move |(): (), result| {
+                let counter = if result.is_ok() { &delivered } else { &failed };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })?)
+        }
+        None => None,
+    };
     let mut parser = Parser::new(config.parser);
     let mut stats = ReplayStats::default();
 
@@ -251,6 +281,9 @@ pub fn replay(
             let outcome = parser.parse(topic, payload, |outcome| match outcome {
                 Ok(event) => {
                     let family = event.family();
+                    if let Some(kafka) = kafka.as_ref() {
+                        kafka.produce_event(&event, topic, payload, None, ())?;
+                    }
                     let appended = match sink.as_mut() {
                         Some(sink) => sink.append(&event, &provenance, line_no)?,
                         None => Appended::Written,
@@ -263,15 +296,26 @@ pub fn replay(
                 Ok((_, Appended::AlreadyPublished)) => stats.already_published += 1,
                 Ok((Family::Job, Appended::Written)) => stats.job_rows += 1,
                 Ok((Family::Execution, Appended::Written)) => stats.execution_rows += 1,
-                Err(reject) => reject_line(
-                    &mut stats,
-                    dlq.as_mut(),
-                    topic,
-                    payload,
-                    reject.kind.as_str(),
-                    &reject.message,
-                    line_no,
-                )?,
+                Err(reject) => {
+                    if let Some(kafka) = kafka.as_ref() {
+                        kafka.produce_reject(
+                            topic,
+                            payload,
+                            reject.kind.as_str(),
+                            &reject.message,
+                            (),
+                        )?;
+                    }
+                    reject_line(
+                        &mut stats,
+                        dlq.as_mut(),
+                        topic,
+                        payload,
+                        reject.kind.as_str(),
+                        &reject.message,
+                        line_no,
+                    )?
+                }
             }
         }
         let _ = recycle_tx.try_send(block.data);
@@ -293,6 +337,11 @@ pub fn replay(
     }
     if let Some(dlq) = dlq {
         stats.dlq_path = Some(dlq.finish()?);
+    }
+    if let Some(kafka) = kafka {
+        kafka.flush(Duration::from_secs(300))?;
+        stats.kafka_delivered = delivered.load(std::sync::atomic::Ordering::Relaxed);
+        stats.kafka_failed = failed.load(std::sync::atomic::Ordering::Relaxed);
     }
     stats.elapsed = started.elapsed();
     progress(&stats);

@@ -1,0 +1,445 @@
+//! `jobstream run`: MQTT → Kafka, configured by a TOML file, environment and flags
+//! (flags win over environment, which wins over the file, which wins over the defaults).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jobstream_bridge::{BridgeConfig, BridgeError, BridgeStats, MqttConfig};
+use jobstream_parser::ParserConfig;
+use jobstream_sink::kafka::KafkaConfig;
+use serde::Deserialize;
+
+use crate::{Failure, EXIT_CONFIG};
+
+/// Exit code when a broker cannot be reached (sysexits EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when the drain did not finish in time (sysexits EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: u8 = 75;
+
+/// The configuration file (`--config`). Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The MQTT side.
+    pub mqtt: MqttSettings,
+    /// The Kafka side.
+    pub kafka: KafkaSettings,
+    /// Parsing and hand-off.
+    pub pipeline: PipelineSettings,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: Option<String>,
+    /// Stable base client id (the broker keeps unacknowledged messages under it).
+    pub client_id: Option<String>,
+    /// Parallel connections (joined in a shared subscription when more than one).
+    pub connections: Option<usize>,
+    /// Shared subscription group name.
+    pub share_group: Option<String>,
+    /// Topic filters.
+    pub filters: Option<Vec<String>>,
+    /// 1 (acknowledged after Kafka) or 0 (fire-and-forget).
+    pub qos: Option<u8>,
+    /// Keep-alive, seconds.
+    pub keep_alive_secs: Option<u64>,
+    /// How long the first connection may take, seconds.
+    pub connect_timeout_secs: Option<u64>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (prefer JOBSTREAM_MQTT_PASSWORD).
+    pub password: Option<String>,
+    /// CA certificate file (PEM).
+    pub ca: Option<PathBuf>,
+    /// Client certificate file (PEM).
+    pub cert: Option<PathBuf>,
+    /// Client key file (PEM; PKCS#1 or PKCS#8).
+    pub key: Option<PathBuf>,
+    /// ALPN protocol (`x-amzn-mqtt-ca` for AWS IoT Core on port 443; automatic there).
+    pub alpn: Option<String>,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: Option<String>,
+    /// Topic for JOB events.
+    pub job_topic: Option<String>,
+    /// Topic for JOB_EXECUTION events.
+    pub execution_topic: Option<String>,
+    /// Topic for rejects.
+    pub dlq_topic: Option<String>,
+    /// lz4, zstd, snappy, gzip or none.
+    pub compression: Option<String>,
+    /// Partitions of topics created at start.
+    pub partitions: Option<i32>,
+    /// Replication factor of topics created at start.
+    pub replication: Option<i32>,
+    /// Create missing topics at start.
+    pub create_topics: Option<bool>,
+    /// Records librdkafka may queue before producing waits (memory bound).
+    pub max_queued: Option<usize>,
+    /// librdkafka options passed through as they are.
+    pub options: BTreeMap<String, String>,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Prefix before `job/` and `jobExecution/`.
+    pub topic_prefix: Option<String>,
+    /// Larger payloads go to the DLQ.
+    pub max_payload_bytes: Option<usize>,
+    /// Parser worker threads.
+    pub workers: Option<usize>,
+    /// Messages per hand-off batch.
+    pub batch_size: Option<usize>,
+    /// Batches queued between the network and the parsers.
+    pub queue_batches: Option<usize>,
+    /// Event ids remembered for duplicate detection (0 disables it).
+    pub dedup_window: Option<usize>,
+    /// Graceful shutdown deadline, seconds.
+    pub drain_timeout_secs: Option<u64>,
+}
+
+/// Reads and checks a configuration file.
+///
+/// # Errors
+/// The file cannot be read, or is not valid (the message names the key and line).
+pub fn load_settings(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file (see docker/jobstream.toml).
+    #[arg(long, env = "JOBSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// MQTT broker URL: mqtt://host[:port] or mqtts://host[:port].
+    #[arg(long, env = "JOBSTREAM_MQTT_URL")]
+    mqtt: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "JOBSTREAM_KAFKA_BROKERS")]
+    kafka: Option<String>,
+    /// Parquet output (not yet available in `run`; use `replay` for Parquet today).
+    #[arg(long)]
+    parquet: Option<PathBuf>,
+    /// Stable MQTT client id.
+    #[arg(long, env = "JOBSTREAM_MQTT_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Parallel MQTT connections (shared subscription when more than one).
+    #[arg(long, env = "JOBSTREAM_MQTT_CONNECTIONS")]
+    connections: Option<usize>,
+    /// Topic filter to subscribe to (repeat for several).
+    #[arg(long = "filter", env = "JOBSTREAM_MQTT_FILTERS", value_delimiter = ',')]
+    filters: Option<Vec<String>>,
+    /// Subscription QoS: 1 (acknowledged after Kafka) or 0 (fire-and-forget: a crash loses
+    /// what is in flight).
+    #[arg(long, env = "JOBSTREAM_MQTT_QOS")]
+    qos: Option<u8>,
+    /// Topic prefix before job/ and jobExecution/.
+    #[arg(long, env = "JOBSTREAM_TOPIC_PREFIX")]
+    topic_prefix: Option<String>,
+    /// CA certificate (PEM) for mqtts://.
+    #[arg(long, env = "JOBSTREAM_MQTT_CA")]
+    mqtt_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "JOBSTREAM_MQTT_CERT")]
+    mqtt_cert: Option<PathBuf>,
+    /// Client private key (PEM, PKCS#1 or PKCS#8) for mutual TLS.
+    #[arg(long, env = "JOBSTREAM_MQTT_KEY")]
+    mqtt_key: Option<PathBuf>,
+    /// ALPN protocol to offer (x-amzn-mqtt-ca is automatic on port 443).
+    #[arg(long, env = "JOBSTREAM_MQTT_ALPN")]
+    mqtt_alpn: Option<String>,
+    /// MQTT user name.
+    #[arg(long, env = "JOBSTREAM_MQTT_USERNAME")]
+    mqtt_username: Option<String>,
+    /// MQTT password (prefer the environment variable; it is never logged).
+    #[arg(long, env = "JOBSTREAM_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<String>,
+    /// A librdkafka option KEY=VALUE passed through (repeatable), e.g. security.protocol=SASL_SSL.
+    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
+    /// Parser worker threads (default: one per core).
+    #[arg(long, env = "JOBSTREAM_WORKERS")]
+    workers: Option<usize>,
+    /// Event ids remembered for duplicate detection (0 disables it).
+    #[arg(long, env = "JOBSTREAM_DEDUP_WINDOW")]
+    dedup_window: Option<usize>,
+    /// Seconds the first MQTT connection may take before giving up.
+    #[arg(long, env = "JOBSTREAM_CONNECT_TIMEOUT_SECS")]
+    connect_timeout_secs: Option<u64>,
+    /// Check the configuration (file, environment, flags), print the effective settings and
+    /// exit without connecting anywhere.
+    #[arg(long)]
+    check: bool,
+    /// Print the counters every this many seconds (0: only at exit).
+    #[arg(long, default_value_t = 10)]
+    stats_every_secs: u64,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+fn config_error(message: impl Into<String>) -> Failure {
+    Failure::new(EXIT_CONFIG, anyhow::anyhow!(message.into()))
+}
+
+/// Builds the bridge configuration from defaults, the file, the environment and the flags.
+pub fn bridge_config(args: &RunArgs) -> Result<BridgeConfig, Failure> {
+    let settings = match &args.config {
+        Some(path) => load_settings(path).map_err(|e| Failure::new(EXIT_CONFIG, e))?,
+        None => Settings::default(),
+    };
+    let (m, k, p) = (settings.mqtt, settings.kafka, settings.pipeline);
+    let url = args.mqtt.clone().or(m.url).ok_or_else(|| {
+        config_error("no MQTT broker: pass --mqtt mqtt://host:1883 (or set mqtt.url in --config, or JOBSTREAM_MQTT_URL)")
+    })?;
+    let brokers = args.kafka.clone().or(k.brokers).ok_or_else(|| {
+        config_error("no Kafka brokers: pass --kafka host:9092 (or set kafka.brokers in --config, or JOBSTREAM_KAFKA_BROKERS)")
+    })?;
+    let mut mqtt = MqttConfig::new(url);
+    if let Some(v) = args.client_id.clone().or(m.client_id) {
+        mqtt.client_id = v;
+    }
+    if let Some(v) = args.connections.or(m.connections) {
+        if v == 0 {
+            return Err(config_error("mqtt.connections must be at least 1"));
+        }
+        mqtt.connections = v;
+    }
+    if let Some(v) = m.share_group {
+        mqtt.share_group = v;
+    }
+    if let Some(v) = args.filters.clone().or(m.filters) {
+        if v.is_empty() {
+            return Err(config_error(
+                "mqtt.filters must name at least one topic filter",
+            ));
+        }
+        mqtt.filters = v;
+    }
+    if let Some(v) = args.qos.or(m.qos) {
+        mqtt.qos = v;
+    }
+    if let Some(v) = m.keep_alive_secs {
+        mqtt.keep_alive = Duration::from_secs(v.max(5));
+    }
+    if let Some(v) = args.connect_timeout_secs.or(m.connect_timeout_secs) {
+        mqtt.connect_timeout = Duration::from_secs(v.max(1));
+    }
+    mqtt.username = args.mqtt_username.clone().or(m.username);
+    mqtt.password = args.mqtt_password.clone().or(m.password);
+    mqtt.tls.ca = args.mqtt_ca.clone().or(m.ca);
+    mqtt.tls.cert = args.mqtt_cert.clone().or(m.cert);
+    mqtt.tls.key = args.mqtt_key.clone().or(m.key);
+    mqtt.tls.alpn = args.mqtt_alpn.clone().or(m.alpn);
+    for path in [&mqtt.tls.ca, &mqtt.tls.cert, &mqtt.tls.key]
+        .into_iter()
+        .flatten()
+    {
+        if !path.is_file() {
+            return Err(config_error(format!(
+                "TLS file {} does not exist",
+                path.display()
+            )));
+        }
+    }
+    mqtt.qos().map_err(|e| config_error(e.to_string()))?;
+    // Surfaces URL and TLS errors before anything connects.
+    mqtt.options(0).map_err(|e| config_error(e.to_string()))?;
+
+    let mut kafka = KafkaConfig::new(brokers);
+    if let Some(v) = k.job_topic {
+        kafka.job_topic = v;
+    }
+    if let Some(v) = k.execution_topic {
+        kafka.execution_topic = v;
+    }
+    if let Some(v) = k.dlq_topic {
+        kafka.dlq_topic = v;
+    }
+    if let Some(v) = k.compression {
+        kafka.compression = v;
+    }
+    if let Some(v) = k.partitions {
+        kafka.partitions = v;
+    }
+    if let Some(v) = k.replication {
+        kafka.replication = v;
+    }
+    if let Some(v) = k.create_topics {
+        kafka.create_topics = v;
+    }
+    if let Some(v) = k.max_queued {
+        kafka.max_queued = v.max(1);
+    }
+    kafka.options = k.options;
+    kafka.options.extend(args.kafka_options.iter().cloned());
+    kafka
+        .producer_config()
+        .map_err(|e| config_error(e.to_string()))?;
+
+    let mut config = BridgeConfig::new(mqtt, kafka);
+    config.parser = ParserConfig {
+        topic_prefix: args
+            .topic_prefix
+            .clone()
+            .or(p.topic_prefix)
+            .unwrap_or_else(|| jobstream_parser::DEFAULT_PREFIX.to_owned()),
+        max_payload_bytes: p
+            .max_payload_bytes
+            .unwrap_or(jobstream_parser::DEFAULT_MAX_PAYLOAD_BYTES),
+    };
+    if let Some(v) = args.workers.or(p.workers) {
+        config.workers = v.max(1);
+    }
+    if let Some(v) = p.batch_size {
+        config.batch_size = v.max(1);
+    }
+    if let Some(v) = p.queue_batches {
+        config.queue_batches = v.max(1);
+    }
+    if let Some(v) = args.dedup_window.or(p.dedup_window) {
+        config.dedup_window = v;
+    }
+    if let Some(v) = p.drain_timeout_secs {
+        config.drain_timeout = Duration::from_secs(v.max(1));
+    }
+    Ok(config)
+}
+
+fn print_stats(stats: &BridgeStats, final_line: bool) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let line = format!(
+        "received {} | produced job {} execution {} | rejected {} | duplicates {} | acked {} | delivery failures {} | reconnects {}",
+        get(&stats.received),
+        get(&stats.produced_jobs),
+        get(&stats.produced_executions),
+        get(&stats.rejected),
+        get(&stats.duplicates),
+        get(&stats.acknowledged),
+        get(&stats.delivery_failures),
+        get(&stats.reconnects),
+    );
+    if final_line {
+        println!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<(), Failure> {
+    if args.parquet.is_some() {
+        return Err(config_error(
+            "--parquet is not available in `run` yet (Kafka → Parquet arrives with issue 5); use `jobstream replay --parquet` for Parquet today",
+        ));
+    }
+    let config = bridge_config(&args)?;
+    if args.check {
+        println!("configuration OK");
+        println!(
+            "  mqtt        {} ({} connection(s), qos {}, client id {:?})",
+            jobstream_bridge::config::redact(&config.mqtt.url),
+            config.mqtt.connections,
+            config.mqtt.qos,
+            config.mqtt.client_id
+        );
+        println!("  filters     {}", config.mqtt.subscriptions().join(", "));
+        println!(
+            "  kafka       {} → {}, {}, dlq {}",
+            config.kafka.brokers,
+            config.kafka.job_topic,
+            config.kafka.execution_topic,
+            config.kafka.dlq_topic
+        );
+        println!(
+            "  pipeline    prefix {:?}, {} worker(s), batches of {}, dedup window {}",
+            config.parser.topic_prefix, config.workers, config.batch_size, config.dedup_window
+        );
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stats = Arc::new(BridgeStats::default());
+    let result = runtime.block_on(async {
+        let reporter = {
+            let stats = Arc::clone(&stats);
+            let every = args.stats_every_secs;
+            tokio::spawn(async move {
+                if every == 0 {
+                    return;
+                }
+                let mut tick = tokio::time::interval(Duration::from_secs(every));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    print_stats(&stats, false);
+                }
+            })
+        };
+        let shutdown = async {
+            shutdown_signal().await;
+            eprintln!("jobstream: draining (a second signal exits at once; nothing unconfirmed is acknowledged)");
+            tokio::spawn(async {
+                shutdown_signal().await;
+                eprintln!("jobstream: second signal: exiting now");
+                std::process::exit(130);
+            });
+        };
+        let result = jobstream_bridge::run(config, Arc::clone(&stats), shutdown).await;
+        reporter.abort();
+        result
+    });
+    print_stats(&stats, true);
+    result.map_err(|error| {
+        let code = match &error {
+            BridgeError::Config(_) => EXIT_CONFIG,
+            BridgeError::Mqtt(_) | BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
+            BridgeError::DrainTimeout(_) => EXIT_TEMPFAIL,
+        };
+        Failure::new(code, error)
+    })
+}

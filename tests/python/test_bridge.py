@@ -1,0 +1,256 @@
+"""MQTT → Kafka on real brokers: mosquitto, tansu, and clients no one here wrote
+(paho-mqtt publishes, confluent-kafka on librdkafka ≥ 2.12 reads)."""
+
+import json
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from brokers import Mosquitto, Tansu
+from conftest import jobstream_bin, run, wait_for
+
+BAD_LINES = [
+    ("$aws/events/job/j-bad/completed", b'{"eventType":"JOB"'),
+    ("$aws/events/jobExecution/j-bad/failed", b'{"eventType":"JOB","eventId":"x","timestamp":1,"operation":"failed","jobId":"j-bad","status":"FAILED"}'),
+    ("$aws/events/job/j-bad/completed", b"\xff\xfe"),
+]
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory):
+    broker = Tansu(tmp_path_factory.mktemp("tansu")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+def generate(count, tmp_path, name="capture.tsv"):
+    path = tmp_path / name
+    run("generate", "--events", count, "--output", path)
+    lines = []
+    for raw in path.read_bytes().split(b"\n")[:-1]:
+        topic, _, payload = raw.partition(b"\t")
+        lines.append((topic.decode(), payload))
+    return lines
+
+
+class Bridge:
+    def __init__(self, tmp_path, mosquitto, tansu, **mqtt_extra):
+        self.id = uuid.uuid4().hex[:8]
+        self.topics = {k: f"{k}-{self.id}" for k in ("jobs", "executions", "dlq")}
+        self.log = tmp_path / f"bridge-{self.id}.log"
+        self.config = tmp_path / f"bridge-{self.id}.toml"
+        url = mqtt_extra.pop("url", None) or mosquitto.url
+        extra = "".join(f'{k} = {json.dumps(v)}\n' for k, v in mqtt_extra.items())
+        self.config.write_text(f"""
+[mqtt]
+url = "{url}"
+client_id = "test-{self.id}"
+connect_timeout_secs = 20
+{extra}
+[kafka]
+brokers = "{tansu.brokers}"
+job_topic = "{self.topics['jobs']}"
+execution_topic = "{self.topics['executions']}"
+dlq_topic = "{self.topics['dlq']}"
+partitions = 3
+
+[pipeline]
+drain_timeout_secs = 60
+""")
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        self.starts += 1
+        self.proc = subprocess.Popen(
+            [jobstream_bin(), "run", "--config", self.config, "--stats-every-secs", "0"],
+            stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True,
+            env={"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin"})
+        wait_for(lambda: self.log.read_text(errors="replace").count("subscribed") >= self.starts,
+                 timeout=60, what="the bridge to subscribe")
+        return self
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=90)
+        return self.proc.returncode, out
+
+    def rss_mb(self):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+class KafkaReader:
+    """Reads topics from the beginning with confluent-kafka (librdkafka ≥ 2.12)."""
+
+    def __init__(self, brokers, topics):
+        self.consumer = Consumer({
+            "bootstrap.servers": brokers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+        })
+        metadata = self.consumer.list_topics(timeout=30)
+        assignment = []
+        for topic in topics:
+            wait_for(lambda: topic in self.consumer.list_topics(timeout=10).topics, timeout=60,
+                     what=f"topic {topic}")
+            for partition in self.consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+        self.consumer.assign(assignment)
+        self.records = []
+        del metadata
+
+    def read_until(self, done, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done(self.records):
+                return self.records
+            for message in self.consumer.consume(num_messages=5000, timeout=0.2):
+                if message.error():
+                    continue
+                self.records.append(message)
+        raise AssertionError(f"timed out with {len(self.records)} records read")
+
+
+def publish(url_port, messages, client_id=None):
+    """Publishes with QoS 1 through paho and waits until the broker acknowledged every one."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", url_port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(timeout=120)
+    client.loop_stop()
+    client.disconnect()
+
+
+def header(message, key):
+    for k, v in message.headers() or []:
+        if k == key:
+            return v
+    return None
+
+
+def test_published_events_reach_kafka_exactly_once_byte_exact_with_key_headers_and_timestamp(tmp_path, mosquitto, tansu):
+    events = generate(3000, tmp_path)
+    bridge = Bridge(tmp_path, mosquitto, tansu).start()
+    publish(mosquitto.port, events + BAD_LINES)
+    reader = KafkaReader(tansu.brokers, bridge.topics.values())
+    records = reader.read_until(lambda r: len(r) >= len(events) + len(BAD_LINES))
+    code, out = bridge.stop()
+    assert code == 0, out
+    # Give late duplicates (there must be none) a chance to show up before counting.
+    reader.read_until(lambda r: True, timeout=1)
+
+    valid = [m for m in reader.records if m.topic() != bridge.topics["dlq"]]
+    by_id = {}
+    for message in valid:
+        event_id = header(message, "event_id").decode()
+        assert event_id not in by_id, f"duplicate {event_id}"
+        by_id[event_id] = message
+    expected = {json.loads(p)["eventId"]: (t, p) for t, p in events}
+    assert by_id.keys() == expected.keys()
+    for event_id, (topic, payload) in expected.items():
+        message = by_id[event_id]
+        body = json.loads(payload)
+        assert message.value() == payload, "value is the MQTT payload byte for byte"
+        assert message.key() == body["jobId"].encode()
+        assert message.timestamp()[1] == body["timestamp"] * 1000
+        assert message.topic() == bridge.topics["jobs" if body["eventType"] == "JOB" else "executions"]
+        assert header(message, "mqtt_topic") == topic.encode()
+        assert header(message, "event_type") == body["eventType"].encode()
+        assert header(message, "operation") == body["operation"].encode()
+        received = int(header(message, "received_at"))
+        assert abs(received - time.time() * 1000) < 600_000
+
+    dlq = [m for m in reader.records if m.topic() == bridge.topics["dlq"]]
+    assert sorted(m.value() for m in dlq) == sorted(p for _, p in BAD_LINES)
+    kinds = sorted(header(m, "error_kind").decode() for m in dlq)
+    assert kinds == ["event_type_mismatch", "not_json", "not_json"]
+    assert all(header(m, "error") and header(m, "mqtt_topic") for m in dlq)
+    assert f"acked {len(events) + len(BAD_LINES)}" in out
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, tansu):
+    events = generate(200_000, tmp_path)
+    bridge = Bridge(tmp_path, mosquitto, tansu).start()
+    reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    publisher = threading.Thread(target=publish, args=(mosquitto.port, events))
+    publisher.start()
+    reader.read_until(lambda r: len(r) >= 30_000, timeout=300)
+    bridge.kill()
+    bridge.start()
+    publisher.join()
+    wanted = {json.loads(p)["eventId"] for _, p in events}
+    seen = set()
+
+    def complete(records):
+        for m in records[len(seen_count):]:
+            seen.add(header(m, "event_id").decode())
+        seen_count[:] = records
+        return wanted <= seen
+
+    seen_count = []
+    reader.read_until(complete, timeout=600)
+    code, out = bridge.stop()
+    assert code == 0, out
+    assert seen == wanted
+    duplicates = len(reader.records) - len(wanted)
+    print(f"kill -9 at >=30k: {len(reader.records)} records for {len(wanted)} events ({duplicates} redelivered)")
+
+
+def test_invalid_url_missing_cert_and_unreachable_broker_fail_clearly(tmp_path):
+    bad_url = run("run", "--mqtt", "http://127.0.0.1:1", "--kafka", "127.0.0.1:9", check=False)
+    assert bad_url.returncode == 78 and "mqtt://" in bad_url.stderr
+    missing = run("run", "--mqtt", "mqtts://127.0.0.1:8883", "--kafka", "127.0.0.1:9",
+                  "--mqtt-ca", tmp_path / "nope.pem", check=False)
+    assert missing.returncode == 78 and "nope.pem" in missing.stderr
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:1"\nclient_idd = "x"\n')
+    bad_key = run("run", "--config", typo, "--kafka", "127.0.0.1:9", check=False)
+    assert bad_key.returncode == 78 and "client_idd" in bad_key.stderr
+    assert "panicked" not in bad_url.stderr + missing.stderr + bad_key.stderr
+
+
+def test_replay_with_kafka_produces_events_and_rejects_to_their_topics(tmp_path, tansu):
+    capture = tmp_path / "capture.tsv"
+    events = generate(500, tmp_path)
+    with open(capture, "wb") as f:
+        for topic, payload in events + BAD_LINES:
+            f.write(topic.encode() + b"\t" + payload + b"\n")
+    result = run("replay", "--input", capture, "--kafka", tansu.brokers, "--quiet")
+    assert f"kafka records {len(events) + len(BAD_LINES):>12}".replace(" ", "") in result.stdout.replace(" ", "")
+    topics = ["aws-iot-job-events", "aws-iot-job-execution-events", "aws-iot-jobs-dlq"]
+    reader = KafkaReader(tansu.brokers, topics)
+    records = reader.read_until(lambda r: len(r) >= len(events) + len(BAD_LINES))
+    values = sorted(m.value() for m in records if m.topic() != "aws-iot-jobs-dlq")
+    assert values == sorted(p for _, p in events)
+    dlq = [m for m in records if m.topic() == "aws-iot-jobs-dlq"]
+    assert sorted(m.value() for m in dlq) == sorted(p for _, p in BAD_LINES)
+    for m in records:
+        if m.topic() != "aws-iot-jobs-dlq":
+            assert header(m, "received_at") is None, "a capture has no receive time"
+            assert m.key() == json.loads(m.value())["jobId"].encode()

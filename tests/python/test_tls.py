@@ -1,0 +1,82 @@
+"""TLS and mutual TLS to mosquitto, with certificates this test makes (openssl), and client
+keys in both forms AWS hands out: PKCS#1 (`RSA PRIVATE KEY`) and PKCS#8."""
+
+import json
+import subprocess
+
+import pytest
+
+from brokers import Mosquitto
+from conftest import run, wait_for
+from test_bridge import Bridge, KafkaReader, generate, publish, tansu  # noqa: F401 (fixture)
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=jobstream test CA", cwd=d)
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}", cwd=d)
+        extra = ["-extfile", "server.ext"] if name == "server" else []
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *extra, cwd=d)
+    # OpenSSL 3 writes PKCS#8 ("PRIVATE KEY"); -traditional gives PKCS#1 ("RSA PRIVATE KEY").
+    openssl("rsa", "-in", "client.key", "-out", "client-pkcs1.key", "-traditional", cwd=d)
+    assert b"BEGIN PRIVATE KEY" in (d / "client.key").read_bytes()
+    assert b"BEGIN RSA PRIVATE KEY" in (d / "client-pkcs1.key").read_bytes()
+    return d
+
+
+def start_mosquitto(tmp_path, certs, require_certificate):
+    return Mosquitto(tmp_path / "mosq-tls", tls={
+        "ca": certs / "ca.pem", "cert": certs / "server.pem", "key": certs / "server.key",
+        "require_certificate": require_certificate}).start()
+
+
+def deliver_through(tmp_path, mosquitto, tansu, **tls):
+    events = generate(200, tmp_path)
+    bridge = Bridge(tmp_path, mosquitto, tansu, url=f"mqtts://127.0.0.1:{mosquitto.tls_port}",
+                    **{k: str(v) for k, v in tls.items()}).start()
+    publish(mosquitto.port, events)
+    reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    records = reader.read_until(lambda r: len(r) >= len(events))
+    code, out = bridge.stop()
+    assert code == 0, out
+    assert sorted(m.value() for m in records) == sorted(p for _, p in events)
+
+
+def test_tls_connection_verifies_the_server_with_the_given_ca(tmp_path, certs, tansu):
+    mosquitto = start_mosquitto(tmp_path, certs, require_certificate=False)
+    try:
+        deliver_through(tmp_path, mosquitto, tansu, ca=certs / "ca.pem")
+    finally:
+        mosquitto.stop()
+
+
+@pytest.mark.parametrize("key", ["client.key", "client-pkcs1.key"])
+def test_mutual_tls_works_with_pkcs8_and_pkcs1_keys(tmp_path, certs, tansu, key):
+    mosquitto = start_mosquitto(tmp_path, certs, require_certificate=True)
+    try:
+        deliver_through(tmp_path, mosquitto, tansu, ca=certs / "ca.pem", cert=certs / "client.pem",
+                        key=certs / key)
+    finally:
+        mosquitto.stop()
+
+
+def test_mutual_tls_without_a_client_certificate_fails_clearly(tmp_path, certs, tansu):
+    mosquitto = start_mosquitto(tmp_path, certs, require_certificate=True)
+    try:
+        result = run("run", "--mqtt", f"mqtts://127.0.0.1:{mosquitto.tls_port}", "--kafka", tansu.brokers,
+                     "--mqtt-ca", certs / "ca.pem", "--connect-timeout-secs", "3", check=False, timeout=60)
+        assert result.returncode == 69, result.stderr
+        assert f"127.0.0.1:{mosquitto.tls_port}" in result.stderr
+        assert "panicked" not in result.stderr
+    finally:
+        mosquitto.stop()
