@@ -54,7 +54,7 @@ class Mosquitto:
             "autosave_interval 1",
             "max_inflight_messages 0",
             "max_queued_messages 0",
-            "max_packet_size 140000",
+            "max_packet_size 1048576",
         ]
         if tls:
             # A second listener for TLS; the plain one stays for the test's publisher.

@@ -8,8 +8,11 @@ use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
 use crate::BridgeError;
 
-/// Largest MQTT packet AWS IoT Core sends (128 KiB payload plus headers).
-pub const AWS_MAX_PACKET_BYTES: usize = 128 * 1024 + 1024;
+/// Largest MQTT packet the client accepts by default. AWS IoT Core caps payloads at 128 KiB;
+/// the limit here is higher so that an oversized payload reaches the parser, which counts it
+/// and sends it to the DLQ (`payload_too_large`) instead of the client refusing it — a refused
+/// packet would drop the connection and come back with every redelivery.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
 
 /// TLS material, all PEM files.
 #[derive(Debug, Clone, Default)]
@@ -71,7 +74,7 @@ impl MqttConfig {
             ],
             qos: 1,
             keep_alive: Duration::from_secs(30),
-            max_packet_bytes: AWS_MAX_PACKET_BYTES,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             request_capacity: 4096,
             connect_timeout: Duration::from_secs(30),
             tls: TlsFiles::default(),

@@ -96,7 +96,10 @@ impl ReplayStats {
 }
 
 struct Block {
+    /// Always `BLOCK_BYTES` long once allocated, so reuse never re-zeroes it.
     data: Vec<u8>,
+    /// Bytes of whole lines at the start of `data`.
+    len: usize,
 }
 
 fn spawn_reader(
@@ -107,14 +110,15 @@ fn spawn_reader(
     thread::spawn(move || {
         let mut carry: Vec<u8> = Vec::new();
         loop {
-            let mut data = recycled
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(BLOCK_BYTES));
-            data.clear();
-            data.extend_from_slice(&carry);
+            let mut data = recycled.try_recv().unwrap_or_default();
+            // A line longer than a block grows the block; otherwise the size stays put.
+            let needed = BLOCK_BYTES.max(carry.len() * 2);
+            if data.len() < needed {
+                data.resize(needed, 0);
+            }
+            data[..carry.len()].copy_from_slice(&carry);
+            let start = carry.len();
             carry.clear();
-            let start = data.len();
-            data.resize(start.max(BLOCK_BYTES), 0);
             let read = loop {
                 match input.read(&mut data[start..]) {
                     Ok(n) => break Ok(n),
@@ -128,29 +132,48 @@ fn spawn_reader(
                     return;
                 }
                 Ok(0) => {
-                    data.truncate(start);
-                    if !data.is_empty() {
-                        let _ = blocks.send(Ok(Block { data }));
+                    if start > 0 {
+                        let _ = blocks.send(Ok(Block { data, len: start }));
                     }
                     return;
                 }
                 Ok(n) => {
-                    data.truncate(start + n);
+                    let filled = start + n;
                     // Hand over whole lines only; the partial tail starts the next block.
-                    match data.iter().rposition(|&b| b == b'\n') {
+                    match memchr::memrchr(b'\n', &data[..filled]) {
                         Some(end) => {
-                            carry.extend_from_slice(&data[end + 1..]);
-                            data.truncate(end + 1);
-                            if blocks.send(Ok(Block { data })).is_err() {
+                            carry.extend_from_slice(&data[end + 1..filled]);
+                            if blocks.send(Ok(Block { data, len: end + 1 })).is_err() {
                                 return;
                             }
                         }
-                        None => carry = data,
+                        None => carry.extend_from_slice(&data[..filled]),
                     }
                 }
             }
         }
     })
+}
+
+/// The lines of a block (without their `\n`), found with memchr.
+struct Lines<'a>(Option<&'a [u8]>);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.0?;
+        match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                self.0 = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.0 = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 /// Runs a replay; `progress` is called every 65,536 lines and once at the end.
@@ -243,12 +266,13 @@ pub fn replay(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        stats.bytes += block.data.len() as u64;
-        let data = block.data.strip_suffix(b"\n").unwrap_or(&block.data);
-        for line in data.split(|&b| b == b'\n') {
+        stats.bytes += block.len as u64;
+        let data = &block.data[..block.len];
+        let data = data.strip_suffix(b"\n").unwrap_or(data);
+        for line in Lines(Some(data)) {
             stats.lines += 1;
             let line_no = stats.lines;
-            let Some(tab) = line.iter().position(|&b| b == b'\t') else {
+            let Some(tab) = memchr::memchr(b'\t', line) else {
                 reject_line(
                     &mut stats,
                     dlq.as_mut(),
