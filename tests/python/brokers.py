@@ -51,10 +51,18 @@ class Mosquitto:
             "allow_anonymous true",
             "persistence true",
             f"persistence_location {self.workdir}/",
-            "autosave_interval 1",
+            # Saved on shutdown (the restart test needs that); saving a queue of 200k messages
+            # every second would stall the broker.
+            "autosave_interval 3600",
+            # Run as root (the tests' tmp dirs are root's); mosquitto would otherwise switch to
+            # its own user and fail to write the persistence file.
+            "user root",
             "max_inflight_messages 0",
             "max_queued_messages 0",
             "max_packet_size 1048576",
+            # $SYS/broker/store/messages/count every second: the tests wait on it to know
+            # every message was acknowledged.
+            "sys_interval 1",
         ]
         if tls:
             # A second listener for TLS; the plain one stays for the test's publisher.
@@ -97,15 +105,20 @@ class Tansu:
         self.proc = subprocess.Popen(
             [need(os.environ.get("TANSU_BIN", "tansu")), "broker",
              "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", f"sqlite://{self.workdir}/tansu.db"],
-            stdout=open(self.workdir / "tansu.log", "ab"), stderr=subprocess.STDOUT)
+             # tansu reads the path after sqlite:// relative to its working directory.
+             "--storage-engine", "sqlite://tansu.db"],
+            cwd=self.workdir, stdout=open(self.workdir / "tansu.log", "ab"), stderr=subprocess.STDOUT)
         wait_port(self.port, what="tansu")
         return self
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # tansu 0.6 may ignore SIGTERM with clients attached
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
     @property
     def brokers(self):

@@ -45,6 +45,7 @@ def deliver_through(tmp_path, mosquitto, tansu, **tls):
     bridge = Bridge(tmp_path, mosquitto, tansu, url=f"mqtts://127.0.0.1:{mosquitto.tls_port}",
                     **{k: str(v) for k, v in tls.items()}).start()
     publish(mosquitto.port, events)
+    bridge.wait_acked(len(events))
     reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
     records = reader.read_until(lambda r: len(r) >= len(events))
     code, out = bridge.stop()

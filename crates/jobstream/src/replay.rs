@@ -25,6 +25,9 @@ pub struct ReplayArgs {
     /// Also produce events to Kafka (and rejects to the DLQ topic) at these brokers.
     #[arg(long, env = "JOBSTREAM_KAFKA_BROKERS")]
     kafka: Option<String>,
+    /// A librdkafka option KEY=VALUE passed through (repeatable).
+    #[arg(long = "kafka-option", value_parser = crate::run::parse_key_value)]
+    kafka_options: Vec<(String, String)>,
     /// Topic prefix before `job/` and `jobExecution/`.
     #[arg(long, default_value = jobstream_parser::DEFAULT_PREFIX)]
     topic_prefix: String,
@@ -95,7 +98,11 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         input,
         parquet,
         dlq: args.dlq,
-        kafka: args.kafka.map(jobstream_sink::kafka::KafkaConfig::new),
+        kafka: args.kafka.map(|brokers| {
+            let mut kafka = jobstream_sink::kafka::KafkaConfig::new(brokers);
+            kafka.options.extend(args.kafka_options.iter().cloned());
+            kafka
+        }),
         parser: ParserConfig {
             topic_prefix: args.topic_prefix,
             max_payload_bytes: args.max_payload_bytes,
