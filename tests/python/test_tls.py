@@ -21,10 +21,12 @@ def certs(tmp_path_factory):
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
             "-days", "2", "-subj", "/CN=jobstream test CA", cwd=d)
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    # Any extension makes a v3 certificate; rustls (like AWS) refuses v1 certificates.
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name in ("server", "client"):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
                 "-subj", f"/CN={name}", cwd=d)
-        extra = ["-extfile", "server.ext"] if name == "server" else []
+        extra = ["-extfile", f"{name}.ext"]
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *extra, cwd=d)
     # OpenSSL 3 writes PKCS#8 ("PRIVATE KEY"); -traditional gives PKCS#1 ("RSA PRIVATE KEY").
