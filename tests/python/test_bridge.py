@@ -140,6 +140,9 @@ class KafkaReader:
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 50,
+            # Few, large fetches: tansu 0.6's SQLite engine spends its CPU per fetch request.
+            "max.partition.fetch.bytes": 64 << 20,
+            "fetch.max.bytes": 128 << 20,
         })
         metadata = self.consumer.list_topics(timeout=30)
         assignment = []
@@ -232,12 +235,18 @@ def test_published_events_reach_kafka_exactly_once_byte_exact_with_key_headers_a
     assert f"acked {len(events) + len(BAD_LINES)}" in out
 
 
+# 60k rather than the 200k the issue asks for: tansu 0.6's SQLite engine cannot serve a read-back
+# of 200k records (it pegs a core and stops answering metadata requests; seen here). The kill
+# lands at a random point of a stream several times the bridge's in-flight window either way.
+KILL_TEST_EVENTS = 60_000
+
+
 def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, tansu):
-    events = generate(200_000, tmp_path)
+    events = generate(KILL_TEST_EVENTS, tmp_path)
     bridge = Bridge(tmp_path, mosquitto, tansu).start()
     publisher = threading.Thread(target=publish, args=(mosquitto.port, events))
     publisher.start()
-    bridge.wait_acked(30_000)
+    bridge.wait_acked(KILL_TEST_EVENTS // 4)
     bridge.kill()
     assert bridge.proc.returncode == -signal.SIGKILL
     bridge.start()
@@ -260,7 +269,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, tansu
     reader.read_until(complete, timeout=600)
     assert seen == wanted, "every event in Kafka, byte for byte"
     redelivered = len(reader.records) - len(wanted)
-    print(f"kill -9 after >=30k acks: {len(reader.records)} records for {len(wanted)} events "
+    print(f"kill -9 after >={KILL_TEST_EVENTS // 4} acks: {len(reader.records)} records for {len(wanted)} events "
           f"({redelivered} redelivered after the crash)")
 
 
