@@ -81,21 +81,19 @@ def test_every_file_has_the_contract_types_in_pyarrow_and_duckdb(capture, tmp_pa
         assert "milliseconds" in logical.lower() and "isAdjustedToUTC=true" in logical.replace(" ", ""), logical
 
     con = duckdb.connect()
-    types = dict(
-        con.execute(
-            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{glob(out, 'job_events')}', hive_partitioning=true))"
-        ).fetchall()
-    )
+
+    def column_types(table):
+        return dict(con.execute(
+            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{glob(out, table)}', hive_partitioning=true))"
+        ).fetchall())
+
+    types = column_types("job_events")
     assert types["event_time"] == "TIMESTAMP WITH TIME ZONE"
     assert types["completed_at"] == "TIMESTAMP WITH TIME ZONE"
     assert types["targets"] == "VARCHAR[]"
     assert types["number_of_failed_things"] == "BIGINT"
     assert types["date"] == "DATE"
-    types = dict(
-        con.execute(
-            f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{glob(out, 'job_execution_events')}', hive_partitioning=true))"
-        ).fetchall()
-    )
+    types = column_types("job_execution_events")
     assert types["status_details"] == "MAP(VARCHAR, VARCHAR)"
     assert types["event_time"] == "TIMESTAMP WITH TIME ZONE"
 

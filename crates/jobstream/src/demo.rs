@@ -37,11 +37,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot create {}", capture.display()))?,
     );
     for m in fleet.by_ref() {
-        out.write_all(m.topic.as_bytes())
-            .and_then(|()| out.write_all(b"\t"))
-            .and_then(|()| out.write_all(&m.payload))
-            .and_then(|()| out.write_all(b"\n"))
-            .context("writing the demo capture")?;
+        crate::generate::write_capture_line(&mut out, &m).context("writing the demo capture")?;
     }
     // Two lines AWS would never send, to show where bad input goes.
     out.write_all(

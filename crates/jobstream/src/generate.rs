@@ -37,6 +37,17 @@ pub struct GenerateArgs {
     output: PathBuf,
 }
 
+/// Writes one message as a capture line, `TOPIC<TAB>PAYLOAD\n` (what `replay` reads).
+pub fn write_capture_line(
+    out: &mut impl Write,
+    message: &jobstream_fleet::Message,
+) -> io::Result<()> {
+    out.write_all(message.topic.as_bytes())?;
+    out.write_all(b"\t")?;
+    out.write_all(&message.payload)?;
+    out.write_all(b"\n")
+}
+
 pub fn run(args: GenerateArgs) -> Result<(), Failure> {
     if args.things_per_job == 0 {
         return Err(Failure::new(
@@ -65,11 +76,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Failure> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let mut fleet = Fleet::new(config);
     for message in fleet.by_ref() {
-        out.write_all(message.topic.as_bytes())
-            .and_then(|()| out.write_all(b"\t"))
-            .and_then(|()| out.write_all(&message.payload))
-            .and_then(|()| out.write_all(b"\n"))
-            .context("writing the capture")?;
+        write_capture_line(&mut out, &message).context("writing the capture")?;
     }
     out.flush().context("writing the capture")?;
     let tally = fleet.tally();
