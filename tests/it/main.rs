@@ -9,4 +9,5 @@ mod fuzz;
 mod parquet_sink;
 mod parser;
 mod replay_cli;
+mod report;
 mod support;

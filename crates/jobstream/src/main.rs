@@ -6,6 +6,7 @@
 mod demo;
 mod generate;
 mod replay;
+mod report;
 mod run;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Replay a capture (`TOPIC<TAB>PAYLOAD` lines) through the parser into Parquet and a DLQ.
     Replay(replay::ReplayArgs),
+    /// Per-job rollout outcomes from the Parquet output, reconciled with AWS's own counters.
+    Report(report::ReportArgs),
     /// Write a simulated fleet's job events as a capture file (the format `replay` reads).
     Generate(generate::GenerateArgs),
 }
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::run(args),
+        Command::Report(args) => report::run(args),
         Command::Generate(args) => generate::run(args),
     };
     match result {
