@@ -91,14 +91,20 @@ drain_timeout_secs = 60
                  timeout=60, what="the bridge to subscribe")
         return self
 
+    def stats_lines(self):
+        """The once-a-second stats lines, from `received` on (the log prefix — time, level —
+        differs from line to line)."""
+        text = self.log.read_text(errors="replace")
+        return [line[line.index("received "):] for line in text.splitlines()
+                if re.search(r"(?:^|\s)received \d+ \|", line)]
+
     def counter(self, name):
         """The latest value of a counter from the bridge's once-a-second stats line."""
         value = 0
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("received "):
-                found = re.search(rf"(?:^| ){name} (\d+)", line)
-                if found:
-                    value = int(found.group(1))
+        for line in self.stats_lines():
+            found = re.search(rf"(?:^| ){name} (\d+)", line)
+            if found:
+                value = int(found.group(1))
         return value
 
     def wait_acked(self, count, timeout=300):
@@ -110,8 +116,7 @@ drain_timeout_secs = 60
         stats lines (three seconds). If anything were still queued at the broker, the Kafka
         check that follows fails: this wait cannot make a test pass that should not."""
         def settled():
-            lines = [l for l in self.log.read_text(errors="replace").splitlines() if l.startswith("received ")]
-            last = lines[-3:]
+            last = self.stats_lines()[-3:]
             return len(last) == 3 and len(set(last)) == 1 and self.counter("received") == self.counter("acked")
         wait_for(settled, timeout=timeout, what="the bridge to acknowledge everything it received")
 

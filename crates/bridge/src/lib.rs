@@ -43,6 +43,11 @@ pub enum BridgeError {
     #[error(transparent)]
     Kafka(#[from] jobstream_sink::SinkError),
     /// The graceful drain did not finish in time; unconfirmed messages stay unacknowledged.
-    #[error("drain did not finish within {0:?}; unconfirmed messages stay unacknowledged and will be redelivered")]
-    DrainTimeout(std::time::Duration),
+    #[error("drain did not finish within {after:?}: {stuck}; unconfirmed messages stay unacknowledged and will be redelivered")]
+    DrainTimeout {
+        /// The deadline.
+        after: std::time::Duration,
+        /// What it was still waiting for.
+        stuck: String,
+    },
 }

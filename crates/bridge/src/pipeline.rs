@@ -1,13 +1,14 @@
 //! The MQTT → Kafka pipeline and its acknowledgement loop.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam::channel as xchan;
-use jobstream_parser::{Family, Parser, ParserConfig};
+use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
+use jobstream_parser::{Family, Parser, ParserConfig, RejectKind};
 use jobstream_sink::kafka::{KafkaConfig, KafkaSink};
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, Notify};
@@ -55,28 +56,158 @@ impl BridgeConfig {
     }
 }
 
-/// Counters of a run, readable while it goes.
+/// Counters of a run, readable while it goes, and exported as Prometheus metrics when built
+/// with [`BridgeStats::registered`] (names in the README's "Operating" section).
+///
+/// Counters dereference to their atomics: `stats.received.load(Ordering::Relaxed)` works.
 #[derive(Debug, Default)]
 pub struct BridgeStats {
     /// PUBLISH packets received.
-    pub received: AtomicU64,
+    pub received: Counter,
     /// JOB events Kafka confirmed.
-    pub produced_jobs: AtomicU64,
+    pub produced_jobs: Counter,
     /// JOB_EXECUTION events Kafka confirmed.
-    pub produced_executions: AtomicU64,
+    pub produced_executions: Counter,
     /// Rejects Kafka confirmed in the DLQ topic.
-    pub rejected: AtomicU64,
+    pub rejected: Counter,
     /// Duplicates (same `eventId` within the window) dropped before Kafka.
-    pub duplicates: AtomicU64,
+    pub duplicates: Counter,
     /// PUBACKs sent.
-    pub acknowledged: AtomicU64,
+    pub acknowledged: Counter,
     /// Records Kafka failed to take (never acknowledged; redelivered by the broker).
-    pub delivery_failures: AtomicU64,
+    pub delivery_failures: Counter,
     /// MQTT connection errors (each followed by a reconnect).
-    pub reconnects: AtomicU64,
+    pub reconnects: Counter,
     /// Connections currently up.
-    pub connected: AtomicU64,
+    pub connected: Gauge,
+    /// Valid events parsed, by family (job, execution), duplicates included.
+    pub events: [Counter; 2],
+    /// Rejects by kind, in [`RejectKind::ALL`] order.
+    pub rejects: [Counter; RejectKind::ALL.len()],
+    /// Time from handing a record to librdkafka to its delivery report, seconds.
+    pub delivery_latency: Histogram,
+    /// Per connection: QoS 1 messages received and not yet acknowledged in the current session.
+    pub inflight: Vec<Gauge>,
+    /// Per connection: messages queued between the network task and its batcher.
+    pub inbound_queue: Vec<Gauge>,
+    /// Batches queued between the batchers and the parser workers.
+    pub handoff_queue: Gauge,
+    /// Where `/metrics` reads from, and `/ready` asks (detached ones by default).
+    pub registry: Registry,
+    /// Readiness checks the bridge registers (`mqtt`, `kafka`).
+    pub health: Health,
 }
+
+impl BridgeStats {
+    /// Counters registered in `registry` (labelled with `config`'s topic names), and readiness
+    /// checks to be registered in `health` when the run starts.
+    pub fn registered(registry: &Registry, health: &Health, config: &BridgeConfig) -> Self {
+        let produced = |topic: &str| {
+            registry.counter_with(
+                "jobstream_kafka_produced_total",
+                "Records Kafka confirmed (acks=all), by topic.",
+                &[("topic", topic)],
+            )
+        };
+        let family = |family: &str| {
+            registry.counter_with(
+                "jobstream_events_received_total",
+                "Valid events parsed from MQTT, by family (duplicates included).",
+                &[("family", family)],
+            )
+        };
+        let per_connection = |name: &str, help: &str, extra: Option<(&str, &str)>| {
+            (0..config.mqtt.connections.max(1))
+                .map(|i| {
+                    let index = i.to_string();
+                    let mut labels = vec![("connection", index.as_str())];
+                    labels.extend(extra);
+                    registry.gauge_with(name, help, &labels)
+                })
+                .collect::<Vec<_>>()
+        };
+        BridgeStats {
+            received: registry.counter(
+                "jobstream_mqtt_messages_received_total",
+                "PUBLISH packets received from the MQTT broker (redeliveries included).",
+            ),
+            produced_jobs: produced(&config.kafka.job_topic),
+            produced_executions: produced(&config.kafka.execution_topic),
+            rejected: produced(&config.kafka.dlq_topic),
+            duplicates: registry.counter(
+                "jobstream_duplicates_dropped_total",
+                "Events dropped because their eventId was seen within the dedup window.",
+            ),
+            acknowledged: registry.counter(
+                "jobstream_mqtt_acknowledged_total",
+                "PUBACKs sent to the MQTT broker (only after Kafka confirmed).",
+            ),
+            delivery_failures: registry.counter(
+                "jobstream_kafka_delivery_failures_total",
+                "Records Kafka did not take (left unacknowledged; the broker redelivers them).",
+            ),
+            reconnects: registry.counter(
+                "jobstream_mqtt_reconnects_total",
+                "MQTT connection errors, each followed by a reconnect.",
+            ),
+            connected: registry.gauge(
+                "jobstream_mqtt_connections_up",
+                "MQTT connections currently established.",
+            ),
+            events: [family("job"), family("execution")],
+            rejects: RejectKind::ALL.map(|kind| {
+                registry.counter_with(
+                    "jobstream_rejects_total",
+                    "Inputs refused by the parser and sent to the DLQ, by kind.",
+                    &[("kind", kind.as_str())],
+                )
+            }),
+            delivery_latency: registry.histogram_with(
+                "jobstream_kafka_delivery_seconds",
+                "Time from handing a record to the producer to Kafka's confirmation.",
+                &[],
+                &jobstream_metrics::LATENCY_BUCKETS,
+            ),
+            inflight: per_connection(
+                "jobstream_mqtt_inflight_messages",
+                "QoS 1 messages received and not yet acknowledged, per connection.",
+                None,
+            ),
+            inbound_queue: per_connection(
+                QUEUE_DEPTH,
+                QUEUE_DEPTH_HELP,
+                Some(("queue", "mqtt_inbound")),
+            ),
+            handoff_queue: registry.gauge_with(
+                QUEUE_DEPTH,
+                QUEUE_DEPTH_HELP,
+                &[("queue", "handoff_batches")],
+            ),
+            registry: registry.clone(),
+            health: health.clone(),
+        }
+    }
+
+    /// Counts a valid event of `family`.
+    fn event(&self, family: Family) {
+        let index = match family {
+            Family::Job => 0,
+            Family::Execution => 1,
+        };
+        self.events[index].inc();
+    }
+
+    /// Counts a reject of `kind`.
+    fn reject(&self, kind: RejectKind) {
+        if let Some(index) = RejectKind::ALL.iter().position(|k| *k == kind) {
+            self.rejects[index].inc();
+        }
+    }
+}
+
+const QUEUE_DEPTH: &str = "jobstream_queue_depth";
+const QUEUE_DEPTH_HELP: &str =
+    "Items waiting in a bounded queue (mqtt_inbound: messages; handoff_batches: batches; kafka_producer: records not yet confirmed).";
 
 #[derive(Debug, Clone, Copy)]
 struct Token {
@@ -90,6 +221,8 @@ struct Token {
 struct Delivery {
     token: Option<Token>,
     family: Option<Family>,
+    /// When the record was handed to the producer, for the delivery latency histogram.
+    sent: Instant,
 }
 
 #[derive(Debug)]
@@ -108,6 +241,9 @@ struct Inbound {
 /// Completions can never exceed the unacknowledged messages of a connection, which MQTT's
 /// 16-bit packet ids cap at 65,535, so senders never wait on this bound.
 const COMPLETIONS_PER_CONNECTION: usize = 65_536;
+
+/// At most one warning per reject kind in this interval.
+const REJECT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -146,6 +282,9 @@ pub async fn run(
         Arc::new(KafkaSink::new(
             config.kafka.clone(),
             move |delivery: Delivery, result| {
+                stats
+                    .delivery_latency
+                    .observe_duration(delivery.sent.elapsed());
                 match (&result, delivery.family) {
                     (Ok(()), Some(Family::Job)) => {
                         stats.produced_jobs.fetch_add(1, Ordering::Relaxed)
@@ -173,6 +312,7 @@ pub async fn run(
     // Network tasks → batchers → (crossbeam, bounded) → parser workers → Kafka.
     let (batch_tx, batch_rx) = xchan::bounded::<Vec<Inbound>>(config.queue_batches.max(1));
     let dedup = Arc::new(DedupWindow::new(config.dedup_window));
+    let throttle = Arc::new(Throttle::new(REJECT_WARNING_INTERVAL));
     let mut workers = Vec::new();
     for index in 0..config.workers.max(1) {
         let batch_rx = batch_rx.clone();
@@ -180,6 +320,7 @@ pub async fn run(
         let dedup = Arc::clone(&dedup);
         let stats = Arc::clone(&stats);
         let completion_tx = Arc::clone(&completion_tx);
+        let throttle = Arc::clone(&throttle);
         let parser_config = config.parser.clone();
         let handle = std::thread::Builder::new()
             .name(format!("jobstream-parser-{index}"))
@@ -191,6 +332,7 @@ pub async fn run(
                     &dedup,
                     &stats,
                     &completion_tx,
+                    &throttle,
                 )
             })
             .map_err(|e| BridgeError::Config(format!("cannot start a parser thread: {e}")))?;
@@ -199,6 +341,7 @@ pub async fn run(
     drop(batch_rx);
 
     let draining = Arc::new(AtomicBool::new(false));
+    register_checks(&stats, &config, &draining, Arc::downgrade(&sink));
     let drain_notify = Arc::new(Notify::new());
     let subscriptions = config.mqtt.subscriptions();
     let mut connection_tasks = Vec::new();
@@ -214,12 +357,14 @@ pub async fn run(
             batch_tx.clone(),
             config.batch_size,
             Arc::clone(&drain_notify),
+            stats.handoff_queue.clone(),
         ));
         let acker = tokio::spawn(acker(
             completions,
             client.clone(),
             Arc::clone(&epoch),
             Arc::clone(&stats),
+            stats.inflight.get(index).cloned().unwrap_or_default(),
         ));
         connection_tasks.push(tokio::spawn(connection(ConnectionTask {
             index,
@@ -234,6 +379,8 @@ pub async fn run(
             url: redact(&config.mqtt.url),
             connected: Some(connected_tx),
             acker,
+            inflight: stats.inflight.get(index).cloned().unwrap_or_default(),
+            inbound_depth: stats.inbound_queue.get(index).cloned().unwrap_or_default(),
         })));
     }
     drop(batch_tx);
@@ -266,40 +413,151 @@ pub async fn run(
     let started = Instant::now();
     draining.store(true, Ordering::SeqCst);
     drain_notify.notify_waiters();
-    let drain = async {
-        let joined = tokio::task::spawn_blocking(move || {
-            for worker in workers {
-                let _ = worker.join();
+    // What the drain waits on, for the message if the deadline passes.
+    let phase = Arc::new(AtomicU8::new(PHASE_WORKERS));
+    let watched_sink = Arc::downgrade(&sink);
+    let connection_handles: Vec<_> = connection_tasks
+        .iter()
+        .map(tokio::task::JoinHandle::abort_handle)
+        .collect();
+    let drain = {
+        let phase = Arc::clone(&phase);
+        async move {
+            let joined = tokio::task::spawn_blocking(move || {
+                for worker in workers {
+                    let _ = worker.join();
+                }
+            });
+            let _ = joined.await;
+            phase.store(PHASE_KAFKA, Ordering::SeqCst);
+            let remaining = config.drain_timeout.saturating_sub(started.elapsed());
+            let flush_sink = Arc::clone(&sink);
+            let flushed = tokio::task::spawn_blocking(move || flush_sink.flush(remaining)).await;
+            // Dropping the sink drops the delivery callback and its completion senders; each
+            // acker then sends its last acknowledgements and disconnects its connection.
+            let unconfirmed = sink.in_flight();
+            drop(sink);
+            drop(completion_tx);
+            phase.store(PHASE_MQTT, Ordering::SeqCst);
+            for task in connection_tasks {
+                let _ = task.await;
             }
-        });
-        let _ = joined.await;
-        let remaining = config.drain_timeout.saturating_sub(started.elapsed());
-        let flush_sink = Arc::clone(&sink);
-        let flushed = tokio::task::spawn_blocking(move || flush_sink.flush(remaining)).await;
-        // Dropping the sink drops the delivery callback and its completion senders; each
-        // acker then sends its last acknowledgements and disconnects its connection.
-        drop(sink);
-        drop(completion_tx);
-        for task in connection_tasks {
-            let _ = task.await;
-        }
-        match flushed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BridgeError::Kafka(e)),
-            Err(e) => Err(BridgeError::Mqtt(format!("flush task failed: {e}"))),
+            match flushed {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(DrainStuck::Kafka(unconfirmed)),
+                Err(e) => Err(DrainStuck::Other(format!("flush task failed: {e}"))),
+            }
         }
     };
-    match tokio::time::timeout(config.drain_timeout, drain).await {
-        Ok(result) => result,
-        Err(_) => Err(BridgeError::DrainTimeout(config.drain_timeout)),
-    }
+    let stuck = match tokio::time::timeout(config.drain_timeout, drain).await {
+        Ok(Ok(())) => {
+            tracing::info!(took = ?started.elapsed(), "drained");
+            return Ok(());
+        }
+        Ok(Err(stuck)) => stuck,
+        Err(_) => match phase.load(Ordering::SeqCst) {
+            PHASE_WORKERS => DrainStuck::Workers(
+                stats.handoff_queue.get(),
+                watched_sink.upgrade().map_or(0, |s| s.in_flight()),
+            ),
+            PHASE_KAFKA => DrainStuck::Kafka(watched_sink.upgrade().map_or(0, |s| s.in_flight())),
+            _ => DrainStuck::Mqtt(
+                connection_handles
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| !h.is_finished())
+                    .map(|(i, _)| i)
+                    .collect(),
+            ),
+        },
+    };
+    let stuck = match stuck {
+        DrainStuck::Workers(batches, queued) => format!(
+            "parser workers were still handing records to Kafka ({batches} batch(es) waiting, {queued} record(s) in the producer queue at {})",
+            config.kafka.brokers
+        ),
+        DrainStuck::Kafka(records) => format!(
+            "Kafka at {} had not confirmed {records} record(s)",
+            config.kafka.brokers
+        ),
+        DrainStuck::Mqtt(open) => format!(
+            "MQTT connection(s) {open:?} to {} were still sending acknowledgements or disconnecting",
+            redact(&config.mqtt.url)
+        ),
+        DrainStuck::Other(text) => text,
+    };
+    Err(BridgeError::DrainTimeout {
+        after: config.drain_timeout,
+        stuck,
+    })
 }
+
+const PHASE_WORKERS: u8 = 0;
+const PHASE_KAFKA: u8 = 1;
+const PHASE_MQTT: u8 = 2;
+
+/// What a drain was waiting on when it gave up.
+enum DrainStuck {
+    /// Batches still queued, records in the producer queue.
+    Workers(i64, i32),
+    /// Records Kafka had not confirmed.
+    Kafka(i32),
+    /// Connections not yet closed.
+    Mqtt(Vec<usize>),
+    Other(String),
+}
+
+/// Readiness: every MQTT connection up and not draining; Kafka answering metadata requests.
+/// Also the producer queue's depth gauge. The checks hold no `Arc` of the stats or the sink,
+/// so they keep neither alive.
+fn register_checks(
+    stats: &BridgeStats,
+    config: &BridgeConfig,
+    draining: &Arc<AtomicBool>,
+    sink: std::sync::Weak<KafkaSink<Delivery>>,
+) {
+    let connected = stats.connected.clone();
+    let draining = Arc::clone(draining);
+    let wanted = config.mqtt.connections.max(1);
+    let url = redact(&config.mqtt.url);
+    stats.health.register("mqtt", move || {
+        if draining.load(Ordering::Relaxed) {
+            return Err("shutting down".to_owned());
+        }
+        let up = usize::try_from(connected.get()).unwrap_or(0);
+        if up >= wanted {
+            Ok(())
+        } else {
+            Err(format!("{up} of {wanted} connection(s) to {url} up"))
+        }
+    });
+    let queued = sink.clone();
+    stats.registry.gauge_fn(
+        QUEUE_DEPTH,
+        QUEUE_DEPTH_HELP,
+        &[("queue", "kafka_producer")],
+        move || queued.upgrade().map(|s| i64::from(s.in_flight())),
+    );
+    stats
+        .health
+        .register("kafka", move || match sink.upgrade() {
+            Some(sink) => sink
+                .reachable(KAFKA_PROBE_TIMEOUT)
+                .map_err(|e| e.to_string()),
+            None => Err("producer stopped".to_owned()),
+        });
+}
+
+/// How long a readiness probe waits for a Kafka broker to answer; probes usually time out
+/// after a few seconds themselves.
+const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn batcher(
     mut inbound: mpsc::Receiver<Inbound>,
     batches: xchan::Sender<Vec<Inbound>>,
     batch_size: usize,
     drain: Arc<Notify>,
+    depth: Gauge,
 ) {
     let drained = drain.notified();
     tokio::pin!(drained);
@@ -318,7 +576,10 @@ async fn batcher(
         let mut pending = batch;
         loop {
             match batches.try_send(pending) {
-                Ok(()) => break,
+                Ok(()) => {
+                    depth.set(batches.len() as i64);
+                    break;
+                }
                 Err(xchan::TrySendError::Full(back)) => {
                     pending = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -336,6 +597,7 @@ fn worker(
     dedup: &DedupWindow,
     stats: &BridgeStats,
     completions: &[mpsc::Sender<Completion>],
+    throttle: &Throttle,
 ) {
     let mut parser = Parser::new(parser_config);
     let complete = |completion: Completion| {
@@ -345,10 +607,12 @@ fn worker(
         let _ = completions[conn].blocking_send(completion);
     };
     for batch in batches.iter() {
+        stats.handoff_queue.set(batches.len() as i64);
         for message in batch {
             let token = message.token;
             let result = parser.parse(&message.topic, &message.payload, |outcome| match outcome {
                 Ok(event) => {
+                    stats.event(event.family());
                     if !dedup.first_time(event.common().event_id) {
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         if let Some(token) = token {
@@ -362,19 +626,39 @@ fn worker(
                         &message.topic,
                         &message.payload,
                         Some(message.received_at_ms),
-                        Delivery { token, family },
+                        Delivery {
+                            token,
+                            family,
+                            sent: Instant::now(),
+                        },
                     )
                 }
-                Err(reject) => sink.produce_reject(
-                    &message.topic,
-                    &message.payload,
-                    reject.kind.as_str(),
-                    &reject.message,
-                    Delivery {
-                        token,
-                        family: None,
-                    },
-                ),
+                Err(reject) => {
+                    stats.reject(reject.kind);
+                    // One line per kind per interval: a flood of bad input must not flood the
+                    // log (every reject is in the DLQ and the counters anyway). The payload is
+                    // not logged: it may carry device data.
+                    if let Some(suppressed) = throttle.allow(reject.kind.as_str()) {
+                        tracing::warn!(
+                            kind = reject.kind.as_str(),
+                            topic = %message.topic,
+                            error = %reject.message,
+                            similar_since_last = suppressed,
+                            "rejected input sent to the DLQ"
+                        );
+                    }
+                    sink.produce_reject(
+                        &message.topic,
+                        &message.payload,
+                        reject.kind.as_str(),
+                        &reject.message,
+                        Delivery {
+                            token,
+                            family: None,
+                            sent: Instant::now(),
+                        },
+                    )
+                }
             });
             if let Err(error) = result {
                 tracing::error!(%error, topic = %message.topic, "could not hand a record to Kafka; it stays unacknowledged");
@@ -394,6 +678,7 @@ async fn acker(
     client: AsyncClient,
     epoch: Arc<AtomicU32>,
     stats: Arc<BridgeStats>,
+    inflight: Gauge,
 ) {
     let mut order = AckOrder::new();
     let mut order_epoch = 0u32;
@@ -424,6 +709,11 @@ async fn acker(
                 break;
             }
             stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+            // Only the current session's messages count as in flight (the connection task
+            // resets the gauge when a new session starts).
+            if order_epoch == epoch.load(Ordering::Relaxed) {
+                inflight.dec();
+            }
         }
     }
     let _ = client.disconnect().await;
@@ -442,6 +732,8 @@ struct ConnectionTask {
     url: String,
     connected: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     acker: tokio::task::JoinHandle<()>,
+    inflight: Gauge,
+    inbound_depth: Gauge,
 }
 
 async fn connection(mut task: ConnectionTask) {
@@ -454,6 +746,7 @@ async fn connection(mut task: ConnectionTask) {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 let epoch = task.epoch.fetch_add(1, Ordering::SeqCst) + 1;
                 seq = 0;
+                task.inflight.set(0);
                 backoff = Duration::from_millis(100);
                 up = true;
                 task.stats.connected.fetch_add(1, Ordering::Relaxed);
@@ -488,6 +781,7 @@ async fn connection(mut task: ConnectionTask) {
                         pkid: publish.pkid,
                     };
                     seq += 1;
+                    task.inflight.inc();
                     token
                 });
                 let message = Inbound {
@@ -499,6 +793,8 @@ async fn connection(mut task: ConnectionTask) {
                 // Awaiting here is the backpressure: while the workers are behind, this
                 // connection stops reading and TCP slows the broker down.
                 let _ = task.inbound.send(message).await;
+                task.inbound_depth
+                    .set((task.inbound.max_capacity() - task.inbound.capacity()) as i64);
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let refused = ack

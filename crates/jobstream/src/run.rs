@@ -438,7 +438,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         let code = match &error {
             BridgeError::Config(_) => EXIT_CONFIG,
             BridgeError::Mqtt(_) | BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
-            BridgeError::DrainTimeout(_) => EXIT_TEMPFAIL,
+            BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
         };
         Failure::new(code, error)
     })

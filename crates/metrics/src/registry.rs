@@ -175,12 +175,17 @@ impl Histogram {
 }
 
 type GaugeFn = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
+/// Series whose label sets are only known when scraped: `(labels, value)` pairs.
+type ManyFn = Arc<dyn Fn() -> Vec<(Labels, i64)> + Send + Sync>;
 
 #[derive(Clone)]
 enum Series {
     Counter(Counter),
     Gauge(Gauge),
-    GaugeFn(GaugeFn),
+    /// A gauge or counter read when scraped.
+    ValueFn(GaugeFn),
+    /// Several series read when scraped, their labels appended to the registered ones.
+    ManyFn(ManyFn),
     Histogram(Histogram),
 }
 
@@ -345,22 +350,66 @@ impl Registry {
         labels: &[(&str, &str)],
         read: impl Fn() -> Option<i64> + Send + Sync + 'static,
     ) {
-        let read: GaugeFn = Arc::new(read);
-        let fresh = Arc::clone(&read);
-        if let Some(Series::GaugeFn(existing)) =
-            self.series(name, help, Kind::Gauge, labels, move || {
-                Series::GaugeFn(fresh)
-            })
+        self.replace_fn(
+            name,
+            help,
+            Kind::Gauge,
+            labels,
+            Series::ValueFn(Arc::new(read)),
+        );
+    }
+
+    /// A counter another component owns (an atomic in a stage's stats struct), read when
+    /// scraped; like [`Registry::gauge_fn`]. The value must never decrease.
+    pub fn counter_fn(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> Option<u64> + Send + Sync + 'static,
+    ) {
+        let read = move || read().map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        self.replace_fn(
+            name,
+            help,
+            Kind::Counter,
+            labels,
+            Series::ValueFn(Arc::new(read)),
+        );
+    }
+
+    /// Gauges whose label sets are only known when scraped (consumer lag per partition):
+    /// `read` returns `(labels, value)` pairs, rendered as `name{labels}`. Registering the same
+    /// name again replaces the function.
+    pub fn gauges_fn(
+        &self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> Vec<(Vec<(String, String)>, i64)> + Send + Sync + 'static,
+    ) {
+        self.replace_fn(name, help, Kind::Gauge, &[], Series::ManyFn(Arc::new(read)));
+    }
+
+    fn replace_fn(
+        &self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[(&str, &str)],
+        series: Series,
+    ) {
+        let fresh = series.clone();
+        if self
+            .series(name, help, kind, labels, move || fresh)
+            .is_none()
         {
-            if Arc::ptr_eq(&existing, &read) {
-                return;
-            }
-            let owned = owned_labels(labels);
-            if let Some(family) = self.lock().get_mut(name) {
-                for (l, series) in &mut family.series {
-                    if *l == owned {
-                        *series = Series::GaugeFn(Arc::clone(&read));
-                    }
+            return;
+        }
+        let owned = owned_labels(labels);
+        if let Some(family) = self.lock().get_mut(name) {
+            for (l, existing) in &mut family.series {
+                if *l == owned {
+                    *existing = series.clone();
                 }
             }
         }
@@ -400,9 +449,16 @@ impl Registry {
                 match series {
                     Series::Counter(c) => sample(&mut out, &name, &labels, None, c.get()),
                     Series::Gauge(g) => sample(&mut out, &name, &labels, None, g.get()),
-                    Series::GaugeFn(read) => {
+                    Series::ValueFn(read) => {
                         if let Some(value) = read() {
                             sample(&mut out, &name, &labels, None, value);
+                        }
+                    }
+                    Series::ManyFn(read) => {
+                        for (extra, value) in read() {
+                            let mut all = labels.clone();
+                            all.extend(extra.into_iter().filter(|(k, _)| valid_name(k, false)));
+                            sample(&mut out, &name, &all, None, value);
                         }
                     }
                     Series::Histogram(h) => {
@@ -582,5 +638,21 @@ mod tests {
         );
         registry.gauge_fn("q", "Queue.", &[("queue", "x")], || Some(1));
         assert!(registry.render().contains("q{queue=\"x\"} 1\n"), "replaced");
+
+        registry.counter_fn("c_total", "Owned elsewhere.", &[], || Some(12));
+        registry.gauges_fn("lag", "Lag.", || {
+            (0..2)
+                .map(|p| (vec![("partition".to_owned(), p.to_string())], p * 10))
+                .collect()
+        });
+        let text = registry.render();
+        assert!(
+            text.contains("# TYPE c_total counter\nc_total 12\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lag{partition=\"0\"} 0\nlag{partition=\"1\"} 10\n"),
+            "{text}"
+        );
     }
 }

@@ -308,6 +308,24 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
     }
+
+    /// Whether a broker answers a metadata request within `timeout` (readiness probes).
+    /// Blocks up to `timeout`.
+    ///
+    /// # Errors
+    /// No broker answered in time.
+    pub fn reachable(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.config.job_topic), timeout)
+            .map(|_| ())
+            .map_err(|e| {
+                SinkError::Kafka(format!(
+                    "no broker at {} answered within {timeout:?}: {e}",
+                    self.config.brokers
+                ))
+            })
+    }
 }
 
 /// Creates the configured topics when missing.
