@@ -5,6 +5,7 @@
 
 mod demo;
 mod generate;
+mod ops;
 mod replay;
 mod report;
 mod run;
@@ -30,6 +31,10 @@ pub const EXIT_CONFIG: u8 = 78;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (default) or `json` (one object per line); `run` also reads
+    /// `[log] format` from its config file.
+    #[arg(long, global = true, env = "JOBSTREAM_LOG_FORMAT", value_enum)]
+    log_format: Option<ops::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,13 +98,17 @@ impl From<jobstream_sink::SinkError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JOBSTREAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // `run` is a service: its progress (connections, stats, drain) is info. The other commands
+    // print their own summaries and log only warnings by default.
+    let (file_log, default_level) = match &cli.command {
+        Command::Run(args) => (
+            ops::peek_log_settings(args.config.as_deref()),
+            "info,rumqttc=warn",
+        ),
+        _ => (ops::LogSettings::default(), "warn"),
+    };
+    let log_format = cli.log_format.or(file_log.format).unwrap_or_default();
+    ops::init_logging(log_format, file_log.level.as_deref(), default_level);
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Run(args) => run::run(*args),
@@ -110,7 +119,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("jobstream: error: {:#}", failure.error);
+            match log_format {
+                ops::LogFormat::Text => eprintln!("jobstream: error: {:#}", failure.error),
+                ops::LogFormat::Json => {
+                    tracing::error!(exit_code = failure.code, "{:#}", failure.error);
+                }
+            }
             ExitCode::from(failure.code)
         }
     }

@@ -30,6 +30,10 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// Parsing and hand-off.
     pub pipeline: PipelineSettings,
+    /// The `/metrics`, `/health` and `/ready` endpoint.
+    pub metrics: crate::ops::MetricsSettings,
+    /// Log format and filter.
+    pub log: crate::ops::LogSettings,
 }
 
 /// `[mqtt]`.
@@ -126,7 +130,7 @@ pub fn load_settings(path: &Path) -> anyhow::Result<Settings> {
 pub struct RunArgs {
     /// TOML configuration file (see docker/jobstream.toml).
     #[arg(long, env = "JOBSTREAM_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// MQTT broker URL: mqtt://host[:port] or mqtts://host[:port].
     #[arg(long, env = "JOBSTREAM_MQTT_URL")]
     mqtt: Option<String>,
@@ -189,6 +193,9 @@ pub struct RunArgs {
     /// Print the counters every this many seconds (0: only at exit).
     #[arg(long, default_value_t = 10)]
     stats_every_secs: u64,
+    /// Serve /metrics (Prometheus), /health and /ready on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "JOBSTREAM_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -342,7 +349,7 @@ fn print_stats(stats: &BridgeStats, final_line: bool) {
     if final_line {
         println!("{line}");
     } else {
-        eprintln!("{line}");
+        tracing::info!(target: "jobstream::stats", "{line}");
     }
 }
 
@@ -375,6 +382,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         ));
     }
     let config = bridge_config(&args)?;
+    let ops = crate::ops::OpsPlan::resolve(args.metrics_listen.clone(), args.config.as_deref())?;
     if args.check {
         println!("configuration OK");
         println!(
@@ -396,6 +404,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             "  pipeline    prefix {:?}, {} worker(s), batches of {}, dedup window {}",
             config.parser.topic_prefix, config.workers, config.batch_size, config.dedup_window
         );
+        ops.print_check(Some(&config.kafka.options));
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -403,7 +412,13 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let stats = Arc::new(BridgeStats::default());
+    // Bound before anything connects: a taken port fails the start, not the first scrape.
+    let telemetry = crate::ops::Telemetry::start(&runtime, &ops)?;
+    let stats = Arc::new(BridgeStats::registered(
+        &telemetry.registry,
+        &telemetry.health,
+        &config,
+    ));
     let result = runtime.block_on(async {
         let reporter = {
             let stats = Arc::clone(&stats);
@@ -422,10 +437,10 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         };
         let shutdown = async {
             shutdown_signal().await;
-            eprintln!("jobstream: draining (a second signal exits at once; nothing unconfirmed is acknowledged)");
+            tracing::warn!("draining: no new messages; finishing, confirming and acknowledging what is in flight (a second signal exits at once; nothing unconfirmed is acknowledged)");
             tokio::spawn(async {
                 shutdown_signal().await;
-                eprintln!("jobstream: second signal: exiting now");
+                tracing::error!("second signal: exiting now; unconfirmed messages stay unacknowledged and will be redelivered");
                 std::process::exit(130);
             });
         };

@@ -1,0 +1,270 @@
+"""Operating `jobstream run` on real brokers: /metrics read with the Prometheus project's own
+parser (prometheus-client), /health and /ready, SIGTERM mid-stream, JSON logs without secrets,
+throttled warnings, and configuration mistakes caught before connecting anywhere."""
+
+import collections
+import json
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from brokers import Mosquitto, Tansu, free_port
+from conftest import jobstream_bin, run, wait_for
+from test_bridge import BAD_LINES, Bridge, KafkaReader, generate, header, publish
+
+# What the parser makes of each of BAD_LINES (test_bridge checks the same kinds in the DLQ),
+# plus an operation the job family does not have.
+UNKNOWN_OPERATION = ("$aws/events/job/j-x/exploded",
+                     b'{"eventType":"JOB","eventId":"u-1","timestamp":1,"operation":"exploded","jobId":"j-x","status":"IN_PROGRESS"}')
+REJECT_KINDS = {"event_type_mismatch": 1, "not_json": 2, "unknown_operation": 1}
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory):
+    broker = Tansu(tmp_path_factory.mktemp("tansu")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+def paced_publish(port, messages, per_second):
+    """Publishes QoS 1 at about `per_second` through one paho client, so that a signal lands
+    while messages still flow; waits until the broker took every one."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"paced-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    began = time.monotonic()
+    infos = collections.deque()
+    for i, (topic, payload) in enumerate(messages):
+        infos.append(client.publish(topic, payload, qos=1))
+        if len(infos) >= 1000:
+            infos.popleft().wait_for_publish(timeout=120)
+        ahead = began + (i + 1) / per_second - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    for info in infos:
+        info.wait_for_publish(timeout=120)
+    client.loop_stop()
+    client.disconnect()
+
+
+class ObservedBridge(Bridge):
+    """A bridge with its metrics endpoint on a free port."""
+
+    def __init__(self, tmp_path, mosquitto, tansu, **mqtt_extra):
+        super().__init__(tmp_path, mosquitto, tansu, **mqtt_extra)
+        self.metrics_port = free_port()
+        self.config.write_text(self.config.read_text()
+                               + f'\n[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n')
+
+    def get(self, path):
+        """(status, body) of a GET on the endpoint."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metrics(self):
+        """{(sample name, frozenset(labels)): value}, parsed by prometheus-client."""
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        samples = {}
+        for family in text_string_to_metric_families(body):
+            for s in family.samples:
+                samples[(s.name, frozenset(s.labels.items()))] = s.value
+        return samples
+
+    def value(self, name, **labels):
+        return self.metrics().get((name, frozenset(labels.items())))
+
+
+def test_metrics_scraped_during_a_run_match_what_was_sent(tmp_path, mosquitto, tansu):
+    events = generate(2000, tmp_path)
+    duplicates = events[:50]
+    bad = BAD_LINES + [UNKNOWN_OPERATION]
+    sent = events + duplicates + bad
+    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()
+
+    assert bridge.get("/health") == (200, "ok\n")
+    ready = wait_for(lambda: bridge.get("/ready")[0] == 200 and bridge.get("/ready"), timeout=30,
+                     what="/ready to answer 200")
+    assert "mqtt ok" in ready[1] and "kafka ok" in ready[1], ready
+
+    publish(mosquitto.port, sent)
+    wait_for(lambda: bridge.value("jobstream_mqtt_acknowledged_total") == len(sent), timeout=300,
+             what=f"{len(sent)} acknowledgements in /metrics")
+    m = bridge.metrics()
+
+    def v(name, **labels):
+        return m.get((name, frozenset(labels.items())))
+
+    families = collections.Counter(json.loads(p)["eventType"] for _, p in events + duplicates)
+    unique = collections.Counter(json.loads(p)["eventType"] for _, p in events)
+    assert v("jobstream_mqtt_reconnects_total") == 0
+    assert v("jobstream_mqtt_messages_received_total") == len(sent)
+    assert v("jobstream_events_received_total", family="job") == families["JOB"]
+    assert v("jobstream_events_received_total", family="execution") == families["JOB_EXECUTION"]
+    assert v("jobstream_duplicates_dropped_total") == len(duplicates)
+    assert v("jobstream_kafka_produced_total", topic=bridge.topics["jobs"]) == unique["JOB"]
+    assert v("jobstream_kafka_produced_total", topic=bridge.topics["executions"]) == unique["JOB_EXECUTION"]
+    assert v("jobstream_kafka_produced_total", topic=bridge.topics["dlq"]) == len(bad)
+    rejects = {dict(labels)["kind"]: value for (name, labels), value in m.items()
+               if name == "jobstream_rejects_total" and value}
+    assert rejects == REJECT_KINDS
+    assert v("jobstream_kafka_delivery_failures_total") == 0
+
+    # Every record Kafka confirmed has one latency observation; buckets are cumulative.
+    produced = len(events) + len(bad)
+    assert v("jobstream_kafka_delivery_seconds_count") == produced
+    buckets = sorted(((float(dict(l)["le"]), value) for (n, l), value in m.items()
+                      if n == "jobstream_kafka_delivery_seconds_bucket"))
+    assert buckets[-1] == (float("inf"), produced)
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+    assert 0 < v("jobstream_kafka_delivery_seconds_sum") < produced * 300
+
+    assert v("jobstream_mqtt_connections_up") == 1
+    assert v("jobstream_mqtt_inflight_messages", connection="0") == 0, "everything acknowledged"
+    for queue in ("handoff_batches", "kafka_producer"):
+        assert v("jobstream_queue_depth", queue=queue) is not None, queue
+
+    code, out = bridge.stop()
+    assert code == 0, out
+    assert f"acked {len(sent)}" in out
+
+
+def test_ready_names_the_mqtt_broker_while_it_is_down_and_recovers(tmp_path, mosquitto, tansu):
+    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()
+    wait_for(lambda: bridge.get("/ready")[0] == 200, timeout=30, what="ready")
+    mosquitto.stop()
+    status, body = wait_for(lambda: (r := bridge.get("/ready"))[0] == 503 and r, timeout=60,
+                            what="/ready to report the broker down")
+    assert "mqtt not ready: 0 of 1 connection(s)" in body and "kafka ok" in body, body
+    assert bridge.get("/health")[0] == 200, "alive while not ready"
+    mosquitto.start()
+    wait_for(lambda: bridge.get("/ready")[0] == 200, timeout=90, what="ready again after the broker is back")
+    assert bridge.value("jobstream_mqtt_reconnects_total") >= 1
+    code, out = bridge.stop()
+    assert code == 0, out
+
+
+def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path, mosquitto, tansu):
+    events = generate(5000, tmp_path)
+    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()
+    publisher = threading.Thread(target=paced_publish, args=(mosquitto.port, events, 1000))
+    publisher.start()
+    wait_for(lambda: (bridge.value("jobstream_mqtt_acknowledged_total") or 0) >= 1000, timeout=300,
+             what="1000 acknowledgements")
+    code, out = bridge.stop()
+    first_acked = int(out.split("acked ")[1].split()[0])
+    log = bridge.log.read_text()
+    assert code == 0, log[-3000:]
+    assert "draining" in log and "drained" in log, log[-3000:]
+    assert first_acked < len(events), "the signal landed mid-stream"
+
+    # The rest was queued for the persistent session (or never acknowledged): a new run gets it.
+    bridge.start()
+    publisher.join()
+    wait_for(lambda: first_acked + (bridge.value("jobstream_mqtt_acknowledged_total") or 0) >= len(events),
+             timeout=300, what="the second run to acknowledge the rest")
+    code, out = bridge.stop()
+    assert code == 0, out
+
+    reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    records = reader.read_until(lambda r: len(r) >= len(events), timeout=300)
+    reader.read_until(lambda r: True, timeout=2)  # a late duplicate would show up here
+    ids = collections.Counter(header(m, "event_id").decode() for m in records)
+    assert set(ids) == {json.loads(p)["eventId"] for _, p in events}, "nothing lost"
+    assert max(ids.values()) == 1, "nothing acknowledged twice or produced twice"
+
+
+def test_json_logs_never_show_secrets_and_bad_input_warnings_are_throttled(tmp_path, mosquitto, tansu):
+    url = f"mqtt://jobstream:hunter2-mqtt@127.0.0.1:{mosquitto.port}"
+    bridge = ObservedBridge(tmp_path, mosquitto, tansu, url=url)
+    bridge.config.write_text(bridge.config.read_text().replace(
+        '[kafka.options]', '[kafka.options]\n"sasl.password" = "s3cret-kafka"\n"sasl.username" = "kafka-user"'))
+    check = run("run", "--check", "--config", bridge.config)
+    assert "hunter2" not in check.stdout and "s3cret" not in check.stdout, check.stdout
+    assert "sasl.password=***" in check.stdout
+
+    bridge.proc = subprocess.Popen(
+        [jobstream_bin(), "--log-format", "json", "run", "--config", bridge.config,
+         "--stats-every-secs", "1"],
+        stdout=subprocess.PIPE, stderr=open(bridge.log, "ab"), text=True,
+        env={"JOBSTREAM_LOG": "debug", "PATH": "/usr/bin:/bin"})
+    bridge.starts = 1
+    wait_for(lambda: "subscribed" in bridge.log.read_text(), timeout=60, what="subscribed")
+    flood = [("$aws/events/job/j-bad/completed", b"{not json")] * 300
+    publish(mosquitto.port, flood)
+    wait_for(lambda: (bridge.value("jobstream_rejects_total", kind="not_json") or 0) == 300,
+             timeout=120, what="300 rejects counted")
+    code, out = bridge.stop()
+    assert code == 0, out
+
+    log = bridge.log.read_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert lines and all({"timestamp", "level", "fields"} <= line.keys() for line in lines)
+    for secret in ("hunter2", "s3cret", "kafka-user"):
+        assert secret not in log and secret not in out, f"{secret} leaked"
+    warnings = [l for l in lines if l["fields"].get("message") == "rejected input sent to the DLQ"]
+    assert 1 <= len(warnings) <= 3, "one warning per kind per 10 s, not one per message"
+    assert warnings[0]["fields"]["kind"] == "not_json"
+    assert any(l["fields"].get("message", "").startswith("received ") for l in lines), "stats go through tracing"
+
+
+def test_configuration_mistakes_name_file_key_and_value_before_connecting(tmp_path):
+    config = tmp_path / "jobstream.toml"
+    # The brokers are unreachable: an error about them would mean something connected first.
+    base = '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n[kafka]\nbrokers = "127.0.0.1:9"\n'
+    config.write_text(base + '[metrics]\nlisten = "localhost"\n')
+    result = run("run", "--config", config, check=False)
+    assert result.returncode == 78
+    assert str(config) in result.stderr and "[metrics] listen" in result.stderr and '"localhost"' in result.stderr
+
+    config.write_text(base + '[metrics]\nlisen = "127.0.0.1:9464"\n')
+    result = run("run", "--config", config, check=False)
+    assert result.returncode == 78 and "lisen" in result.stderr and "line 6" in result.stderr, result.stderr
+
+    config.write_text(base + '[log]\nformat = "xml"\n')
+    result = run("run", "--config", config, check=False)
+    assert result.returncode == 78 and "xml" in result.stderr and "line 6" in result.stderr, result.stderr
+
+    with socket_taken() as port:
+        config.write_text(base + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        started = time.monotonic()
+        result = run("run", "--config", config, check=False)
+        assert result.returncode == 78, result.stderr
+        assert f"127.0.0.1:{port}" in result.stderr and "mqtt" not in result.stderr.lower(), result.stderr
+        assert time.monotonic() - started < 20, "failed at once, not after a connect timeout"
+
+    result = run("--log-format", "yaml", "run", "--check", check=False)
+    assert result.returncode == 2 and "json" in result.stderr
+
+
+class socket_taken:
+    """A listening socket on a free loopback port, for the duration of a `with`."""
+
+    def __enter__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.sock.close()
