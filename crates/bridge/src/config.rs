@@ -27,8 +27,9 @@ pub struct TlsFiles {
     pub alpn: Option<String>,
 }
 
-/// How to reach and read the MQTT broker.
-#[derive(Debug, Clone)]
+/// How to reach and read the MQTT broker. Its `Debug` output hides the password (in the
+/// URL and the field), so a configuration can be logged.
+#[derive(Clone)]
 pub struct MqttConfig {
     /// `mqtt://[user[:password]@]host[:port]` (1883) or `mqtts://…` (8883, TLS).
     pub url: String,
@@ -58,6 +59,26 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password (overrides the URL's). Never logged.
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("url", &redact(&self.url))
+            .field("client_id", &self.client_id)
+            .field("connections", &self.connections)
+            .field("share_group", &self.share_group)
+            .field("filters", &self.filters)
+            .field("qos", &self.qos)
+            .field("keep_alive", &self.keep_alive)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("request_capacity", &self.request_capacity)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl MqttConfig {
@@ -336,6 +357,15 @@ mod tests {
             error.contains("user:***@h") && !error.contains("secret"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let mut config = MqttConfig::new("mqtt://user:url-secret@h:1883");
+        config.password = Some("field-secret".to_owned());
+        let shown = format!("{config:?}");
+        assert!(shown.contains("user:***@h:1883"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]

@@ -78,24 +78,12 @@ pub fn init_logging(format: LogFormat, level: Option<&str>, default_level: &str)
     };
 }
 
-/// librdkafka options whose values are secrets: never printed or logged.
-pub fn is_secret_option(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "jaas", "token", "credential"]
-        .iter()
-        .any(|word| key.contains(word))
-        || key == "sasl.username"
-        || key == "sasl.oauthbearer.config"
-        || key.ends_with("key.pem")
-        || key.ends_with(".key")
-}
-
 /// `key=value, …` with secret values replaced by `***`.
 pub fn redacted_options(options: &BTreeMap<String, String>) -> String {
     options
         .iter()
         .map(|(k, v)| {
-            if is_secret_option(k) {
+            if jobstream_sink::kafka::is_secret_option(k) {
                 format!("{k}=***")
             } else {
                 format!("{k}={v}")
@@ -212,7 +200,7 @@ mod tests {
             "sasl.oauthbearer.config",
             "producer.sasl.password",
         ] {
-            assert!(is_secret_option(key), "{key}");
+            assert!(jobstream_sink::kafka::is_secret_option(key), "{key}");
         }
         for key in [
             "security.protocol",
@@ -220,7 +208,7 @@ mod tests {
             "ssl.ca.location",
             "linger.ms",
         ] {
-            assert!(!is_secret_option(key), "{key}");
+            assert!(!jobstream_sink::kafka::is_secret_option(key), "{key}");
         }
         let options = BTreeMap::from([
             ("sasl.password".to_owned(), "hunter2".to_owned()),
@@ -229,6 +217,13 @@ mod tests {
         assert_eq!(
             redacted_options(&options),
             "sasl.password=***, security.protocol=SASL_SSL"
+        );
+        let mut kafka = jobstream_sink::kafka::KafkaConfig::new("k:9092");
+        kafka.options = options;
+        let shown = format!("{kafka:?}");
+        assert!(
+            shown.contains("SASL_SSL") && !shown.contains("hunter2"),
+            "{shown}"
         );
     }
 }

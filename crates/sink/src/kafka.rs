@@ -28,8 +28,9 @@ use rdkafka::ClientContext;
 
 use crate::SinkError;
 
-/// Where and how to produce.
-#[derive(Debug, Clone)]
+/// Where and how to produce. Its `Debug` output hides secret option values
+/// ([`is_secret_option`]), so a configuration can be logged.
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -52,6 +53,47 @@ pub struct KafkaConfig {
     pub max_queued: usize,
     /// Any other librdkafka option, passed through (SASL/SSL for MSK or Confluent Cloud, …).
     pub options: BTreeMap<String, String>,
+}
+
+/// librdkafka options whose values are secrets (passwords, keys, SASL credentials, tokens):
+/// never printed or logged. Also matches `producer.`/`consumer.` prefixed keys.
+pub fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
+        || key.ends_with("sasl.username")
+        || key.ends_with("sasl.oauthbearer.config")
+        || key.ends_with("key.pem")
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_option(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("job_topic", &self.job_topic)
+            .field("execution_topic", &self.execution_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("compression", &self.compression)
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("create_topics", &self.create_topics)
+            .field("max_queued", &self.max_queued)
+            .field("options", &options)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
