@@ -1,16 +1,20 @@
-//! `jobstream run`: MQTT → Kafka, configured by a TOML file, environment and flags
-//! (flags win over environment, which wins over the file, which wins over the defaults).
+//! `jobstream run`: MQTT → Kafka, Kafka → Parquet, or both in one process, configured by a TOML
+//! file, environment and flags (flags win over environment, which wins over the file, which
+//! wins over the defaults). Which stages run follows from what is configured: an MQTT URL runs
+//! the bridge, a Parquet directory runs the sink stage; Kafka sits between them either way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use jobstream_bridge::{BridgeConfig, BridgeError, BridgeStats, MqttConfig};
 use jobstream_parser::ParserConfig;
+use jobstream_sink::consumer::{StageConfig, StageStats};
 use jobstream_sink::kafka::KafkaConfig;
+use jobstream_sink::parquet::ParquetConfig;
 use serde::Deserialize;
 
 use crate::{Failure, EXIT_CONFIG};
@@ -30,10 +34,34 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// Parsing and hand-off.
     pub pipeline: PipelineSettings,
+    /// The Kafka → Parquet stage.
+    pub parquet: ParquetSettings,
     /// The `/metrics`, `/health` and `/ready` endpoint.
     pub metrics: crate::ops::MetricsSettings,
     /// Log format and filter.
     pub log: crate::ops::LogSettings,
+}
+
+/// `[parquet]`: the Kafka → Parquet stage (runs when `dir` is set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParquetSettings {
+    /// Root directory of the two tables.
+    pub dir: Option<PathBuf>,
+    /// Kafka consumer group; processes with the same group share the partitions.
+    pub group_id: Option<String>,
+    /// zstd (default), lz4, snappy or none; `zstd:LEVEL` sets the level.
+    pub compression: Option<String>,
+    /// A file is published once it holds this many rows…
+    pub max_file_rows: Option<u64>,
+    /// …or this many bytes…
+    pub max_file_bytes: Option<u64>,
+    /// …or has been open this long, seconds…
+    pub max_file_age_secs: Option<u64>,
+    /// …or has received nothing for this long, seconds.
+    pub idle_timeout_secs: Option<u64>,
+    /// Encoded bytes buffered before a row group is flushed (memory per open file).
+    pub row_group_bytes: Option<usize>,
 }
 
 /// `[mqtt]`.
@@ -137,9 +165,18 @@ pub struct RunArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "JOBSTREAM_KAFKA_BROKERS")]
     kafka: Option<String>,
-    /// Parquet output (not yet available in `run`; use `replay` for Parquet today).
-    #[arg(long)]
+    /// Parquet output directory: runs the Kafka → Parquet stage (alone without --mqtt).
+    #[arg(long, env = "JOBSTREAM_PARQUET_DIR")]
     parquet: Option<PathBuf>,
+    /// Kafka consumer group of the Parquet stage (members share the partitions).
+    #[arg(long, env = "JOBSTREAM_GROUP_ID")]
+    group_id: Option<String>,
+    /// Publish a Parquet file once it has been open this many seconds.
+    #[arg(long, env = "JOBSTREAM_MAX_FILE_AGE_SECS")]
+    max_file_age_secs: Option<u64>,
+    /// Publish a Parquet file once it holds this many rows.
+    #[arg(long, env = "JOBSTREAM_MAX_FILE_ROWS")]
+    max_file_rows: Option<u64>,
     /// Stable MQTT client id.
     #[arg(long, env = "JOBSTREAM_MQTT_CLIENT_ID")]
     client_id: Option<String>,
@@ -209,19 +246,117 @@ fn config_error(message: impl Into<String>) -> Failure {
     Failure::new(EXIT_CONFIG, anyhow::anyhow!(message.into()))
 }
 
-/// Builds the bridge configuration from defaults, the file, the environment and the flags.
-pub fn bridge_config(args: &RunArgs) -> Result<BridgeConfig, Failure> {
+/// What `run` will do: the bridge, the Parquet stage, or both.
+#[derive(Debug)]
+pub struct Plan {
+    /// MQTT → Kafka, when an MQTT URL is configured.
+    pub bridge: Option<BridgeConfig>,
+    /// Kafka → Parquet, when a Parquet directory is configured.
+    pub stage: Option<StageConfig>,
+}
+
+/// Builds the plan from defaults, the file, the environment and the flags.
+pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
     let settings = match &args.config {
         Some(path) => load_settings(path).map_err(|e| Failure::new(EXIT_CONFIG, e))?,
         None => Settings::default(),
     };
-    let (m, k, p) = (settings.mqtt, settings.kafka, settings.pipeline);
-    let url = args.mqtt.clone().or(m.url).ok_or_else(|| {
-        config_error("no MQTT broker: pass --mqtt mqtt://host:1883 (or set mqtt.url in --config, or JOBSTREAM_MQTT_URL)")
-    })?;
-    let brokers = args.kafka.clone().or(k.brokers).ok_or_else(|| {
+    let (m, k, p, q) = (
+        settings.mqtt,
+        settings.kafka,
+        settings.pipeline,
+        settings.parquet,
+    );
+    let url = args.mqtt.clone().or(m.url.clone());
+    let parquet_dir = args.parquet.clone().or(q.dir.clone());
+    if url.is_none() && parquet_dir.is_none() {
+        return Err(config_error(
+            "nothing to run: pass --mqtt mqtt://host:1883 to bridge MQTT into Kafka, --parquet DIR to write Kafka's events to Parquet, or both (or set mqtt.url / parquet.dir in --config)",
+        ));
+    }
+    let brokers = args.kafka.clone().or(k.brokers.clone()).ok_or_else(|| {
         config_error("no Kafka brokers: pass --kafka host:9092 (or set kafka.brokers in --config, or JOBSTREAM_KAFKA_BROKERS)")
     })?;
+    let kafka = kafka_config(args, k, brokers)?;
+    let parser = ParserConfig {
+        topic_prefix: args
+            .topic_prefix
+            .clone()
+            .or(p.topic_prefix.clone())
+            .unwrap_or_else(|| jobstream_parser::DEFAULT_PREFIX.to_owned()),
+        max_payload_bytes: p
+            .max_payload_bytes
+            .unwrap_or(jobstream_parser::DEFAULT_MAX_PAYLOAD_BYTES),
+    };
+    let stage = match parquet_dir {
+        Some(dir) => Some(stage_config(args, q, dir, kafka.clone(), parser.clone())?),
+        None => None,
+    };
+    let bridge = match url {
+        Some(url) => Some(bridge_config(args, m, p, url, kafka, parser)?),
+        None => None,
+    };
+    Ok(Plan { bridge, stage })
+}
+
+fn stage_config(
+    args: &RunArgs,
+    q: ParquetSettings,
+    dir: PathBuf,
+    kafka: KafkaConfig,
+    parser: ParserConfig,
+) -> Result<StageConfig, Failure> {
+    let mut parquet = ParquetConfig::new(dir);
+    if let Some(v) = q.compression {
+        parquet.codec = v
+            .parse()
+            .map_err(|e| config_error(format!("parquet.compression = {v:?}: {e}")))?;
+    }
+    if let Some(v) = args.max_file_rows.or(q.max_file_rows) {
+        parquet.max_file_rows = v;
+    }
+    if let Some(v) = q.max_file_bytes {
+        parquet.max_file_bytes = v;
+    }
+    if let Some(v) = args.max_file_age_secs.or(q.max_file_age_secs) {
+        parquet.max_file_age = Some(Duration::from_secs(v.max(1)));
+    }
+    if let Some(v) = q.idle_timeout_secs {
+        parquet.idle_timeout = Some(Duration::from_secs(v.max(1)));
+    }
+    if let Some(v) = q.row_group_bytes {
+        parquet.row_group_bytes = v;
+    }
+    parquet
+        .validate()
+        .map_err(|e| config_error(e.to_string()))?;
+    let mut stage = StageConfig::new(kafka, parquet);
+    if let Some(v) = args.group_id.clone().or(q.group_id) {
+        if v.is_empty() {
+            return Err(config_error("parquet.group_id must not be empty"));
+        }
+        stage.group_id = v;
+    }
+    stage.parser = parser;
+    // Fault injection for the exactly-once crash tests (tests/python/test_parquet_stage.py).
+    stage.abort_after_publishing = std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    stage
+        .kafka
+        .consumer_config(&stage.group_id)
+        .map_err(|e| config_error(e.to_string()))?;
+    Ok(stage)
+}
+
+fn bridge_config(
+    args: &RunArgs,
+    m: MqttSettings,
+    p: PipelineSettings,
+    url: String,
+    kafka: KafkaConfig,
+    parser: ParserConfig,
+) -> Result<BridgeConfig, Failure> {
     let mut mqtt = MqttConfig::new(url);
     if let Some(v) = args.client_id.clone().or(m.client_id) {
         mqtt.client_id = v;
@@ -273,6 +408,27 @@ pub fn bridge_config(args: &RunArgs) -> Result<BridgeConfig, Failure> {
     // Surfaces URL and TLS errors before anything connects.
     mqtt.options(0).map_err(|e| config_error(e.to_string()))?;
 
+    let mut config = BridgeConfig::new(mqtt, kafka);
+    config.parser = parser;
+    if let Some(v) = args.workers.or(p.workers) {
+        config.workers = v.max(1);
+    }
+    if let Some(v) = p.batch_size {
+        config.batch_size = v.max(1);
+    }
+    if let Some(v) = p.queue_batches {
+        config.queue_batches = v.max(1);
+    }
+    if let Some(v) = args.dedup_window.or(p.dedup_window) {
+        config.dedup_window = v;
+    }
+    if let Some(v) = p.drain_timeout_secs {
+        config.drain_timeout = Duration::from_secs(v.max(1));
+    }
+    Ok(config)
+}
+
+fn kafka_config(args: &RunArgs, k: KafkaSettings, brokers: String) -> Result<KafkaConfig, Failure> {
     let mut kafka = KafkaConfig::new(brokers);
     if let Some(v) = k.job_topic {
         kafka.job_topic = v;
@@ -303,34 +459,7 @@ pub fn bridge_config(args: &RunArgs) -> Result<BridgeConfig, Failure> {
     kafka
         .producer_config()
         .map_err(|e| config_error(e.to_string()))?;
-
-    let mut config = BridgeConfig::new(mqtt, kafka);
-    config.parser = ParserConfig {
-        topic_prefix: args
-            .topic_prefix
-            .clone()
-            .or(p.topic_prefix)
-            .unwrap_or_else(|| jobstream_parser::DEFAULT_PREFIX.to_owned()),
-        max_payload_bytes: p
-            .max_payload_bytes
-            .unwrap_or(jobstream_parser::DEFAULT_MAX_PAYLOAD_BYTES),
-    };
-    if let Some(v) = args.workers.or(p.workers) {
-        config.workers = v.max(1);
-    }
-    if let Some(v) = p.batch_size {
-        config.batch_size = v.max(1);
-    }
-    if let Some(v) = p.queue_batches {
-        config.queue_batches = v.max(1);
-    }
-    if let Some(v) = args.dedup_window.or(p.dedup_window) {
-        config.dedup_window = v;
-    }
-    if let Some(v) = p.drain_timeout_secs {
-        config.drain_timeout = Duration::from_secs(v.max(1));
-    }
-    Ok(config)
+    Ok(kafka)
 }
 
 fn print_stats(stats: &BridgeStats, final_line: bool) {
@@ -376,15 +505,139 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: RunArgs) -> Result<(), Failure> {
-    if args.parquet.is_some() {
-        return Err(config_error(
-            "--parquet is not available in `run` yet (Kafka → Parquet arrives with issue 5); use `jobstream replay --parquet` for Parquet today",
-        ));
-    }
-    let config = bridge_config(&args)?;
+    let plan = plan(&args)?;
     let ops = crate::ops::OpsPlan::resolve(args.metrics_listen.clone(), args.config.as_deref())?;
     if args.check {
-        println!("configuration OK");
+        print_plan(&plan);
+        let kafka = plan
+            .bridge
+            .as_ref()
+            .map(|b| &b.kafka)
+            .or(plan.stage.as_ref().map(|s| &s.kafka));
+        ops.print_check(kafka.map(|k| &k.options));
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bound before anything connects: a taken port fails the start, not the first scrape.
+    let telemetry = crate::ops::Telemetry::start(&runtime, &ops)?;
+    let stats = Arc::new(
+        plan.bridge
+            .as_ref()
+            .map_or_else(BridgeStats::default, |config| {
+                BridgeStats::registered(&telemetry.registry, &telemetry.health, config)
+            }),
+    );
+    let stage_stats = Arc::new(StageStats::default());
+    let stop_stage = Arc::new(AtomicBool::new(false));
+    if let Some(config) = &plan.stage {
+        telemetry.watch_stage(&stage_stats, config, &stop_stage);
+    }
+    let (stage_done_tx, stage_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let stage = plan.stage.map(|config| {
+        let (stats, stop) = (Arc::clone(&stage_stats), Arc::clone(&stop_stage));
+        std::thread::Builder::new()
+            .name("parquet-stage".into())
+            .spawn(move || {
+                let result = jobstream_sink::consumer::run(config, stats, &stop);
+                let _ = stage_done_tx.send(());
+                result
+            })
+    });
+    let stage = stage
+        .transpose()
+        .context("starting the Parquet stage thread")?;
+    let has_bridge = plan.bridge.is_some();
+    let has_stage = stage.is_some();
+    let result = runtime.block_on(async {
+        let reporter = {
+            let (stats, stage_stats) = (Arc::clone(&stats), Arc::clone(&stage_stats));
+            let every = args.stats_every_secs;
+            tokio::spawn(async move {
+                if every == 0 {
+                    return;
+                }
+                let mut tick = tokio::time::interval(Duration::from_secs(every));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if has_bridge {
+                        print_stats(&stats, false);
+                    }
+                    if has_stage {
+                        print_stage_stats(&stage_stats, false);
+                    }
+                }
+            })
+        };
+        // The Parquet stage ending on its own means it failed: the whole process stops, so
+        // that a supervisor restarts it, rather than bridging on without Parquet.
+        let stage_ended = async move {
+            if has_stage {
+                let _ = stage_done_rx.await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let shutdown = async {
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    tracing::warn!("draining: no new messages; finishing, confirming and acknowledging what is in flight (a second signal exits at once; nothing unconfirmed is acknowledged)");
+                    tokio::spawn(async {
+                        shutdown_signal().await;
+                        tracing::error!("second signal: exiting now; unconfirmed messages stay unacknowledged and will be redelivered");
+                        std::process::exit(130);
+                    });
+                }
+                _ = stage_ended => {}
+            }
+        };
+        let result = match plan.bridge {
+            Some(config) => jobstream_bridge::run(config, Arc::clone(&stats), shutdown).await,
+            None => {
+                shutdown.await;
+                Ok(())
+            }
+        };
+        reporter.abort();
+        result
+    });
+    // The bridge has drained (everything it produced is in Kafka); now the stage publishes
+    // what it holds and commits.
+    stop_stage.store(true, Ordering::Relaxed);
+    let stage_result = stage.map(|handle| {
+        handle.join().unwrap_or_else(|_| {
+            Err(jobstream_sink::SinkError::Kafka(
+                "the Parquet stage panicked".into(),
+            ))
+        })
+    });
+    if has_bridge {
+        print_stats(&stats, true);
+    }
+    if has_stage {
+        print_stage_stats(&stage_stats, true);
+    }
+    result.map_err(|error| {
+        let code = match &error {
+            BridgeError::Config(_) => EXIT_CONFIG,
+            BridgeError::Mqtt(_) | BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
+            BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
+        };
+        Failure::new(code, error)
+    })?;
+    if let Some(stage_result) = stage_result {
+        stage_result.map_err(Failure::from)?;
+    }
+    Ok(())
+}
+
+fn print_plan(plan: &Plan) {
+    println!("configuration OK");
+    if let Some(config) = &plan.bridge {
         println!(
             "  mqtt        {} ({} connection(s), qos {}, client id {:?})",
             jobstream_bridge::config::redact(&config.mqtt.url),
@@ -404,57 +657,50 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             "  pipeline    prefix {:?}, {} worker(s), batches of {}, dedup window {}",
             config.parser.topic_prefix, config.workers, config.batch_size, config.dedup_window
         );
-        ops.print_check(Some(&config.kafka.options));
-        return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // Bound before anything connects: a taken port fails the start, not the first scrape.
-    let telemetry = crate::ops::Telemetry::start(&runtime, &ops)?;
-    let stats = Arc::new(BridgeStats::registered(
-        &telemetry.registry,
-        &telemetry.health,
-        &config,
-    ));
-    let result = runtime.block_on(async {
-        let reporter = {
-            let stats = Arc::clone(&stats);
-            let every = args.stats_every_secs;
-            tokio::spawn(async move {
-                if every == 0 {
-                    return;
-                }
-                let mut tick = tokio::time::interval(Duration::from_secs(every));
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    print_stats(&stats, false);
-                }
-            })
-        };
-        let shutdown = async {
-            shutdown_signal().await;
-            tracing::warn!("draining: no new messages; finishing, confirming and acknowledging what is in flight (a second signal exits at once; nothing unconfirmed is acknowledged)");
-            tokio::spawn(async {
-                shutdown_signal().await;
-                tracing::error!("second signal: exiting now; unconfirmed messages stay unacknowledged and will be redelivered");
-                std::process::exit(130);
-            });
-        };
-        let result = jobstream_bridge::run(config, Arc::clone(&stats), shutdown).await;
-        reporter.abort();
-        result
-    });
-    print_stats(&stats, true);
-    result.map_err(|error| {
-        let code = match &error {
-            BridgeError::Config(_) => EXIT_CONFIG,
-            BridgeError::Mqtt(_) | BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
-            BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
-        };
-        Failure::new(code, error)
-    })
+    if let Some(stage) = &plan.stage {
+        let age =
+            |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{}s", d.as_secs()));
+        println!(
+            "  parquet     {} ← {}, {} (group {:?}, dlq {})",
+            stage.parquet.root.display(),
+            stage.kafka.job_topic,
+            stage.kafka.execution_topic,
+            stage.group_id,
+            stage.kafka.dlq_topic
+        );
+        println!(
+            "  files       {:?}, roll at {} rows / {} bytes / {} open / {} idle",
+            stage.parquet.codec,
+            stage.parquet.max_file_rows,
+            stage.parquet.max_file_bytes,
+            age(stage.parquet.max_file_age),
+            age(stage.parquet.idle_timeout)
+        );
+    }
+}
+
+fn print_stage_stats(stats: &StageStats, final_line: bool) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let line = format!(
+        "parquet: read {} | rows job {} execution {} | already published {} | rejected {} | published {} rows in {} files ({} bytes) | commits {} | partitions {} | lag {}",
+        get(&stats.records),
+        get(&stats.job_rows),
+        get(&stats.execution_rows),
+        get(&stats.already_published),
+        get(&stats.rejected),
+        get(&stats.published_rows),
+        get(&stats.files),
+        get(&stats.file_bytes),
+        get(&stats.commits),
+        get(&stats.assigned_partitions),
+        stats
+            .total_lag()
+            .map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+    );
+    if final_line {
+        println!("{line}");
+    } else {
+        tracing::info!(target: "jobstream::stats", "{line}");
+    }
 }

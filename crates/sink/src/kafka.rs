@@ -118,9 +118,9 @@ impl KafkaConfig {
     /// # Errors
     /// A pass-through option that would weaken durability.
     pub fn producer_config(&self) -> Result<ClientConfig, SinkError> {
-        for (key, value) in &self.options {
-            let weakens = match key.as_str() {
-                "acks" | "request.required.acks" => !matches!(value.as_str(), "all" | "-1"),
+        for (key, value) in self.options_for(Role::Producer) {
+            let weakens = match key {
+                "acks" | "request.required.acks" => !matches!(value, "all" | "-1"),
                 "enable.idempotence" => value != "true",
                 _ => false,
             };
@@ -144,12 +144,99 @@ impl KafkaConfig {
             // Five minutes of retries before a record is reported failed: enough to ride out a
             // broker restart. A failed record is never acknowledged to MQTT.
             .set("message.timeout.ms", "300000");
-        for (key, value) in &self.options {
+        for (key, value) in self.options_for(Role::Producer) {
             config.set(key, value);
         }
         Ok(config)
     }
+
+    /// librdkafka settings for the Parquet stage's consumer in group `group_id`: offsets are
+    /// committed by the stage itself, only after files are published.
+    ///
+    /// # Errors
+    /// A pass-through option that would let librdkafka commit on its own.
+    pub fn consumer_config(&self, group_id: &str) -> Result<ClientConfig, SinkError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Partition high watermarks (for the lag) arrive with the statistics.
+            .set("statistics.interval.ms", "1000");
+        for (key, value) in self.options_for(Role::Consumer) {
+            let refused = match key {
+                "enable.auto.commit" => value != "false",
+                // Incremental (cooperative) rebalancing hands partitions over one by one; the
+                // stage releases and assigns whole assignments (eager protocol).
+                "partition.assignment.strategy" => value.contains("cooperative"),
+                "group.id" => true,
+                _ => false,
+            };
+            if refused {
+                return Err(SinkError::Config {
+                    setting: "kafka.options",
+                    value: format!("{key}={value}"),
+                    reason: "the Parquet stage commits offsets itself, after each file is published, with eager rebalancing; set the group with --group-id".into(),
+                });
+            }
+            config.set(key, value);
+        }
+        Ok(config)
+    }
+
+    /// The pass-through options that apply to one client: `producer.`/`consumer.` prefixed
+    /// keys to that client only (prefix removed), unprefixed keys to both, except the ones
+    /// that only make sense for a producer.
+    fn options_for(&self, role: Role) -> impl Iterator<Item = (&str, &str)> {
+        self.options.iter().filter_map(move |(key, value)| {
+            let (own, other) = match role {
+                Role::Producer => ("producer.", "consumer."),
+                Role::Consumer => ("consumer.", "producer."),
+            };
+            if let Some(key) = key.strip_prefix(own) {
+                return Some((key, value.as_str()));
+            }
+            if key.starts_with(other) {
+                return None;
+            }
+            if role == Role::Consumer && PRODUCER_ONLY.contains(&key.as_str()) {
+                return None;
+            }
+            Some((key.as_str(), value.as_str()))
+        })
+    }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Producer,
+    Consumer,
+}
+
+/// librdkafka properties a consumer would warn about; kept from the consumer's config.
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "compression.type",
+    "compression.codec",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "batch.num.messages",
+    "batch.size",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "retries",
+    "message.send.max.retries",
+    "transactional.id",
+    "partitioner",
+];
 
 type OnDelivery<T> = Arc<dyn Fn(T, Result<(), KafkaError>) + Send + Sync>;
 

@@ -6,10 +6,12 @@
 //! * [`dlq`]: the dead-letter file of rejected inputs (JSON lines).
 //! * [`kafka`]: events and rejects to Kafka topics, with a delivery outcome per record.
 //! * [`replay`]: a capture file through the parser into these sinks.
+//! * [`consumer`]: Kafka → Parquet with exactly-once files (the sink stage of `run`).
 //!
 //! Execution model: everything here is synchronous and single-owner; the async pipeline calls
 //! it from dedicated blocking tasks. Errors are [`SinkError`]s that name the path or setting.
 
+pub mod consumer;
 pub mod dlq;
 mod error;
 pub mod kafka;

@@ -8,15 +8,18 @@
 //! 1. rows gather in Arrow builders; every `batch_rows` rows they are encoded into the open
 //!    writer, and the row group is flushed once `in_progress_size()` passes `row_group_bytes`,
 //!    so memory per open file stays bounded whatever the file size;
-//! 2. the file is written as `.<source>+<first>.inprogress` in its partition directory — a
-//!    dot-file that DuckDB, Spark and Hive all ignore;
+//! 2. the file is written as `.<source>+<first>.<pid>.inprogress` in its partition directory —
+//!    a dot-file that DuckDB, Spark and Hive all ignore;
 //! 3. on roll (rows, bytes, age, inactivity, or finish) the writer is closed, the file fsynced,
 //!    renamed to its final name and the directory fsynced: readers see whole files or nothing;
 //! 4. a crash leaves only `.inprogress` files, which [`ParquetSink::new`] removes for its source.
 //!
 //! Exactly-once: on start the sink indexes the published files of its source; an input position
 //! already covered by a published file of the same table and date is skipped. Rolling on rows
-//! and bytes is deterministic, so a rerun over the same input writes the same names.
+//! and bytes is deterministic, so a rerun over the same input writes the same names. Each file
+//! also records (`jobstream.resume_from` in its footer) the position below which every input
+//! was durable when it was published, so a restart can skip straight past published input
+//! even when the position committed elsewhere (a Kafka consumer offset) lags behind.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -133,7 +136,11 @@ impl ParquetConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), SinkError> {
+    /// Checks every setting is in range.
+    ///
+    /// # Errors
+    /// The first setting out of range, named as users write it.
+    pub fn validate(&self) -> Result<(), SinkError> {
         let positive = |setting: &'static str, value: u64| {
             if value == 0 {
                 Err(SinkError::Config {
@@ -204,9 +211,15 @@ fn final_name(source: &str, first: u64, last: u64) -> String {
     format!("{source}+{first:012}+{last:012}.parquet")
 }
 
+/// The temporary name carries the process id: should two processes ever write the same
+/// source at once (a consumer-group member that lost its partitions without noticing), their
+/// temporaries stay apart instead of interleaving into one corrupt file.
 fn temp_name(source: &str, first: u64) -> String {
-    format!(".{source}+{first:012}.inprogress")
+    format!(".{source}+{first:012}.{}.inprogress", std::process::id())
 }
+
+/// The key-value metadata entry naming the input position from which a rerun may resume.
+pub const RESUME_FROM_KEY: &str = "jobstream.resume_from";
 
 /// `(first, last)` of a published file name of `source`.
 fn parse_final_name(source: &str, name: &str) -> Option<(u64, u64)> {
@@ -260,6 +273,9 @@ pub struct ParquetSink {
     open: HashMap<(Family, i64), OpenFile>,
     published_index: HashMap<(Family, i64), Vec<(u64, u64)>>,
     published: Vec<PublishedFile>,
+    /// One past the highest input position the caller has finished with (written, skipped, or
+    /// sent to a durable DLQ): the resume point recorded in each published file.
+    consumed_up_to: u64,
 }
 
 impl ParquetSink {
@@ -320,7 +336,43 @@ impl ParquetSink {
             open: HashMap::new(),
             published_index,
             published: Vec::new(),
+            consumed_up_to: 0,
         })
+    }
+
+    /// Tells the sink that every input position below `next` is dealt with (appended, skipped,
+    /// or rejected into a durable DLQ). [`append`](Self::append) does this for the rows it
+    /// takes; callers add it for positions that never reach the sink.
+    pub fn mark_consumed(&mut self, next: u64) {
+        self.consumed_up_to = self.consumed_up_to.max(next);
+    }
+
+    /// Where a rerun of this source should start reading so that nothing is lost: the highest
+    /// resume point recorded in the files published since `committed` (or all of them when
+    /// there is no committed position), never below `committed`. A crash between publishing a
+    /// file and committing the input position therefore costs neither a duplicate nor a
+    /// re-read of the published rows.
+    ///
+    /// # Errors
+    /// A published file's footer cannot be read.
+    pub fn resume_position(&self, committed: Option<u64>) -> Result<Option<u64>, SinkError> {
+        let floor = committed.unwrap_or(0);
+        let mut best = committed;
+        for (&(family, day), ranges) in &self.published_index {
+            let dir = self
+                .config
+                .root
+                .join(family.table())
+                .join(format!("date={}", date_string(day)));
+            // A file published after the commit holds only positions at or past it.
+            for &(first, last) in ranges.iter().filter(|r| r.1 >= floor) {
+                let path = dir.join(final_name(&self.source, first, last));
+                if let Some(resume) = read_resume_from(&path)? {
+                    best = Some(best.map_or(resume, |b| b.max(resume)));
+                }
+            }
+        }
+        Ok(best)
     }
 
     /// The sanitised source name used in file names.
@@ -357,6 +409,7 @@ impl ParquetSink {
         let family = event.family();
         let day = epoch_day(event.common().event_time_ms);
         if self.already_published(family, day, position) {
+            self.consumed_up_to = self.consumed_up_to.max(position + 1);
             return Ok(Appended::AlreadyPublished);
         }
         if !self.open.contains_key(&(family, day)) {
@@ -379,6 +432,7 @@ impl ParquetSink {
             }
             file.last = position;
             file.row_count += 1;
+            self.consumed_up_to = self.consumed_up_to.max(position + 1);
             file.last_append = now;
             if pending_rows(&file.rows) >= self.config.batch_rows {
                 encode(file, self.config.row_group_bytes)?;
@@ -417,6 +471,11 @@ impl ParquetSink {
             self.publish(key.0, key.1)?;
         }
         Ok(())
+    }
+
+    /// Whether files were published since the last [`take_published`](Self::take_published).
+    pub fn has_published(&self) -> bool {
+        !self.published.is_empty()
     }
 
     /// Files published since the last call, in publication order.
@@ -514,6 +573,12 @@ impl ParquetSink {
         let Some(mut file) = self.open.remove(&(family, day)) else {
             return Ok(());
         };
+        // Everything below this is durable once the file is: rows of still-open files are not.
+        let resume_from = self
+            .open
+            .values()
+            .map(|f| f.first)
+            .fold(self.consumed_up_to.max(file.last + 1), u64::min);
         encode(&mut file, self.config.row_group_bytes)?;
         let OpenFile {
             temp_path,
@@ -528,6 +593,10 @@ impl ParquetSink {
         writer.append_key_value_metadata(KeyValue::new(
             "jobstream.input".to_owned(),
             format!("{}+{first}+{last}", self.source),
+        ));
+        writer.append_key_value_metadata(KeyValue::new(
+            RESUME_FROM_KEY.to_owned(),
+            resume_from.to_string(),
         ));
         writer.close().map_err(|source| SinkError::Parquet {
             path: temp_path.clone(),
@@ -556,6 +625,22 @@ impl ParquetSink {
         });
         Ok(())
     }
+}
+
+fn read_resume_from(path: &Path) -> Result<Option<u64>, SinkError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = File::open(path).map_err(SinkError::io("open", path))?;
+    let reader = SerializedFileReader::new(file).map_err(|source| SinkError::Parquet {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == RESUME_FROM_KEY))
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.parse().ok()))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
