@@ -4,6 +4,7 @@ throttled warnings, and configuration mistakes caught before connecting anywhere
 
 import collections
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -79,10 +80,14 @@ class ObservedBridge(Bridge):
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+        except urllib.error.URLError as e:  # not listening (yet, or any more)
+            return None, str(e.reason)
 
-    def metrics(self):
+    def metrics(self, strict=True):
         """{(sample name, frozenset(labels)): value}, parsed by prometheus-client."""
         status, body = self.get("/metrics")
+        if not strict and status != 200:
+            return {}
         assert status == 200, body
         samples = {}
         for family in text_string_to_metric_families(body):
@@ -91,7 +96,8 @@ class ObservedBridge(Bridge):
         return samples
 
     def value(self, name, **labels):
-        return self.metrics().get((name, frozenset(labels.items())))
+        """A sample's value; None while the endpoint is not answering."""
+        return self.metrics(strict=False).get((name, frozenset(labels.items())))
 
 
 def test_metrics_scraped_during_a_run_match_what_was_sent(tmp_path, mosquitto, tansu):
@@ -268,3 +274,91 @@ class socket_taken:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+def test_parquet_stage_metrics_match_its_files_and_sigterm_leaves_only_complete_files(tmp_path, tansu):
+    # The Parquet stage's helpers (topics, a contract-following producer, the stage process).
+    from test_parquet_stage import Sink, Topics, assert_exactly_once, produce
+    import pyarrow.parquet as pq
+
+    lines = generate(6000, tmp_path)
+    topics = Topics(tansu)
+    produce(tansu, topics, lines)
+    out = tmp_path / "out"
+    sink = Sink(tmp_path, tansu, topics, out, f"group-{uuid.uuid4().hex[:6]}", max_file_rows=300)
+    port = free_port()
+    sink.config.write_text(sink.config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    endpoint = ObservedBridge.__new__(ObservedBridge)
+    endpoint.metrics_port = port
+
+    def files():
+        return {p: pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet")}
+
+    sink.start()
+    wait_for(lambda: (endpoint.value("jobstream_parquet_files_published_total") or 0) >= 2, timeout=300,
+             what="two files published")
+    status, body = endpoint.get("/ready")
+    assert status == 200 and body == "parquet ok\n", body
+    sink.stop()
+    first = files()
+    assert 0 < sum(first.values()) < len(lines), "the signal landed mid-stream"
+    assert [p.name for p in out.rglob(".*")] == [], "no temporary left behind"
+
+    sink.start()
+    wait_for(lambda: sum(files().values()) >= len(lines), timeout=600, what="every event in Parquet")
+
+    def lags(samples):
+        return {(dict(l)["topic"], dict(l)["partition"]): value for (n, l), value in samples.items()
+                if n == "jobstream_consumer_lag_records"}
+
+    # librdkafka reports lag once a second, for the partitions it has fetched from (on tansu an
+    # idle partition may stay unreported): the execution topic's three must show 0.
+    def caught_up():
+        reported = lags(endpoint.metrics(strict=False))
+        executions = [lag for (topic, _), lag in reported.items() if topic == topics.executions]
+        return len(executions) == 3 and set(reported.values()) == {0}
+    wait_for(caught_up, timeout=60,
+             what=f"lag 0 in /metrics (at {lags(endpoint.metrics(strict=False))})")
+    m = endpoint.metrics()
+
+    def v(name, **labels):
+        return m.get((name, frozenset(labels.items())))
+
+    second = {p: rows for p, rows in files().items() if p not in first}
+    assert v("jobstream_parquet_files_published_total") == len(second)
+    assert v("jobstream_parquet_rows_published_total") == sum(second.values())
+    assert v("jobstream_parquet_bytes_published_total") == sum(p.stat().st_size for p in second)
+    written = sum(v("jobstream_parquet_rows_written_total", table=t) for t in ("job_events", "job_execution_events"))
+    assert written == sum(second.values())
+    assert {topic for topic, _ in lags(m)} <= {topics.jobs, topics.executions}
+    assert v("jobstream_consumer_assigned_partitions") == 6
+    sink.stop()
+    assert_exactly_once(out, lines)
+
+
+def test_a_drain_past_its_deadline_exits_75_and_names_what_hung(tmp_path, mosquitto, tansu):
+    events = generate(300, tmp_path)
+    bridge = ObservedBridge(tmp_path, mosquitto, tansu)
+    bridge.config.write_text(bridge.config.read_text().replace("drain_timeout_secs = 60", "drain_timeout_secs = 3"))
+    bridge.start()
+    publish(mosquitto.port, events[:200])
+    wait_for(lambda: bridge.value("jobstream_mqtt_acknowledged_total") == 200, timeout=120, what="200 acked")
+    tansu.proc.send_signal(signal.SIGSTOP)  # Kafka stops answering mid-stream
+    try:
+        publish(mosquitto.port, events[200:])
+        wait_for(lambda: (bridge.value("jobstream_queue_depth", queue="kafka_producer") or 0) > 0,
+                 timeout=60, what="records waiting in the producer")
+        started = time.monotonic()
+        bridge.proc.send_signal(signal.SIGTERM)
+        out, _ = bridge.proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        tansu.proc.send_signal(signal.SIGCONT)
+    log = bridge.log.read_text()
+    assert bridge.proc.returncode == 75, log[-3000:]
+    assert took < 30, f"the deadline (3 s) held: exited after {took:.1f}s"
+    hung = re.search(r"drain did not finish within 3s: (.*)", log)
+    assert hung, log[-3000:]
+    assert re.search(rf"Kafka at {re.escape(tansu.brokers)} had not confirmed \d+ record", hung.group(1)) \
+        or "parser workers were still handing records to Kafka" in hung.group(1), hung.group(1)
+    assert "acked 200 " in out, "nothing unconfirmed was acknowledged"

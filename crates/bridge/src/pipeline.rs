@@ -92,6 +92,8 @@ pub struct BridgeStats {
     pub inbound_queue: Vec<Gauge>,
     /// Batches queued between the batchers and the parser workers.
     pub handoff_queue: Gauge,
+    /// Records handed to the producer and not yet confirmed or failed.
+    pub kafka_pending: Gauge,
     /// Where `/metrics` reads from, and `/ready` asks (detached ones by default).
     pub registry: Registry,
     /// Readiness checks the bridge registers (`mqtt`, `kafka`).
@@ -183,6 +185,11 @@ impl BridgeStats {
                 QUEUE_DEPTH_HELP,
                 &[("queue", "handoff_batches")],
             ),
+            kafka_pending: registry.gauge_with(
+                QUEUE_DEPTH,
+                QUEUE_DEPTH_HELP,
+                &[("queue", "kafka_producer")],
+            ),
             registry: registry.clone(),
             health: health.clone(),
         }
@@ -242,8 +249,8 @@ struct Inbound {
 /// 16-bit packet ids cap at 65,535, so senders never wait on this bound.
 const COMPLETIONS_PER_CONNECTION: usize = 65_536;
 
-/// At most one warning per reject kind in this interval.
-const REJECT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one warning per reject kind (and one delivery-failure error) in this interval.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -276,12 +283,15 @@ pub async fn run(
         .map(|_| mpsc::channel::<Completion>(COMPLETIONS_PER_CONNECTION))
         .unzip();
     let completion_tx = Arc::new(completion_tx);
+    let throttle = Arc::new(Throttle::new(WARNING_INTERVAL));
     let sink = {
         let completion_tx = Arc::clone(&completion_tx);
         let stats = Arc::clone(&stats);
+        let throttle = Arc::clone(&throttle);
         Arc::new(KafkaSink::new(
             config.kafka.clone(),
             move |delivery: Delivery, result| {
+                stats.kafka_pending.dec();
                 stats
                     .delivery_latency
                     .observe_duration(delivery.sent.elapsed());
@@ -294,7 +304,9 @@ pub async fn run(
                     }
                     (Ok(()), None) => stats.rejected.fetch_add(1, Ordering::Relaxed),
                     (Err(error), _) => {
-                        tracing::error!(%error, "Kafka did not take a record; it stays unacknowledged and will be redelivered");
+                        if let Some(suppressed) = throttle.allow("kafka_delivery") {
+                            tracing::error!(%error, similar_since_last = suppressed, "Kafka did not take a record; it stays unacknowledged and will be redelivered");
+                        }
                         stats.delivery_failures.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -303,7 +315,17 @@ pub async fn run(
                         Ok(()) => Completion::Done(token),
                         Err(_) => Completion::Failed(token),
                     };
-                    let _ = completion_tx[usize::from(token.conn)].blocking_send(completion);
+                    let tx = &completion_tx[usize::from(token.conn)];
+                    // The channel never fills (see COMPLETIONS_PER_CONNECTION). This runs on
+                    // librdkafka's thread, except when dropping the producer purges records:
+                    // then it may run on an async thread, which must not block.
+                    if let Err(mpsc::error::TrySendError::Full(completion)) =
+                        tx.try_send(completion)
+                    {
+                        if tokio::runtime::Handle::try_current().is_err() {
+                            let _ = tx.blocking_send(completion);
+                        }
+                    }
                 }
             },
         )?)
@@ -312,7 +334,6 @@ pub async fn run(
     // Network tasks → batchers → (crossbeam, bounded) → parser workers → Kafka.
     let (batch_tx, batch_rx) = xchan::bounded::<Vec<Inbound>>(config.queue_batches.max(1));
     let dedup = Arc::new(DedupWindow::new(config.dedup_window));
-    let throttle = Arc::new(Throttle::new(REJECT_WARNING_INTERVAL));
     let mut workers = Vec::new();
     for index in 0..config.workers.max(1) {
         let batch_rx = batch_rx.clone();
@@ -415,7 +436,7 @@ pub async fn run(
     drain_notify.notify_waiters();
     // What the drain waits on, for the message if the deadline passes.
     let phase = Arc::new(AtomicU8::new(PHASE_WORKERS));
-    let watched_sink = Arc::downgrade(&sink);
+    let stats_for_drain = Arc::clone(&stats);
     let connection_handles: Vec<_> = connection_tasks
         .iter()
         .map(tokio::task::JoinHandle::abort_handle)
@@ -435,8 +456,11 @@ pub async fn run(
             let flushed = tokio::task::spawn_blocking(move || flush_sink.flush(remaining)).await;
             // Dropping the sink drops the delivery callback and its completion senders; each
             // acker then sends its last acknowledgements and disconnects its connection.
-            let unconfirmed = sink.in_flight();
-            drop(sink);
+            let unconfirmed = stats_for_drain.kafka_pending.get();
+            // Off the async threads: dropping the producer purges what Kafka never confirmed,
+            // and librdkafka reports those failures through the delivery callback, which
+            // blocks on the completion channels (and may wait on a broker that hangs).
+            let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
             drop(completion_tx);
             phase.store(PHASE_MQTT, Ordering::SeqCst);
             for task in connection_tasks {
@@ -456,11 +480,10 @@ pub async fn run(
         }
         Ok(Err(stuck)) => stuck,
         Err(_) => match phase.load(Ordering::SeqCst) {
-            PHASE_WORKERS => DrainStuck::Workers(
-                stats.handoff_queue.get(),
-                watched_sink.upgrade().map_or(0, |s| s.in_flight()),
-            ),
-            PHASE_KAFKA => DrainStuck::Kafka(watched_sink.upgrade().map_or(0, |s| s.in_flight())),
+            PHASE_WORKERS => {
+                DrainStuck::Workers(stats.handoff_queue.get(), stats.kafka_pending.get())
+            }
+            PHASE_KAFKA => DrainStuck::Kafka(stats.kafka_pending.get()),
             _ => DrainStuck::Mqtt(
                 connection_handles
                     .iter()
@@ -498,18 +521,17 @@ const PHASE_MQTT: u8 = 2;
 
 /// What a drain was waiting on when it gave up.
 enum DrainStuck {
-    /// Batches still queued, records in the producer queue.
-    Workers(i64, i32),
+    /// Batches still queued, records Kafka had not confirmed.
+    Workers(i64, i64),
     /// Records Kafka had not confirmed.
-    Kafka(i32),
+    Kafka(i64),
     /// Connections not yet closed.
     Mqtt(Vec<usize>),
     Other(String),
 }
 
 /// Readiness: every MQTT connection up and not draining; Kafka answering metadata requests.
-/// Also the producer queue's depth gauge. The checks hold no `Arc` of the stats or the sink,
-/// so they keep neither alive.
+/// The checks hold no `Arc` of the stats or the sink, so they keep neither alive.
 fn register_checks(
     stats: &BridgeStats,
     config: &BridgeConfig,
@@ -531,13 +553,6 @@ fn register_checks(
             Err(format!("{up} of {wanted} connection(s) to {url} up"))
         }
     });
-    let queued = sink.clone();
-    stats.registry.gauge_fn(
-        QUEUE_DEPTH,
-        QUEUE_DEPTH_HELP,
-        &[("queue", "kafka_producer")],
-        move || queued.upgrade().map(|s| i64::from(s.in_flight())),
-    );
     stats
         .health
         .register("kafka", move || match sink.upgrade() {
@@ -621,6 +636,7 @@ fn worker(
                         return Ok(());
                     }
                     let family = Some(event.family());
+                    stats.kafka_pending.inc();
                     sink.produce_event(
                         &event,
                         &message.topic,
@@ -632,6 +648,7 @@ fn worker(
                             sent: Instant::now(),
                         },
                     )
+                    .inspect_err(|_| stats.kafka_pending.dec())
                 }
                 Err(reject) => {
                     stats.reject(reject.kind);
@@ -647,6 +664,7 @@ fn worker(
                             "rejected input sent to the DLQ"
                         );
                     }
+                    stats.kafka_pending.inc();
                     sink.produce_reject(
                         &message.topic,
                         &message.payload,
@@ -658,10 +676,13 @@ fn worker(
                             sent: Instant::now(),
                         },
                     )
+                    .inspect_err(|_| stats.kafka_pending.dec())
                 }
             });
             if let Err(error) = result {
-                tracing::error!(%error, topic = %message.topic, "could not hand a record to Kafka; it stays unacknowledged");
+                if let Some(suppressed) = throttle.allow("kafka_produce") {
+                    tracing::error!(%error, topic = %message.topic, similar_since_last = suppressed, "could not hand a record to Kafka; it stays unacknowledged");
+                }
                 stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
                 if let Some(token) = token {
                     complete(Completion::Failed(token));

@@ -1,12 +1,15 @@
-//! Operating `jobstream run`: log output and the `/metrics` `/health` `/ready` endpoint.
-//! Stages register their own metrics (`BridgeStats::registered`); the names are listed in the
-//! README ("Operating").
+//! Operating `jobstream run`: log output, the `/metrics` `/health` `/ready` endpoint, and the
+//! Parquet stage's counters in the metrics registry. The bridge registers its own
+//! (`BridgeStats::registered`); the names are listed in the README ("Operating").
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use jobstream_metrics::{Health, MetricsServer, Registry};
+use jobstream_sink::consumer::{StageConfig, StageStats};
 use serde::Deserialize;
 
 use crate::{Failure, EXIT_CONFIG};
@@ -183,6 +186,127 @@ impl Telemetry {
         }
         Ok(telemetry)
     }
+
+    /// Exports the Parquet stage's counters and registers its readiness check (the output
+    /// directory writable, the stage running). Reads `stats` when scraped; holds it weakly.
+    pub fn watch_stage(
+        &self,
+        stats: &Arc<StageStats>,
+        config: &StageConfig,
+        stopped: &Arc<AtomicBool>,
+    ) {
+        let registry = &self.registry;
+        let counter = |name: &str,
+                       help: &str,
+                       labels: &[(&str, &str)],
+                       pick: fn(&StageStats) -> &AtomicU64| {
+            let weak: Weak<StageStats> = Arc::downgrade(stats);
+            registry.counter_fn(name, help, labels, move || {
+                weak.upgrade().map(|s| pick(&s).load(Ordering::Relaxed))
+            });
+        };
+        counter(
+            "jobstream_consumer_records_total",
+            "Records the Parquet stage read from Kafka.",
+            &[],
+            |s| &s.records,
+        );
+        let rows = "jobstream_parquet_rows_written_total";
+        let rows_help = "Rows appended to Parquet files, by table.";
+        counter(rows, rows_help, &[("table", "job_events")], |s| &s.job_rows);
+        counter(rows, rows_help, &[("table", "job_execution_events")], |s| {
+            &s.execution_rows
+        });
+        counter(
+            "jobstream_parquet_rows_published_total",
+            "Rows in Parquet files published (renamed to their final name).",
+            &[],
+            |s| &s.published_rows,
+        );
+        counter(
+            "jobstream_parquet_files_published_total",
+            "Parquet files published.",
+            &[],
+            |s| &s.files,
+        );
+        counter(
+            "jobstream_parquet_bytes_published_total",
+            "Bytes in published Parquet files.",
+            &[],
+            |s| &s.file_bytes,
+        );
+        counter(
+            "jobstream_consumer_already_published_total",
+            "Records skipped because a published file already holds them (after a restart).",
+            &[],
+            |s| &s.already_published,
+        );
+        counter(
+            "jobstream_consumer_rejects_total",
+            "Records the Parquet stage sent to the DLQ.",
+            &[],
+            |s| &s.rejected,
+        );
+        counter(
+            "jobstream_consumer_commits_total",
+            "Offset commits, each after the files holding the offsets were published.",
+            &[],
+            |s| &s.commits,
+        );
+        let weak = Arc::downgrade(stats);
+        registry.gauge_fn(
+            "jobstream_consumer_assigned_partitions",
+            "Partitions assigned to this consumer group member.",
+            &[],
+            move || {
+                weak.upgrade().map(|s| {
+                    i64::try_from(s.assigned_partitions.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+                })
+            },
+        );
+        let weak = Arc::downgrade(stats);
+        registry.gauges_fn(
+            "jobstream_consumer_lag_records",
+            "Records between this member's position and the end of each assigned partition (librdkafka's last report).",
+            move || {
+                let Some(stats) = weak.upgrade() else {
+                    return Vec::new();
+                };
+                let lag = match stats.lag.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                lag.iter()
+                    .map(|((topic, partition), lag)| {
+                        (
+                            vec![
+                                ("topic".to_owned(), topic.clone()),
+                                ("partition".to_owned(), partition.to_string()),
+                            ],
+                            *lag,
+                        )
+                    })
+                    .collect()
+            },
+        );
+        let root: PathBuf = config.parquet.root.clone();
+        let stopped = Arc::clone(stopped);
+        self.health.register("parquet", move || {
+            if stopped.load(Ordering::Relaxed) {
+                return Err("shutting down".to_owned());
+            }
+            writable(&root)
+        });
+    }
+}
+
+/// Whether `dir` accepts a new file (created and removed at once; a dot-file, which readers
+/// and the sink's own clean-up ignore).
+fn writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(format!(".jobstream-ready-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("{} is not writable: {e}", dir.display()))
 }
 
 #[cfg(test)]

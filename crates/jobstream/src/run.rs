@@ -605,6 +605,9 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         reporter.abort();
         result
     });
+    // A blocking task stuck on a broker that hangs (a flush, a producer teardown) must not hold
+    // the exit past the drain deadline: dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(Duration::from_secs(2));
     // The bridge has drained (everything it produced is in Kafka); now the stage publishes
     // what it holds and commits.
     stop_stage.store(true, Ordering::Relaxed);
