@@ -258,6 +258,12 @@ def test_configuration_mistakes_name_file_key_and_value_before_connecting(tmp_pa
         assert f"127.0.0.1:{port}" in result.stderr and "mqtt" not in result.stderr.lower(), result.stderr
         assert time.monotonic() - started < 20, "failed at once, not after a connect timeout"
 
+    config.write_text(base + '[metrics]\nlisten = "localhost"\n')
+    result = run("--log-format", "json", "run", "--config", config, check=False)
+    (line,) = [json.loads(l) for l in result.stderr.splitlines()]
+    assert line["level"] == "ERROR" and line["fields"]["exit_code"] == 78, line
+    assert "[metrics] listen" in line["fields"]["message"], line
+
     result = run("--log-format", "yaml", "run", "--check", check=False)
     assert result.returncode == 2 and "json" in result.stderr
 
@@ -362,3 +368,27 @@ def test_a_drain_past_its_deadline_exits_75_and_names_what_hung(tmp_path, mosqui
     assert re.search(rf"Kafka at {re.escape(tansu.brokers)} had not confirmed \d+ record", hung.group(1)) \
         or "parser workers were still handing records to Kafka" in hung.group(1), hung.group(1)
     assert "acked 200 " in out, "nothing unconfirmed was acknowledged"
+
+
+def test_a_second_signal_exits_130_at_once_while_a_drain_waits_on_kafka(tmp_path, mosquitto, tansu):
+    events = generate(150, tmp_path)
+    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()  # drain deadline: 60 s
+    publish(mosquitto.port, events[:100])
+    wait_for(lambda: bridge.value("jobstream_mqtt_acknowledged_total") == 100, timeout=120, what="100 acked")
+    tansu.proc.send_signal(signal.SIGSTOP)
+    try:
+        publish(mosquitto.port, events[100:])
+        wait_for(lambda: (bridge.value("jobstream_queue_depth", queue="kafka_producer") or 0) > 0,
+                 timeout=60, what="records waiting for Kafka")
+        bridge.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in bridge.log.read_text(), timeout=10, what="the drain to start")
+        acked = bridge.value("jobstream_mqtt_acknowledged_total")
+        started = time.monotonic()
+        bridge.proc.send_signal(signal.SIGTERM)
+        bridge.proc.wait(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        tansu.proc.send_signal(signal.SIGCONT)
+    assert bridge.proc.returncode == 130 and took < 5, (bridge.proc.returncode, took)
+    assert "second signal" in bridge.log.read_text()
+    assert acked == 100, "nothing Kafka had not confirmed was acknowledged"
