@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use jobstream_metrics::{Health, MetricsServer, Registry};
 use jobstream_sink::consumer::{StageConfig, StageStats};
+use jobstream_sink::kafka::KafkaProbe;
 use serde::Deserialize;
 
 use crate::{Failure, EXIT_CONFIG};
@@ -187,8 +189,8 @@ impl Telemetry {
         Ok(telemetry)
     }
 
-    /// Exports the Parquet stage's counters and registers its readiness check (the output
-    /// directory writable, the stage running). Reads `stats` when scraped; holds it weakly.
+    /// Exports the Parquet stage's counters and registers its readiness checks (the output
+    /// directory writable and the stage running; Kafka answering). Reads `stats` when scraped; holds it weakly.
     pub fn watch_stage(
         &self,
         stats: &Arc<StageStats>,
@@ -297,8 +299,31 @@ impl Telemetry {
             }
             writable(&root)
         });
+        // The stage's consumer has no probe of its own: a metadata-only client, created at the
+        // first /ready. When the bridge runs too, its own `kafka` check replaces this one.
+        let kafka = config.kafka.clone();
+        let probe: Mutex<Option<KafkaProbe>> = Mutex::new(None);
+        self.health.register("kafka", move || {
+            let mut probe = match probe.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if probe.is_none() {
+                *probe = Some(KafkaProbe::new(&kafka).map_err(|e| e.to_string())?);
+            }
+            match probe.as_ref() {
+                Some(probe) => probe
+                    .reachable(KAFKA_PROBE_TIMEOUT)
+                    .map_err(|e| e.to_string()),
+                None => Err("no Kafka client".to_owned()),
+            }
+        });
     }
 }
+
+/// How long a readiness probe waits for a Kafka broker (probes usually give up after a few
+/// seconds themselves).
+const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether `dir` accepts a new file (created and removed at once; a dot-file, which readers
 /// and the sink's own clean-up ignore).

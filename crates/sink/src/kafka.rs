@@ -457,6 +457,61 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
     }
 }
 
+/// A client that only asks for metadata: a readiness probe for stages that hold no producer
+/// of their own (the Parquet stage). One connection set for the life of the process.
+pub struct KafkaProbe {
+    client: rdkafka::producer::BaseProducer,
+    brokers: String,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProbe")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaProbe {
+    /// A probe with `config`'s brokers and security options.
+    ///
+    /// # Errors
+    /// Invalid librdkafka options.
+    pub fn new(config: &KafkaConfig) -> Result<Self, SinkError> {
+        let client = config
+            .producer_config()?
+            .create()
+            .map_err(|e| SinkError::Config {
+                setting: "kafka",
+                value: config.brokers.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(KafkaProbe {
+            client,
+            brokers: config.brokers.clone(),
+            topic: config.job_topic.clone(),
+        })
+    }
+
+    /// Whether a broker answers a metadata request within `timeout`. Blocks up to `timeout`.
+    ///
+    /// # Errors
+    /// No broker answered in time.
+    pub fn reachable(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.client
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map(|_| ())
+            .map_err(|e| {
+                SinkError::Kafka(format!(
+                    "no broker at {} answered within {timeout:?}: {e}",
+                    self.brokers
+                ))
+            })
+    }
+}
+
 /// Creates the configured topics when missing.
 ///
 /// # Errors
