@@ -246,6 +246,12 @@ def test_configuration_mistakes_name_file_key_and_value_before_connecting(tmp_pa
     result = run("run", "--config", config, check=False)
     assert result.returncode == 78 and "lisen" in result.stderr and "line 6" in result.stderr, result.stderr
 
+    # A value checked after loading: named by key and value, and the file added.
+    config.write_text(base.replace('[kafka]', 'qos = 2\n[kafka]'))
+    result = run("run", "--config", config, check=False)
+    assert result.returncode == 78, result.stderr
+    assert str(config) in result.stderr and "qos" in result.stderr and "got 2" in result.stderr, result.stderr
+
     config.write_text(base + '[log]\nformat = "xml"\n')
     result = run("run", "--config", config, check=False)
     assert result.returncode == 78 and "xml" in result.stderr and "line 6" in result.stderr, result.stderr

@@ -83,6 +83,29 @@ pub fn init_logging(format: LogFormat, level: Option<&str>, default_level: &str)
     };
 }
 
+/// Says where a configuration error comes from: a value checked after loading (a QoS of 2,
+/// zero connections) is named by its key, and this adds the file, unless the message already
+/// names it (syntax and unknown-key errors do, with the line).
+pub fn locate(failure: Failure, config: Option<&Path>) -> Failure {
+    match config {
+        Some(path) if failure.code == EXIT_CONFIG => {
+            let message = format!("{:#}", failure.error);
+            if message.contains(&path.display().to_string()) {
+                failure
+            } else {
+                Failure::new(
+                    EXIT_CONFIG,
+                    anyhow::anyhow!(
+                        "config file {} (JOBSTREAM_* variables and flags override it): {message}",
+                        path.display()
+                    ),
+                )
+            }
+        }
+        _ => failure,
+    }
+}
+
 /// `key=value, …` with secret values replaced by `***`.
 pub fn redacted_options(options: &BTreeMap<String, String>) -> String {
     options

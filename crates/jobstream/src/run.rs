@@ -505,7 +505,8 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: RunArgs) -> Result<(), Failure> {
-    let plan = plan(&args)?;
+    let plan =
+        plan(&args).map_err(|failure| crate::ops::locate(failure, args.config.as_deref()))?;
     let ops = crate::ops::OpsPlan::resolve(args.metrics_listen.clone(), args.config.as_deref())?;
     if args.check {
         print_plan(&plan);
