@@ -19,8 +19,10 @@
 //!   final status, so a retried execution that failed and then succeeded counts once, as
 //!   succeeded. A counter AWS left out is not compared.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,11 +31,14 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMillisecondType};
+use arrow_array::types::{Int32Type, Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, ArrayRef, Int64Array, MapArray, RecordBatch, StringArray};
 use arrow_array::{PrimitiveArray, TimestampMillisecondArray};
+use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
@@ -312,14 +317,60 @@ fn table_files(
     Ok(files)
 }
 
+/// Columns read as Arrow dictionaries. The sink writes them with Parquet dictionaries, so the
+/// reader hands over each distinct value once and a key per row: a job id is looked up once
+/// per batch instead of once per event.
+const DICTIONARY_COLUMNS: [&str; 2] = ["job_id", "operation"];
+
+/// The file's Arrow schema with [`DICTIONARY_COLUMNS`] asked for as dictionaries and every
+/// other top-level string as `Utf8`: files rewritten by other tools (polars writes
+/// `LargeUtf8` and `Utf8View`) read the same way as the sink's own.
+fn with_dictionaries(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let string = matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            );
+            if string && DICTIONARY_COLUMNS.contains(&f.name().as_str()) {
+                f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
+            } else if string {
+                f.as_ref().clone().with_data_type(DataType::Utf8)
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// True when every file sits in a `date=` partition. The sink partitions by event time, so
+/// every copy of an event lands in the same partition and duplicates can be found one
+/// partition at a time, in memory bounded by the busiest day rather than the whole range.
+fn partitioned_by_date(files: &[PathBuf]) -> bool {
+    files.iter().all(|f| {
+        f.parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("date="))
+            .and_then(jobstream_sink::time::parse_date)
+            .is_some()
+    })
+}
+
 /// Reads `columns` of every file, row groups outside the window skipped, calling `visit` per
-/// batch.
+/// batch with the file it came from.
 fn read_table(
     files: &[PathBuf],
     columns: &[&str],
     window: Window,
     stats: &mut ScanStats,
-    mut visit: impl FnMut(&RecordBatch) -> anyhow::Result<()>,
+    mut visit: impl FnMut(&Path, &RecordBatch) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     for path in files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -332,8 +383,16 @@ fn read_table(
             len,
             read: stats.bytes_read.clone(),
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
-            .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+        let unreadable = || format!("{} is not a readable Parquet file", path.display());
+        let metadata = ArrowReaderMetadata::load(&reader, ArrowReaderOptions::new())
+            .with_context(unreadable)?;
+        let hinted = with_dictionaries(metadata.schema());
+        let metadata = ArrowReaderMetadata::try_new(
+            metadata.metadata().clone(),
+            ArrowReaderOptions::new().with_schema(Arc::new(hinted)),
+        )
+        .with_context(unreadable)?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(reader, metadata);
         let schema = builder.parquet_schema();
         let mut leaves = Vec::new();
         for name in columns {
@@ -387,7 +446,7 @@ fn read_table(
         for batch in reader {
             let batch = batch.with_context(|| format!("cannot decode {}", path.display()))?;
             stats.rows_read += batch.num_rows() as u64;
-            visit(&batch).with_context(|| format!("in {}", path.display()))?;
+            visit(path, &batch).with_context(|| format!("in {}", path.display()))?;
         }
     }
     Ok(())
@@ -403,6 +462,79 @@ fn strings<'a>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a StringA
     column(batch, name)?
         .as_string_opt::<i32>()
         .ok_or_else(|| anyhow!("column {name:?} is not a string column"))
+}
+
+/// A string column as read: plain, or an Arrow dictionary (see [`DICTIONARY_COLUMNS`]). Rows
+/// map to keys; equal keys within a batch are equal strings.
+enum Keyed<'a> {
+    Plain(&'a StringArray),
+    Dictionary {
+        keys: &'a PrimitiveArray<Int32Type>,
+        values: &'a StringArray,
+    },
+}
+
+impl<'a> Keyed<'a> {
+    fn of(batch: &'a RecordBatch, name: &str) -> anyhow::Result<Self> {
+        let array = column(batch, name)?;
+        if let Some(plain) = array.as_string_opt::<i32>() {
+            return Ok(Keyed::Plain(plain));
+        }
+        let dictionary = array
+            .as_dictionary_opt::<Int32Type>()
+            .ok_or_else(|| anyhow!("column {name:?} is not a string column"))?;
+        let values = dictionary
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| anyhow!("column {name:?} is not a string column"))?;
+        Ok(Keyed::Dictionary {
+            keys: dictionary.keys(),
+            values,
+        })
+    }
+
+    /// How many distinct keys rows can have.
+    fn keys(&self) -> usize {
+        match self {
+            Keyed::Plain(a) => a.len(),
+            Keyed::Dictionary { values, .. } => values.len(),
+        }
+    }
+
+    /// The key of row `i`; `None` for a null.
+    fn key(&self, i: usize) -> Option<usize> {
+        match self {
+            Keyed::Plain(a) => a.is_valid(i).then_some(i),
+            Keyed::Dictionary { keys, values } => {
+                let k = usize::try_from(keys.value(i)).ok()?;
+                (keys.is_valid(i) && k < values.len() && values.is_valid(k)).then_some(k)
+            }
+        }
+    }
+
+    fn text(&self, key: usize) -> &'a str {
+        match self {
+            Keyed::Plain(a) => a.value(key),
+            Keyed::Dictionary { values, .. } => values.value(key),
+        }
+    }
+}
+
+/// Per-batch memo of a value computed once per key.
+struct Memo<T: Copy> {
+    slots: Vec<Option<T>>,
+}
+
+impl<T: Copy> Memo<T> {
+    fn new(keys: usize) -> Self {
+        Memo {
+            slots: vec![None; keys],
+        }
+    }
+
+    fn get(&mut self, key: usize, compute: impl FnOnce() -> T) -> T {
+        *self.slots[key].get_or_insert_with(compute)
+    }
 }
 
 fn times<'a>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a TimestampMillisecondArray> {
@@ -445,11 +577,100 @@ fn uuid_bits(id: &str) -> Option<u128> {
     Some(v)
 }
 
-/// Event ids seen so far. AWS ids are UUIDs, kept as 16 bytes so a month of ids fits easily.
+/// A multiply-and-add word hash in the manner of rustc's FxHasher. The aggregation does four hash lookups per
+/// event and SipHash made them most of the report's time (measured: 30% of a 1M-event run);
+/// the keys come from the user's own files, so resistance to crafted collisions buys nothing.
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = self.0.wrapping_add(word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.add(n as u64);
+        self.add((n >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // A product's high bits are its best mixed; the table takes its bucket from the low
+        // ones, so rotate them down.
+        self.0.rotate_left(26)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
+
+/// The event ids that can still have copies ahead: those of the current date partition when
+/// every file is in one (files come sorted, so a partition's files are read together), all of
+/// them otherwise.
+struct Dedup {
+    by_partition: bool,
+    partition: Option<PathBuf>,
+    seen: Seen,
+}
+
+impl Dedup {
+    fn new(files: &[PathBuf]) -> Self {
+        Dedup {
+            by_partition: partitioned_by_date(files),
+            partition: None,
+            seen: Seen::default(),
+        }
+    }
+
+    /// The set for the file at `path`.
+    fn scope(&mut self, path: &Path) -> &mut Seen {
+        if self.by_partition && self.partition.as_deref() != path.parent() {
+            self.partition = path.parent().map(Path::to_owned);
+            self.seen = Seen::default();
+        }
+        &mut self.seen
+    }
+}
+
+/// Event ids seen so far. AWS ids are UUIDs, kept as 16 bytes each.
 #[derive(Debug, Default)]
 struct Seen {
-    uuids: HashSet<u128>,
-    other: HashSet<Box<str>>,
+    uuids: FastSet<u128>,
+    other: FastSet<Box<str>>,
 }
 
 impl Seen {
@@ -482,7 +703,7 @@ struct JobAgg {
     first_event: Option<i64>,
     last_event: Option<i64>,
     outcomes: [u64; 7],
-    reasons: HashMap<String, u64>,
+    reasons: FastMap<String, u64>,
     /// Things per latest outcome, filled after reading.
     things: [u64; 7],
 }
@@ -494,13 +715,101 @@ impl JobAgg {
     }
 }
 
+/// Each (job, thing)'s latest execution outcome, in one hash table probed once per event and
+/// without an allocation per thing: names go to one arena, the table maps a hash of (job,
+/// name) to a slot, and the slot's stored job and name confirm the match. A key whose hash is
+/// taken by another goes to `clashes`, searched in full: with 64-bit hashes that takes about
+/// 10⁹ things, or crafted names in the user's own files.
+#[derive(Debug, Default)]
+struct Latest {
+    arena: String,
+    slots: Vec<Slot>,
+    by_hash: FastMap<u64, u32>,
+    clashes: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    job: u32,
+    start: usize,
+    len: usize,
+    time: i64,
+    outcome: u8,
+}
+
+impl Latest {
+    fn name(&self, slot: &Slot) -> &str {
+        &self.arena[slot.start..slot.start + slot.len]
+    }
+
+    fn push(
+        arena: &mut String,
+        slots: &mut Vec<Slot>,
+        job: u32,
+        name: &str,
+        time: i64,
+        outcome: u8,
+    ) -> u32 {
+        let id = slots.len() as u32;
+        slots.push(Slot {
+            job,
+            start: arena.len(),
+            len: name.len(),
+            time,
+            outcome,
+        });
+        arena.push_str(name);
+        id
+    }
+
+    /// Records an execution event of `name` in `job`. The latest by event time wins; a tie
+    /// (same second) goes to the later outcome in [`OUTCOMES`] order, so the result does not
+    /// depend on the order files are read in.
+    fn record(&mut self, job: u32, name: &str, time: i64, outcome: u8) {
+        let mut hasher = FastHasher::default();
+        hasher.write_u32(job);
+        hasher.write(name.as_bytes());
+        let id = match self.by_hash.entry(hasher.finish()) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(Self::push(
+                    &mut self.arena,
+                    &mut self.slots,
+                    job,
+                    name,
+                    time,
+                    outcome,
+                ));
+                return;
+            }
+            Entry::Occupied(occupied) => *occupied.get(),
+        };
+        let slot = self.slots[id as usize];
+        let id = if slot.job == job && self.name(&slot) == name {
+            id
+        } else if let Some(&id) = self.clashes.iter().find(|&&c| {
+            let clash = &self.slots[c as usize];
+            clash.job == job && self.name(clash) == name
+        }) {
+            id
+        } else {
+            let id = Self::push(&mut self.arena, &mut self.slots, job, name, time, outcome);
+            self.clashes.push(id);
+            return;
+        };
+        let slot = &mut self.slots[id as usize];
+        if (time, outcome) > (slot.time, slot.outcome) {
+            slot.time = time;
+            slot.outcome = outcome;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Aggregate {
-    index: HashMap<Box<str>, u32>,
+    index: FastMap<Box<str>, u32>,
     jobs: Vec<(String, JobAgg)>,
-    thing_index: HashMap<Box<str>, u32>,
-    /// (job, thing) → (event time, outcome) of the thing's latest execution event.
-    latest: HashMap<(u32, u32), (i64, u8)>,
+    /// Each (job, thing)'s latest execution outcome.
+    latest: Latest,
     job_events: u64,
     executions: u64,
     duplicates: u64,
@@ -517,15 +826,6 @@ impl Aggregate {
         self.jobs.push((id.to_owned(), JobAgg::default()));
         i
     }
-
-    fn thing(&mut self, name: &str) -> u32 {
-        if let Some(&i) = self.thing_index.get(name) {
-            return i;
-        }
-        let i = self.thing_index.len() as u32;
-        self.thing_index.insert(name.into(), i);
-        i
-    }
 }
 
 /// Filters shared by both tables.
@@ -535,9 +835,24 @@ struct Filter<'a> {
 }
 
 impl Filter<'_> {
-    fn keeps(&self, t: i64, job: &str) -> bool {
-        self.window.contains(t) && (self.jobs.is_empty() || self.jobs.contains(job))
+    fn keeps_job(&self, job: &str) -> bool {
+        self.jobs.is_empty() || self.jobs.contains(job)
     }
+}
+
+/// The job index of row `i`, interned on first sight; `None` when the job filter excludes it.
+fn job_of(
+    agg: &mut Aggregate,
+    filter: &Filter<'_>,
+    job_id: &Keyed<'_>,
+    memo: &mut Memo<Option<u32>>,
+    i: usize,
+) -> Option<u32> {
+    let key = job_id.key(i)?;
+    memo.get(key, || {
+        let job = job_id.text(key);
+        filter.keeps_job(job).then(|| agg.job(job))
+    })
 }
 
 fn add_job_events(
@@ -547,8 +862,8 @@ fn add_job_events(
     batch: &RecordBatch,
 ) -> anyhow::Result<()> {
     let event_id = strings(batch, "event_id")?;
-    let operation = strings(batch, "operation")?;
-    let job_id = strings(batch, "job_id")?;
+    let operation = Keyed::of(batch, "operation")?;
+    let job_id = Keyed::of(batch, "job_id")?;
     let event_time = times(batch, "event_time")?;
     let selection = strings(batch, "target_selection")?;
     let created = times(batch, "created_at")?;
@@ -558,19 +873,21 @@ fn add_job_events(
         .iter()
         .map(|c| int64s(batch, c))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut jobs = Memo::new(job_id.keys());
     for i in 0..batch.num_rows() {
         let t = event_time.value(i);
-        let job = job_id.value(i);
-        if !filter.keeps(t, job) {
+        if !filter.window.contains(t) {
             continue;
         }
+        let Some(j) = job_of(agg, filter, &job_id, &mut jobs, i) else {
+            continue;
+        };
         if !seen.first(event_id.value(i)) {
             agg.duplicates += 1;
             continue;
         }
         agg.job_events += 1;
-        let j = agg.job(job) as usize;
-        let state = &mut agg.jobs[j].1;
+        let state = &mut agg.jobs[j as usize].1;
         state.saw(t);
         if selection.is_valid(i) {
             state.target_selection = Some(selection.value(i).to_owned());
@@ -578,7 +895,7 @@ fn add_job_events(
         if let Some(c) = opt(created, i) {
             state.created_at = Some(c);
         }
-        let op = operation.value(i);
+        let op = operation.key(i).map_or("", |k| operation.text(k));
         match op {
             "completed" | "canceled" | "deleted" => {
                 if state.ending.as_ref().is_some_and(|e| e.event_time > t) {
@@ -611,8 +928,8 @@ fn add_executions(
     batch: &RecordBatch,
 ) -> anyhow::Result<()> {
     let event_id = strings(batch, "event_id")?;
-    let operation = strings(batch, "operation")?;
-    let job_id = strings(batch, "job_id")?;
+    let operation = Keyed::of(batch, "operation")?;
+    let job_id = Keyed::of(batch, "job_id")?;
     let thing_name = strings(batch, "thing_name")?;
     let event_time = times(batch, "event_time")?;
     let details: &MapArray = column(batch, "status_details")?
@@ -627,23 +944,28 @@ fn add_executions(
         .as_string_opt::<i32>()
         .ok_or_else(|| anyhow!("status_details values are not strings"))?;
     let offsets = details.value_offsets();
+    let mut jobs = Memo::new(job_id.keys());
+    let mut outcomes = Memo::new(operation.keys());
     for i in 0..batch.num_rows() {
         let t = event_time.value(i);
-        let job = job_id.value(i);
-        if !filter.keeps(t, job) {
+        if !filter.window.contains(t) {
             continue;
         }
+        let Some(j) = job_of(agg, filter, &job_id, &mut jobs, i) else {
+            continue;
+        };
         if !seen.first(event_id.value(i)) {
             agg.duplicates += 1;
             continue;
         }
         agg.executions += 1;
-        let Some(outcome) = outcome_index(operation.value(i)) else {
+        let outcome = operation
+            .key(i)
+            .and_then(|k| outcomes.get(k, || outcome_index(operation.text(k))));
+        let Some(outcome) = outcome else {
             agg.unknown_operations += 1;
             continue;
         };
-        let j = agg.job(job);
-        let thing = agg.thing(thing_name.value(i));
         let state = &mut agg.jobs[j as usize].1;
         state.saw(t);
         state.outcomes[outcome] += 1;
@@ -661,12 +983,7 @@ fn add_executions(
                 }
             }
         }
-        // Latest by event time; a tie (same second) goes to the later outcome in OUTCOMES
-        // order, so the result does not depend on file order.
-        let entry = agg.latest.entry((j, thing)).or_insert((t, outcome as u8));
-        if (t, outcome as u8) > *entry {
-            *entry = (t, outcome as u8);
-        }
+        agg.latest.record(j, thing_name.value(i), t, outcome as u8);
     }
     Ok(())
 }
@@ -731,7 +1048,8 @@ impl JobReport {
 }
 
 fn finish(mut agg: Aggregate, window: Window, top_reasons: usize) -> Vec<JobReport> {
-    for (&(job, _), &(_, outcome)) in &agg.latest {
+    for slot in &agg.latest.slots {
+        let (job, outcome) = (slot.job, slot.outcome);
         agg.jobs[job as usize].1.things[outcome as usize] += 1;
     }
     let mut reports: Vec<JobReport> =
@@ -1275,25 +1593,32 @@ pub fn run(args: ReportArgs) -> Result<(), Failure> {
         .with_context(|| format!("cannot list {}", root.display()))?;
 
     let mut agg = Aggregate::default();
-    let mut seen = Seen::default();
+    let mut dedup = Dedup::new(&job_files);
     read_table(
         &job_files,
         &[&JOB_COLUMNS[..], &COUNTER_COLUMNS[..]].concat(),
         window,
         &mut stats,
-        |batch| add_job_events(&mut agg, &mut seen, &filter, batch),
+        |path, batch| add_job_events(&mut agg, dedup.scope(path), &filter, batch),
     )?;
-    // An event id belongs to one table, so each table gets its own set and peak memory is
-    // the larger table's, not the sum.
-    let mut seen = Seen::default();
+    // An event id belongs to one table: each table starts afresh.
+    let mut dedup = Dedup::new(&execution_files);
     read_table(
         &execution_files,
         &EXECUTION_COLUMNS,
         window,
         &mut stats,
-        |batch| add_executions(&mut agg, &mut seen, &filter, &args.reason_key, batch),
+        |path, batch| {
+            add_executions(
+                &mut agg,
+                dedup.scope(path),
+                &filter,
+                &args.reason_key,
+                batch,
+            )
+        },
     )?;
-    drop(seen);
+    drop(dedup);
 
     let (job_events, executions, duplicates, unknown) = (
         agg.job_events,
@@ -1369,6 +1694,56 @@ mod tests {
         assert!(!seen.first("a"));
         assert!(seen.first("00000000-0000-0000-0000-0000000000ff"));
         assert!(!seen.first("00000000-0000-0000-0000-0000000000ff"));
+    }
+
+    #[test]
+    fn the_latest_outcome_per_job_and_thing_survives_hash_clashes() {
+        let mut latest = Latest::default();
+        latest.record(0, "sensor-a", 10, 1);
+        latest.record(0, "sensor-a", 5, 0); // older: ignored
+        latest.record(1, "sensor-a", 5, 0); // another job: another slot
+                                            // Force (0, "sensor-b") onto (0, "sensor-a")'s hash.
+        let mut hasher = FastHasher::default();
+        hasher.write_u32(0);
+        hasher.write(b"sensor-b");
+        latest.by_hash.insert(hasher.finish(), 0);
+        latest.record(0, "sensor-b", 7, 2);
+        latest.record(0, "sensor-b", 9, 0); // newer: wins
+        latest.record(0, "sensor-a", 10, 3); // same second: the later outcome wins
+        let slots: Vec<(u32, &str, i64, u8)> = latest
+            .slots
+            .iter()
+            .map(|s| (s.job, latest.name(s), s.time, s.outcome))
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                (0, "sensor-a", 10, 3),
+                (1, "sensor-a", 5, 0),
+                (0, "sensor-b", 9, 0)
+            ]
+        );
+        assert_eq!(latest.clashes, [2]);
+    }
+
+    #[test]
+    fn duplicates_are_tracked_per_date_partition_only_when_every_file_has_one() {
+        let day = |d: &str| PathBuf::from(format!("t/date={d}/f.parquet"));
+        let files = [day("2026-11-01"), day("2026-11-02")];
+        let mut dedup = Dedup::new(&files);
+        assert!(dedup.scope(&files[0]).first("x"));
+        assert!(!dedup.scope(&files[0]).first("x"));
+        assert!(
+            dedup.scope(&files[1]).first("x"),
+            "a new partition starts afresh"
+        );
+        let mixed = [day("2026-11-01"), PathBuf::from("t/other/f.parquet")];
+        let mut dedup = Dedup::new(&mixed);
+        assert!(dedup.scope(&mixed[0]).first("x"));
+        assert!(
+            !dedup.scope(&mixed[1]).first("x"),
+            "one set when not all are partitioned"
+        );
     }
 
     #[test]
