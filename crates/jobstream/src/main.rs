@@ -1,6 +1,6 @@
 //! The `jobstream` command. See `jobstream --help` and the README.
 //!
-//! Exit codes: 0 success; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable;
+//! Exit codes: 0 success; 1 `report --fail-on-mismatch` found disagreeing jobs; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable;
 //! 74 I/O error while running; 75 the drain did not finish in time; 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
 
 mod demo;
