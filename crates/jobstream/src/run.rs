@@ -177,6 +177,10 @@ pub struct RunArgs {
     /// Publish a Parquet file once it holds this many rows.
     #[arg(long, env = "JOBSTREAM_MAX_FILE_ROWS")]
     max_file_rows: Option<u64>,
+    /// Parquet stage alone: stop once every partition is read to the end it had at start
+    /// (a backfill of what Kafka holds), publishing and committing everything.
+    #[arg(long)]
+    stop_at_end: bool,
     /// Stable MQTT client id.
     #[arg(long, env = "JOBSTREAM_MQTT_CLIENT_ID")]
     client_id: Option<String>,
@@ -274,6 +278,11 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
             "nothing to run: pass --mqtt mqtt://host:1883 to bridge MQTT into Kafka, --parquet DIR to write Kafka's events to Parquet, or both (or set mqtt.url / parquet.dir in --config)",
         ));
     }
+    if args.stop_at_end && (url.is_some() || parquet_dir.is_none()) {
+        return Err(config_error(
+            "--stop-at-end applies to the Parquet stage alone: pass --parquet DIR without --mqtt",
+        ));
+    }
     let brokers = args.kafka.clone().or(k.brokers.clone()).ok_or_else(|| {
         config_error("no Kafka brokers: pass --kafka host:9092 (or set kafka.brokers in --config, or JOBSTREAM_KAFKA_BROKERS)")
     })?;
@@ -338,6 +347,7 @@ fn stage_config(
         stage.group_id = v;
     }
     stage.parser = parser;
+    stage.stop_at_end = args.stop_at_end;
     // Fault injection for the exactly-once crash tests (tests/python/test_parquet_stage.py).
     stage.abort_after_publishing = std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
         .ok()

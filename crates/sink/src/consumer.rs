@@ -67,6 +67,9 @@ pub struct StageConfig {
     pub parser: ParserConfig,
     /// How often open files are checked for age and inactivity and offsets committed.
     pub tick: Duration,
+    /// Stop once every assigned partition is read up to the end it had when it was assigned
+    /// (backfills, benchmarks), instead of waiting for new records.
+    pub stop_at_end: bool,
     /// Fault injection for the crash tests: abort the process right after this many files
     /// were published and before their offsets are committed.
     #[doc(hidden)]
@@ -82,6 +85,7 @@ impl StageConfig {
             parquet,
             parser: ParserConfig::default(),
             tick: Duration::from_secs(1),
+            stop_at_end: false,
             abort_after_publishing: None,
         }
     }
@@ -135,6 +139,8 @@ struct PartitionWriter {
     next: u64,
     /// The offset last committed by this member (or found committed on assignment).
     committed: Option<u64>,
+    /// With `stop_at_end`: the partition's high watermark when it was assigned.
+    end: Option<u64>,
 }
 
 impl PartitionWriter {
@@ -153,6 +159,19 @@ struct Writers {
     failed: Option<SinkError>,
     files_published: u64,
     abort_after_publishing: Option<u64>,
+    stop_at_end: bool,
+}
+
+impl Writers {
+    /// With `stop_at_end`, whether every assigned partition has been read to its end.
+    fn all_at_end(&self) -> bool {
+        self.stop_at_end
+            && !self.by_partition.is_empty()
+            && self
+                .by_partition
+                .values()
+                .all(|w| w.end.is_some_and(|end| w.next >= end))
+    }
 }
 
 struct StageContext {
@@ -261,6 +280,14 @@ fn assign(
         };
         let sink = ParquetSink::new(writers.parquet.clone(), &source_name(&key.0, key.1))?;
         let resume = sink.resume_position(committed)?;
+        let end = if writers.stop_at_end {
+            let (_, high) = consumer
+                .fetch_watermarks(&key.0, key.1, Duration::from_secs(30))
+                .map_err(|e| SinkError::Kafka(format!("reading the end of {}: {e}", key.0)))?;
+            Some(high.max(0) as u64)
+        } else {
+            None
+        };
         if let Some(resume) = resume {
             tpl.set_partition_offset(&key.0, key.1, Offset::Offset(resume as i64))
                 .map_err(|e| SinkError::Kafka(format!("setting the start offset: {e}")))?;
@@ -276,8 +303,11 @@ fn assign(
             key,
             PartitionWriter {
                 sink,
-                next: resume.unwrap_or(0),
+                // Before the first record arrives, where reading starts: the resume point,
+                // else the committed offset (a partition with neither starts at its beginning).
+                next: resume.or(committed).unwrap_or(0),
                 committed,
+                end,
             },
         );
     }
@@ -346,6 +376,7 @@ pub fn run(
         failed: None,
         files_published: 0,
         abort_after_publishing: config.abort_after_publishing,
+        stop_at_end: config.stop_at_end,
     }));
     let context = StageContext {
         writers: writers.clone(),
@@ -401,6 +432,9 @@ pub fn run(
                     ));
                 }
             }
+        }
+        if guard.all_at_end() {
+            break Ok(());
         }
         let now = Instant::now();
         if now >= next_tick || guard.by_partition.values().any(|w| w.sink.has_published()) {

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Kafka → Parquet against a raw librdkafka consumer, side by side in one run, same topics:
+
+  * raw      benches/examples/raw_consume.rs: joins a fresh group, reads every record, keeps
+             nothing (the ceiling: what the broker and librdkafka deliver);
+  * jobstream `jobstream run --kafka B --parquet DIR --stop-at-end` with a fresh group: parse,
+             validate, Arrow, zstd Parquet files per partition, fsync + rename, commits.
+
+Both are timed from process start to exit (group join included for both), interleaved run by
+run so machine noise hits both alike; the report gives median and spread and the ratio of the
+medians. The broker is tansu 0.6 (SQLite storage, with the header index the tests add; see
+tests/python/brokers.py), started here on a free port.
+
+Usage: .venv/bin/python benches/kafka_to_parquet.py [--events 300000] [--runs 5]
+         [--jobstream target/release/jobstream] [--raw target/release/examples/raw_consume]
+"""
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from brokers import Tansu  # noqa: E402
+
+TOPICS = ["aws-iot-job-events", "aws-iot-job-execution-events"]
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command, cpu=None, **kwargs):
+    """Wall time of `command`; its CPU seconds (user + system) are appended to `cpu`."""
+    start, cpu_start = time.perf_counter(), children_cpu()
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(children_cpu() - cpu_start)
+    if result.returncode != 0:
+        raise SystemExit(f"{command[0]} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return elapsed, result.stdout
+
+
+def summary(name, times, events):
+    median = statistics.median(times)
+    return (f"{name:<10} median {median:6.2f} s  ({events / median / 1e3:6.1f} k rows/s)  "
+            f"spread {min(times):.2f}–{max(times):.2f} s over {len(times)} runs")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--jobstream", default=str(ROOT / "target/release/jobstream"))
+    ap.add_argument("--raw", default=str(ROOT / "target/release/examples/raw_consume"))
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="jobstream-k2p-"))
+    tansu = Tansu(work / "tansu").start()
+    try:
+        capture = work / "capture.tsv"
+        subprocess.run([args.jobstream, "generate", "--events", str(args.events), "--output", str(capture)],
+                       check=True, capture_output=True)
+        events = sum(1 for _ in open(capture, "rb"))
+        elapsed, _ = timed([args.jobstream, "replay", "--input", str(capture), "--kafka", tansu.brokers,
+                            "--kafka-option", "max.in.flight.requests.per.connection=1", "--quiet"])
+        print(f"input: {events} events produced to tansu in {elapsed:.1f} s "
+              f"({capture.stat().st_size / events:.0f} B/line)")
+
+        raw, stage, raw_cpu, stage_cpu = [], [], [], []
+        for run in range(args.runs):
+            t, out = timed([args.raw, tansu.brokers, f"raw-{run}", str(events), *TOPICS], raw_cpu)
+            raw.append(t)
+            out_dir = work / f"parquet-{run}"
+            t, out = timed([args.jobstream, "run", "--kafka", tansu.brokers, "--parquet", str(out_dir),
+                            "--group-id", f"stage-{run}", "--stop-at-end", "--stats-every-secs", "0",
+                            "--kafka-option", "max.in.flight.requests.per.connection=1"], stage_cpu)
+            stage.append(t)
+            published = out.strip().splitlines()[-1]
+            assert f"published {events} rows" in published, published
+            shutil.rmtree(out_dir)
+            print(f"run {run + 1}: raw {raw[-1]:.2f} s, jobstream {stage[-1]:.2f} s", flush=True)
+
+        print(summary("raw", raw, events))
+        print(summary("jobstream", stage, events))
+        ratio = statistics.median(raw) / statistics.median(stage)
+        print(f"jobstream / raw consume rate: {ratio:.2f}  (target ≥ 0.8)")
+        # The broker may be what limits both; CPU seconds per row show each client's own cost.
+        for name, cpu in (("raw", raw_cpu), ("jobstream", stage_cpu)):
+            median = statistics.median(cpu)
+            print(f"{name:<10} CPU median {median:6.2f} s  ({events / median / 1e3:6.1f} k rows per CPU-second)"
+                  f"  spread {min(cpu):.2f}–{max(cpu):.2f} s")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"events": events, "raw_s": raw, "jobstream_s": stage,
+                                                   "raw_cpu_s": raw_cpu, "jobstream_cpu_s": stage_cpu,
+                                                   "ratio": ratio}, indent=2))
+    finally:
+        tansu.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
