@@ -3,12 +3,14 @@
 //! Exit codes: 0 success; 1 `report --fail-on-mismatch` found disagreeing jobs; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable;
 //! 74 I/O error while running; 75 the drain did not finish in time; 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
 
+mod bench;
 mod demo;
 mod generate;
 mod ops;
 mod replay;
 mod report;
 mod run;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -49,6 +51,10 @@ enum Command {
     Report(report::ReportArgs),
     /// Write a simulated fleet's job events as a capture file (the format `replay` reads).
     Generate(generate::GenerateArgs),
+    /// Publish a realistic fleet's job lifecycles to an MQTT broker and report what was sent.
+    Simulate(Box<simulate::SimulateArgs>),
+    /// Measure MQTT → Kafka ingest rates against baselines on real brokers, with a report.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// An error with the exit code it maps to.
@@ -115,6 +121,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Report(args) => report::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Simulate(args) => simulate::run(*args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

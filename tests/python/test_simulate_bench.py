@@ -1,0 +1,185 @@
+"""`jobstream simulate` checked by a raw paho subscriber, and a small `jobstream bench` on real
+brokers (mosquitto, tansu) checked for the structure of its result and for a lossless jobstream.
+Speed is never asserted here: that is the benchmark's job."""
+
+import collections
+import json
+import os
+import shutil
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from brokers import Mosquitto
+from conftest import run, wait_for
+
+FILTERS = ["$aws/events/job/+/+", "$aws/events/jobExecution/+/+"]
+OUTCOMES = {"succeeded", "failed", "timed_out", "rejected", "removed"}
+COUNTER_OF = {
+    "succeeded": "numberOfSucceededThings",
+    "failed": "numberOfFailedThings",
+    "timed_out": "numberOfTimedOutThings",
+    "rejected": "numberOfRejectedThings",
+    "removed": "numberOfRemovedThings",
+}
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+class Subscriber:
+    """A raw paho subscriber (QoS 1) that keeps every message it gets."""
+
+    def __init__(self, port, filters):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"check-{uuid.uuid4().hex[:6]}")
+        self.client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in filters])
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self.on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(20), "the checking subscriber could not subscribe"
+
+    def on_message(self, client, userdata, message):
+        with self.lock:
+            self.messages.append((message.topic, message.payload))
+
+    def count(self):
+        with self.lock:
+            return len(self.messages)
+
+    def stop(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def kind(topic):
+    family, _job, operation = topic.rsplit("/", 3)[-3:]
+    return f"{family}/{operation}"
+
+
+def test_simulate_reports_per_kind_exactly_what_a_raw_subscriber_received_with_consistent_lifecycles(mosquitto):
+    subscriber = Subscriber(mosquitto.port, FILTERS)
+    result = run("simulate", "--mqtt", mosquitto.url, "--jobs", 60, "--things-per-job", 40,
+                 "--connections", 3, "--seed", 11, "--report", "-", "--quiet")
+    report = json.loads(result.stdout)
+    wait_for(lambda: subscriber.count() >= report["events"], timeout=60,
+             what=f"{report['events']} messages at the subscriber (at {subscriber.count()})")
+    subscriber.stop()
+    messages = subscriber.messages
+
+    assert len(messages) == report["events"]
+    assert dict(collections.Counter(kind(t) for t, _ in messages)) == report["by_kind"]
+    assert sum(len(p) for _, p in messages) == report["bytes"]
+    assert report["qos"] == 1 and report["connections"] == 3 and report["seed"] == 11
+
+    events = [(t, json.loads(p)) for t, p in messages]
+    ids = [e["eventId"] for _, e in events]
+    assert len(set(ids)) == len(ids), "event ids are unique"
+    for topic, event in events:
+        assert topic.endswith(f"/{event['jobId']}/{event['operation']}")
+
+    executions = collections.defaultdict(collections.Counter)
+    finals = collections.defaultdict(list)
+    for topic, event in events:
+        if event["eventType"] == "JOB_EXECUTION":
+            executions[event["jobId"]][event["operation"]] += 1
+        elif event["operation"] in ("completed", "canceled", "deleted"):
+            finals[event["jobId"]].append(event)
+    assert len(finals) == 60 and all(len(f) == 1 for f in finals.values()), "every job ends once"
+    assert set(executions) <= set(finals)
+    mix = collections.Counter()
+    for job_id, (final,) in finals.items():
+        mix.update(executions[job_id])
+        if final["operation"] == "completed":
+            details = final["jobProcessDetails"]
+            for outcome, counter in COUNTER_OF.items():
+                assert details[counter] == executions[job_id][outcome], (job_id, outcome)
+    assert set(mix) >= OUTCOMES, f"a realistic mix of outcomes, got {dict(mix)}"
+    endings = collections.Counter(f[0]["operation"] for f in finals.values())
+    assert endings["completed"] > endings["canceled"] + endings["deleted"] > 0
+
+
+def test_simulate_at_qos_0_with_a_rate_and_another_prefix_delivers_what_it_reports(mosquitto):
+    subscriber = Subscriber(mosquitto.port, ["relay/events/job/+/+", "relay/events/jobExecution/+/+"])
+    result = run("simulate", "--mqtt", mosquitto.url, "--events", 600, "--things-per-job", 20,
+                 "--qos", 0, "--rate", 3000, "--topic-prefix", "relay/events/", "--report", "-", "--quiet")
+    report = json.loads(result.stdout)
+    wait_for(lambda: subscriber.count() >= report["events"], timeout=60,
+             what=f"{report['events']} messages (at {subscriber.count()})")
+    subscriber.stop()
+    assert report["qos"] == 0 and report["events"] >= 500
+    assert dict(collections.Counter(kind(t) for t, _ in subscriber.messages)) == report["by_kind"]
+    assert all(t.startswith("relay/events/") for t, _ in subscriber.messages)
+
+
+def test_simulate_refuses_bad_flags_and_an_absent_broker_with_clear_messages(tmp_path):
+    qos = run("simulate", "--mqtt", "mqtt://127.0.0.1:1", "--qos", "2", check=False)
+    assert qos.returncode == 78 and "--qos" in qos.stderr
+    url = run("simulate", "--mqtt", "http://127.0.0.1:1", check=False)
+    assert url.returncode == 78 and "mqtt://" in url.stderr
+    tls = run("simulate", "--mqtt", "mqtts://127.0.0.1:1", "--mqtt-ca", tmp_path / "nope.pem", check=False)
+    assert tls.returncode == 78 and "nope.pem" in tls.stderr
+    absent = run("simulate", "--mqtt", "mqtt://127.0.0.1:1", "--connect-timeout-secs", "2", check=False)
+    assert absent.returncode == 69 and "127.0.0.1:1" in absent.stderr
+    for r in (qos, url, tls, absent):
+        assert "panicked" not in r.stderr
+
+
+def need(binary):
+    path = shutil.which(binary) or os.environ.get(binary.upper() + "_BIN")
+    if path is None and binary == "tansu":
+        candidate = Path.home() / ".cargo" / "bin" / "tansu"
+        path = str(candidate) if candidate.exists() else None
+    if path is None:
+        pytest.fail(f"{binary} is not installed; run scripts/test-env (scripts/test does)")
+    return path
+
+
+def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_duplicates_nothing(tmp_path):
+    result_path, chart_path = tmp_path / "result.json", tmp_path / "rate.svg"
+    bench = run("bench", "--events", 3000, "--repetitions", 1, "--scaling", "1,2",
+                "--latency-events", 300, "--latency-rate", 1000,
+                "--python", sys.executable, "--mosquitto", need("mosquitto"), "--tansu", need("tansu"),
+                "--mosquitto-sub", need("mosquitto_sub"), "--workdir", tmp_path / "work",
+                "--output", result_path, "--chart", chart_path, timeout=900)
+    result = json.loads(result_path.read_text())
+    labels = ["ceiling", "kafka-ceiling", "jobstream", "python", "pipeline",
+              "jobstream ×1 (shared)", "jobstream ×2 (shared)"]
+    assert [s["contender"] for s in result["summary"]] == labels
+    for label in labels:
+        assert label in bench.stdout
+    assert {"cpu", "cores", "mosquitto", "tansu"} <= result["machine"].keys()
+    assert result["settings"]["qos"] == 1 and result["settings"]["average_payload_bytes"] > 100
+
+    runs = {r["contender"]: r for r in result["runs"]}
+    assert set(runs) == set(labels)
+    for label, r in runs.items():
+        assert r["error"] is None, (label, r["error"])
+        assert r["events"] >= 2900 and r["events_per_sec"] > 0 and r["peak_rss_mb"] > 0
+        assert r["series"][-1][1] <= r["events"]
+    for label in ["jobstream", "jobstream ×1 (shared)", "jobstream ×2 (shared)"]:
+        r = runs[label]
+        assert (r["lost"], r["duplicated"], r["unexpected"], r["left_at_broker"]) == (0, 0, 0, 0), label
+        assert r["kafka_records"] == r["events"] + r["latency_events"]
+        assert r["verified_by"] == "event ids"
+        assert r["exit_code"] == 0
+    assert runs["jobstream"]["latency_events"] == runs["python"]["latency_events"] > 0
+    assert runs["jobstream"]["latency_p50_ms"] <= runs["jobstream"]["latency_p99_ms"]
+    assert runs["ceiling"]["ratio_to_ceiling"] == 1.0
+    assert runs["ceiling"]["lost"] is None, "the raw subscriber writes to /dev/null: nothing to check"
+    assert runs["jobstream ×2 (shared)"]["connections"] == 2
+    assert result["jobstream_vs_python"]["median"] > 0
+
+    svg = chart_path.read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == len(labels)
