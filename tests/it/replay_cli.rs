@@ -196,5 +196,28 @@ fn demo_runs_on_embedded_defaults() {
     assert!(output.status.success(), "{output:?}");
     let text = stdout(&output);
     assert!(text.contains("2 rejected"), "{text}");
-    assert!(!parquet_files(&dir.path().join("parquet")).is_empty());
+    // "published N messages (E job events + 2 bad ones)": every event, and only those, is in
+    // Parquet after its trip through MQTT, the bridge, Kafka and the Parquet stage.
+    let events: u64 = text
+        .split_once("messages (")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no event count in {text}"));
+    let files = parquet_files(&dir.path().join("parquet"));
+    let rows: i64 = files
+        .iter()
+        .map(|path| {
+            let file = std::fs::File::open(path).expect("open");
+            parquet::file::reader::FileReader::metadata(
+                &parquet::file::reader::SerializedFileReader::new(file).expect("parquet"),
+            )
+            .file_metadata()
+            .num_rows()
+        })
+        .sum();
+    assert_eq!(rows as u64, events, "{text}");
+    assert!(
+        text.contains(&format!("acknowledged {}", events + 2)),
+        "{text}"
+    );
 }

@@ -1,22 +1,35 @@
-//! `jobstream demo`: the pipeline on embedded defaults, zero setup.
+//! `jobstream demo`: the whole pipeline on embedded defaults, zero setup.
 //!
-//! Until the MQTT bridge lands, the demo runs the offline half of the pipeline: a simulated
-//! fleet's events → parser → Parquet (+ DLQ), then prints what went where.
+//! Everything runs in this process: an MQTT broker (rumqttd), Kafka (librdkafka's mock
+//! cluster), the bridge and the Parquet stage exactly as `jobstream run` wires them, and a
+//! simulated fleet publishing job lifecycles with QoS 1. rumqttd refuses `$`-topics, so the demo
+//! publishes under `demo/aws/events/` (the prefix is a setting of `run` too). Two messages AWS
+//! would never send show where bad input goes. The demo ends when every message is acknowledged
+//! and every event is in Parquet, and says what went where.
 
-use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use jobstream_bridge::{BridgeConfig, BridgeStats, MqttConfig};
 use jobstream_fleet::{Fleet, FleetConfig};
 use jobstream_parser::ParserConfig;
+use jobstream_sink::consumer::{StageConfig, StageStats};
+use jobstream_sink::kafka::KafkaConfig;
 use jobstream_sink::parquet::ParquetConfig;
-use jobstream_sink::replay::{replay, ReplayConfig, ReplayInput};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::Failure;
 
+const PREFIX: &str = "demo/aws/events/";
+/// How long the demo may take before it says what it is still waiting for.
+const DEADLINE: Duration = Duration::from_secs(180);
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Where the demo writes its capture, Parquet files and DLQ.
+    /// Where the demo writes its Parquet files.
     #[arg(long, default_value = "jobstream-demo")]
     dir: PathBuf,
     /// About how many events the simulated fleet publishes.
@@ -24,67 +37,231 @@ pub struct DemoArgs {
     events: usize,
 }
 
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// An in-process MQTT broker on a free loopback port.
+fn start_broker() -> anyhow::Result<u16> {
+    let port = free_port()?;
+    let config: rumqttd::Config = toml::from_str(&format!(
+        r#"
+id = 0
+[router]
+max_connections = 16
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "demo"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 131072
+max_inflight_count = 1000
+dynamic_filters = true
+"#
+    ))
+    .context("configuring the in-process MQTT broker")?;
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "the in-process MQTT broker stopped");
+            }
+        })
+        .context("starting the in-process MQTT broker")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Bound by the broker once binding it here fails (a probe connection would be logged as
+    // a client error).
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the in-process MQTT broker did not open port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(port)
+}
+
+/// Publishes the fleet with QoS 1 and returns how many the broker acknowledged.
+async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<usize> {
+    let mut options = MqttOptions::new("demo-fleet", "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let total = messages.len();
+    let publisher = tokio::spawn(async move {
+        for (topic, payload) in messages {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await?;
+        }
+        Ok::<_, rumqttc::ClientError>(client)
+    });
+    let mut acked = 0;
+    while acked < total {
+        match eventloop
+            .poll()
+            .await
+            .context("publishing to the demo broker")?
+        {
+            Event::Incoming(Packet::PubAck(_)) => acked += 1,
+            _ => continue,
+        }
+    }
+    let client = publisher.await.context("the demo publisher")??;
+    let _ = client.disconnect().await;
+    Ok(acked)
+}
+
 pub fn run(args: DemoArgs) -> Result<(), Failure> {
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let capture = args.dir.join("capture.tsv");
+    let parquet_root = args.dir.join("parquet");
+    std::fs::create_dir_all(&parquet_root)
+        .with_context(|| format!("cannot create {}", parquet_root.display()))?;
+
     let mut fleet = Fleet::new(FleetConfig {
         unknown_fields: true,
+        topic_prefix: PREFIX.to_owned(),
         ..FleetConfig::with_events(args.events)
     });
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&capture)
-            .with_context(|| format!("cannot create {}", capture.display()))?,
-    );
-    for m in fleet.by_ref() {
-        crate::generate::write_capture_line(&mut out, &m).context("writing the demo capture")?;
+    let mut messages: Vec<(String, Vec<u8>)> =
+        fleet.by_ref().map(|m| (m.topic, m.payload)).collect();
+    let events = messages.len();
+    // Two messages AWS would never send: cut-off JSON, and an event type that does not match
+    // its topic.
+    messages.push((
+        format!("{PREFIX}job/j-bad/completed"),
+        br#"{"eventType":"JOB""#.to_vec(),
+    ));
+    messages.push((
+        format!("{PREFIX}jobExecution/j-bad/failed"),
+        br#"{"eventType":"JOB","eventId":"x","timestamp":1,"operation":"failed","jobId":"j-bad","status":"FAILED"}"#.to_vec(),
+    ));
+    let published = messages.len();
+
+    let port = start_broker()?;
+    let cluster = rdkafka::mocking::MockCluster::new(1)
+        .map_err(|e| anyhow::anyhow!("starting the in-process Kafka mock cluster: {e}"))?;
+    let mut kafka = KafkaConfig::new(cluster.bootstrap_servers());
+    kafka.create_topics = false;
+    for topic in [&kafka.job_topic, &kafka.execution_topic, &kafka.dlq_topic] {
+        cluster
+            .create_topic(topic, kafka.partitions, 1)
+            .map_err(|e| anyhow::anyhow!("creating {topic} in the mock cluster: {e}"))?;
     }
-    // Two lines AWS would never send, to show where bad input goes.
-    out.write_all(
-        b"$aws/events/job/j-1/completed\t{\"eventType\":\"JOB\"\n$aws/events/other/topic\t{}\n",
-    )
-    .context("writing the demo capture")?;
-    out.flush().context("writing the demo capture")?;
+    let parser = ParserConfig {
+        topic_prefix: PREFIX.to_owned(),
+        ..ParserConfig::default()
+    };
+
+    let mut mqtt = MqttConfig::new(format!("mqtt://127.0.0.1:{port}"));
+    mqtt.client_id = "jobstream-demo".to_owned();
+    mqtt.filters = vec![
+        format!("{PREFIX}job/+/+"),
+        format!("{PREFIX}jobExecution/+/+"),
+    ];
+    let mut bridge = BridgeConfig::new(mqtt, kafka.clone());
+    bridge.parser = parser.clone();
+
+    let mut stage = StageConfig::new(kafka.clone(), ParquetConfig::new(&parquet_root));
+    stage.parser = parser;
+    stage.group_id = "jobstream-demo".to_owned();
+
     println!(
-        "simulated fleet: {} events ({} jobs' lifecycles) → {}",
-        fleet.tally().total,
-        fleet
-            .tally()
-            .by_kind
-            .iter()
-            .filter(|(k, _)| k.starts_with("job/") && !k.ends_with("_in_progress"))
-            .map(|(_, n)| n)
-            .sum::<u64>(),
-        capture.display()
+        "in-process MQTT broker on 127.0.0.1:{port} (topics under {PREFIX}), Kafka mock cluster at {}",
+        cluster.bootstrap_servers()
     );
-    let parquet_root = args.dir.join("parquet");
-    let dlq = args.dir.join("dlq.jsonl");
-    let stats = replay(
-        ReplayConfig {
-            input: ReplayInput::File(capture),
-            parquet: Some(ParquetConfig::new(&parquet_root)),
-            dlq: Some(dlq.clone()),
-            kafka: None,
-            parser: ParserConfig::default(),
-        },
-        &mut |_| {},
-    )?;
+    let started = Instant::now();
+    let bridge_stats = Arc::new(BridgeStats::default());
+    let stage_stats = Arc::new(StageStats::default());
+    let stop_stage = Arc::new(AtomicBool::new(false));
+    let stage_thread = {
+        let (stats, stop) = (Arc::clone(&stage_stats), Arc::clone(&stop_stage));
+        std::thread::Builder::new()
+            .name("parquet-stage".into())
+            .spawn(move || jobstream_sink::consumer::run(stage, stats, &stop))
+            .context("starting the Parquet stage")?
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(async {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let bridge_task = tokio::spawn(jobstream_bridge::run(
+            bridge,
+            Arc::clone(&bridge_stats),
+            async move {
+                let _ = done_rx.await;
+            },
+        ));
+        // The bridge subscribes first so that nothing is published before anyone listens.
+        let deadline = Instant::now() + DEADLINE;
+        while bridge_stats.connected.get() < 1 {
+            anyhow::ensure!(Instant::now() < deadline, "the bridge did not connect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Subscriptions follow the connection by a round trip.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let acked_by_broker = publish(port, messages).await?;
+        println!("simulated fleet: published {acked_by_broker} messages ({events} job events + 2 bad ones) with QoS 1");
+        let settled = async {
+            loop {
+                let acked = bridge_stats.acknowledged.get() as usize;
+                let read = stage_stats.records.load(Ordering::Relaxed) as usize;
+                if acked >= published && read >= events {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timed_out = tokio::time::timeout(remaining, settled).await.is_err();
+        let _ = done_tx.send(());
+        let bridge_result = bridge_task.await.context("the bridge task")?;
+        anyhow::ensure!(
+            !timed_out,
+            "the demo did not settle within {} s (acknowledged {} of {published}, Parquet stage read {} of {events})",
+            DEADLINE.as_secs(),
+            bridge_stats.acknowledged.get(),
+            stage_stats.records.load(Ordering::Relaxed)
+        );
+        bridge_result.map_err(anyhow::Error::from)
+    });
+    stop_stage.store(true, Ordering::Relaxed);
+    let stage_result = stage_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the Parquet stage panicked"))?;
+    outcome?;
+    stage_result?;
+
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "parsed {} lines in {:.2} s: {} job events, {} job execution events, {} rejected → {}",
-        stats.lines,
-        stats.elapsed.as_secs_f64(),
-        stats.job_rows + stats.already_published,
-        stats.execution_rows,
-        stats.rejected(),
-        dlq.display()
+        "bridge: received {}, produced {} job and {} job execution events to Kafka, 2 rejected → DLQ topic {}, acknowledged {} to MQTT after Kafka confirmed",
+        bridge_stats.received.get(),
+        bridge_stats.produced_jobs.get(),
+        bridge_stats.produced_executions.get(),
+        kafka.dlq_topic,
+        bridge_stats.acknowledged.get()
     );
-    for file in &stats.files {
-        println!("  published {} ({} rows)", file.path.display(), file.rows);
-    }
+    println!(
+        "Parquet stage: read {} records from Kafka → {} job_events rows, {} job_execution_events rows in {} files ({} bytes) under {}",
+        get(&stage_stats.records),
+        get(&stage_stats.job_rows),
+        get(&stage_stats.execution_rows),
+        get(&stage_stats.files),
+        get(&stage_stats.file_bytes),
+        parquet_root.display()
+    );
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
     println!(
         "query it: duckdb -c \"SELECT operation, count(*) FROM read_parquet('{}/job_execution_events/*/*.parquet', hive_partitioning=true) GROUP BY 1\"",
         parquet_root.display()
     );
-    println!("(the live MQTT → Kafka half of the demo arrives with the bridge; see the README)");
     Ok(())
 }

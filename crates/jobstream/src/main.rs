@@ -111,6 +111,8 @@ fn main() -> ExitCode {
             ops::peek_log_settings(args.config.as_deref()),
             "info,rumqttc=warn",
         ),
+        // The demo's in-process broker logs every client that comes and goes as an error.
+        Command::Demo(_) => (ops::LogSettings::default(), "warn,rumqttd=off"),
         _ => (ops::LogSettings::default(), "warn"),
     };
     let log_format = cli.log_format.or(file_log.format).unwrap_or_default();
