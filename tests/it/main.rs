@@ -6,6 +6,7 @@
 mod columnar;
 mod config;
 mod fuzz;
+mod group_failover;
 mod parquet_sink;
 mod parser;
 mod replay_cli;
