@@ -13,6 +13,8 @@ SIGTERM: stop reading, flush the producer, exit 0.
 """
 
 import argparse
+import json
+import time
 import signal
 import sys
 
@@ -54,9 +56,15 @@ def main():
     def on_message(client, userdata, message):
         topic = args.execution_topic if "/jobExecution/" in message.topic else args.job_topic
         key = message.topic.rsplit("/", 2)[-2]
+        # The same Kafka contract as jobstream (DESIGN.md): headers from the payload, so both
+        # sides ask the broker for the same work.
+        body = json.loads(message.payload)
+        headers = [("mqtt_topic", message.topic), ("event_type", body.get("eventType", "")),
+                   ("operation", body.get("operation", "")), ("event_id", body.get("eventId", "")),
+                   ("received_at", str(int(time.time() * 1000)))]
         while True:
             try:
-                producer.produce(topic, message.payload, key=key,
+                producer.produce(topic, message.payload, key=key, headers=headers,
                                  on_delivery=delivered(message) if args.ack_after_kafka else None)
                 break
             except BufferError:

@@ -11,6 +11,8 @@ when the pipeline dies is lost. Ends at end of input (or SIGTERM) after flushing
 """
 
 import argparse
+import json
+import time
 import signal
 import sys
 
@@ -44,9 +46,14 @@ def main():
             topic, _, payload = line.rstrip(b"\n").partition(b"\t")
             target = args.execution_topic if b"/jobExecution/" in topic else args.job_topic
             key = topic.rsplit(b"/", 2)[-2]
+            # The same Kafka contract as jobstream (DESIGN.md): headers from the payload.
+            body = json.loads(payload)
+            headers = [("mqtt_topic", topic), ("event_type", body.get("eventType", "")),
+                       ("operation", body.get("operation", "")), ("event_id", body.get("eventId", "")),
+                       ("received_at", str(int(time.time() * 1000)))]
             while True:
                 try:
-                    producer.produce(target, payload, key=key, on_delivery=delivered)
+                    producer.produce(target, payload, key=key, headers=headers, on_delivery=delivered)
                     break
                 except BufferError:
                     producer.poll(0.05)
