@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use jobstream_bridge::{BridgeConfig, BridgeStats, MqttConfig};
+use jobstream_fleet::Message;
 use jobstream_fleet::{Fleet, FleetConfig};
 use jobstream_parser::ParserConfig;
 use jobstream_sink::consumer::{StageConfig, StageStats};
 use jobstream_sink::kafka::KafkaConfig;
 use jobstream_sink::parquet::ParquetConfig;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 
+use crate::simulate::{publish, PublishSettings};
 use crate::Failure;
 
 const PREFIX: &str = "demo/aws/events/";
@@ -87,36 +89,6 @@ dynamic_filters = true
     Ok(port)
 }
 
-/// Publishes the fleet with QoS 1 and returns how many the broker acknowledged.
-async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<usize> {
-    let mut options = MqttOptions::new("demo-fleet", "127.0.0.1", port);
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    let total = messages.len();
-    let publisher = tokio::spawn(async move {
-        for (topic, payload) in messages {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await?;
-        }
-        Ok::<_, rumqttc::ClientError>(client)
-    });
-    let mut acked = 0;
-    while acked < total {
-        match eventloop
-            .poll()
-            .await
-            .context("publishing to the demo broker")?
-        {
-            Event::Incoming(Packet::PubAck(_)) => acked += 1,
-            _ => continue,
-        }
-    }
-    let client = publisher.await.context("the demo publisher")??;
-    let _ = client.disconnect().await;
-    Ok(acked)
-}
-
 pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let parquet_root = args.dir.join("parquet");
     std::fs::create_dir_all(&parquet_root)
@@ -127,19 +99,18 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         topic_prefix: PREFIX.to_owned(),
         ..FleetConfig::with_events(args.events)
     });
-    let mut messages: Vec<(String, Vec<u8>)> =
-        fleet.by_ref().map(|m| (m.topic, m.payload)).collect();
+    let mut messages: Vec<Message> = fleet.by_ref().collect();
     let events = messages.len();
     // Two messages AWS would never send: cut-off JSON, and an event type that does not match
     // its topic.
-    messages.push((
-        format!("{PREFIX}job/j-bad/completed"),
-        br#"{"eventType":"JOB""#.to_vec(),
-    ));
-    messages.push((
-        format!("{PREFIX}jobExecution/j-bad/failed"),
-        br#"{"eventType":"JOB","eventId":"x","timestamp":1,"operation":"failed","jobId":"j-bad","status":"FAILED"}"#.to_vec(),
-    ));
+    messages.push(Message {
+        topic: format!("{PREFIX}job/j-bad/completed"),
+        payload: br#"{"eventType":"JOB""#.to_vec(),
+    });
+    messages.push(Message {
+        topic: format!("{PREFIX}jobExecution/j-bad/failed"),
+        payload: br#"{"eventType":"JOB","eventId":"x","timestamp":1,"operation":"failed","jobId":"j-bad","status":"FAILED"}"#.to_vec(),
+    });
     let published = messages.len();
 
     let port = start_broker()?;
@@ -157,6 +128,16 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         ..ParserConfig::default()
     };
 
+    let mut fleet_mqtt = MqttConfig::new(format!("mqtt://127.0.0.1:{port}"));
+    fleet_mqtt.client_id = "demo-fleet".to_owned();
+    let fleet_publisher = PublishSettings {
+        mqtt: fleet_mqtt,
+        qos: QoS::AtLeastOnce,
+        window: 1000,
+        rate: None,
+        connect_timeout: Duration::from_secs(10),
+        progress: false,
+    };
     let mut mqtt = MqttConfig::new(format!("mqtt://127.0.0.1:{port}"));
     mqtt.client_id = "jobstream-demo".to_owned();
     mqtt.filters = vec![
@@ -208,8 +189,11 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         }
         // Subscriptions follow the connection by a round trip.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let acked_by_broker = publish(port, messages).await?;
-        println!("simulated fleet: published {acked_by_broker} messages ({events} job events + 2 bad ones) with QoS 1");
+        let sent = publish(&fleet_publisher, messages.into_iter(), |_| {}).await?;
+        println!(
+            "simulated fleet: published {} messages ({events} job events + 2 bad ones) with QoS 1",
+            sent.tally.total
+        );
         let settled = async {
             loop {
                 let acked = bridge_stats.acknowledged.get() as usize;
