@@ -14,7 +14,7 @@ use jobstream_sink::parquet::{Appended, ParquetConfig, ParquetSink};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 
-use crate::support::parquet_files;
+use crate::support::{event_ids, parquet_files};
 
 fn messages(jobs: usize) -> Vec<Message> {
     Fleet::generate(FleetConfig {
@@ -42,25 +42,6 @@ fn write_all(sink: &mut ParquetSink, messages: &[Message], from: usize) -> (u64,
         }
     }
     (written, skipped)
-}
-
-fn event_ids(root: &Path) -> Vec<String> {
-    let mut ids = Vec::new();
-    for path in parquet_files(root) {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).expect("open"))
-            .expect("a readable Parquet file")
-            .build()
-            .expect("reader");
-        for batch in reader {
-            let batch = batch.expect("batch");
-            let column = batch
-                .column_by_name("event_id")
-                .expect("event_id")
-                .as_string::<i32>();
-            ids.extend(column.iter().map(|s| s.expect("not null").to_owned()));
-        }
-    }
-    ids
 }
 
 fn small_files(root: &Path) -> ParquetConfig {

@@ -61,3 +61,27 @@ pub fn parquet_files(root: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// The `event_id` of every row in every Parquet file under `root`, in file order.
+pub fn event_ids(root: &Path) -> Vec<String> {
+    use arrow_array::cast::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let mut ids = Vec::new();
+    for path in parquet_files(root) {
+        let file = std::fs::File::open(&path).expect("open");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("a readable Parquet file")
+            .build()
+            .expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let column = batch
+                .column_by_name("event_id")
+                .expect("event_id")
+                .as_string::<i32>();
+            ids.extend(column.iter().map(|s| s.expect("not null").to_owned()));
+        }
+    }
+    ids
+}
