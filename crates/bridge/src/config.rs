@@ -138,6 +138,19 @@ impl MqttConfig {
     /// A malformed URL or unreadable TLS files, named in the message.
     pub fn options(&self, index: usize) -> Result<MqttOptions, BridgeError> {
         let url = ParsedUrl::parse(&self.url)?;
+        // Checked whatever the scheme, so that a mistyped path is named as such rather than
+        // as a scheme mismatch or a PEM error.
+        for path in [&self.tls.ca, &self.tls.cert, &self.tls.key]
+            .into_iter()
+            .flatten()
+        {
+            if !path.is_file() {
+                return Err(BridgeError::Config(format!(
+                    "TLS file {} does not exist",
+                    path.display()
+                )));
+            }
+        }
         let client_id = if self.connections > 1 || index > 0 {
             format!("{}-{index}", self.client_id)
         } else {

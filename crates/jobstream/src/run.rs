@@ -154,6 +154,41 @@ pub fn load_settings(path: &Path) -> anyhow::Result<Settings> {
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
 }
 
+/// How to authenticate to the MQTT broker: the flags `run` and `simulate` share.
+#[derive(Debug, clap::Args)]
+pub struct MqttAuthArgs {
+    /// CA certificate (PEM) for mqtts://.
+    #[arg(long, env = "JOBSTREAM_MQTT_CA")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "JOBSTREAM_MQTT_CERT")]
+    pub mqtt_cert: Option<PathBuf>,
+    /// Client private key (PEM, PKCS#1 or PKCS#8) for mutual TLS.
+    #[arg(long, env = "JOBSTREAM_MQTT_KEY")]
+    pub mqtt_key: Option<PathBuf>,
+    /// ALPN protocol to offer (x-amzn-mqtt-ca is automatic on port 443).
+    #[arg(long, env = "JOBSTREAM_MQTT_ALPN")]
+    pub mqtt_alpn: Option<String>,
+    /// MQTT user name.
+    #[arg(long, env = "JOBSTREAM_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    /// MQTT password (prefer the environment variable; it is never logged).
+    #[arg(long, env = "JOBSTREAM_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+}
+
+impl MqttAuthArgs {
+    /// Sets TLS files and credentials on `mqtt`, each flag winning over what is there.
+    pub fn apply(&self, mqtt: &mut MqttConfig) {
+        mqtt.tls.ca = self.mqtt_ca.clone().or(mqtt.tls.ca.take());
+        mqtt.tls.cert = self.mqtt_cert.clone().or(mqtt.tls.cert.take());
+        mqtt.tls.key = self.mqtt_key.clone().or(mqtt.tls.key.take());
+        mqtt.tls.alpn = self.mqtt_alpn.clone().or(mqtt.tls.alpn.take());
+        mqtt.username = self.mqtt_username.clone().or(mqtt.username.take());
+        mqtt.password = self.mqtt_password.clone().or(mqtt.password.take());
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// TOML configuration file (see docker/jobstream.toml).
@@ -197,24 +232,9 @@ pub struct RunArgs {
     /// Topic prefix before job/ and jobExecution/.
     #[arg(long, env = "JOBSTREAM_TOPIC_PREFIX")]
     topic_prefix: Option<String>,
-    /// CA certificate (PEM) for mqtts://.
-    #[arg(long, env = "JOBSTREAM_MQTT_CA")]
-    mqtt_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, env = "JOBSTREAM_MQTT_CERT")]
-    mqtt_cert: Option<PathBuf>,
-    /// Client private key (PEM, PKCS#1 or PKCS#8) for mutual TLS.
-    #[arg(long, env = "JOBSTREAM_MQTT_KEY")]
-    mqtt_key: Option<PathBuf>,
-    /// ALPN protocol to offer (x-amzn-mqtt-ca is automatic on port 443).
-    #[arg(long, env = "JOBSTREAM_MQTT_ALPN")]
-    mqtt_alpn: Option<String>,
-    /// MQTT user name.
-    #[arg(long, env = "JOBSTREAM_MQTT_USERNAME")]
-    mqtt_username: Option<String>,
-    /// MQTT password (prefer the environment variable; it is never logged).
-    #[arg(long, env = "JOBSTREAM_MQTT_PASSWORD", hide_env_values = true)]
-    mqtt_password: Option<String>,
+    /// TLS files and credentials.
+    #[command(flatten)]
+    mqtt_auth: MqttAuthArgs,
     /// A librdkafka option KEY=VALUE passed through (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
@@ -397,23 +417,13 @@ fn bridge_config(
     if let Some(v) = args.connect_timeout_secs.or(m.connect_timeout_secs) {
         mqtt.connect_timeout = Duration::from_secs(v.max(1));
     }
-    mqtt.username = args.mqtt_username.clone().or(m.username);
-    mqtt.password = args.mqtt_password.clone().or(m.password);
-    mqtt.tls.ca = args.mqtt_ca.clone().or(m.ca);
-    mqtt.tls.cert = args.mqtt_cert.clone().or(m.cert);
-    mqtt.tls.key = args.mqtt_key.clone().or(m.key);
-    mqtt.tls.alpn = args.mqtt_alpn.clone().or(m.alpn);
-    for path in [&mqtt.tls.ca, &mqtt.tls.cert, &mqtt.tls.key]
-        .into_iter()
-        .flatten()
-    {
-        if !path.is_file() {
-            return Err(config_error(format!(
-                "TLS file {} does not exist",
-                path.display()
-            )));
-        }
-    }
+    mqtt.username = m.username;
+    mqtt.password = m.password;
+    mqtt.tls.ca = m.ca;
+    mqtt.tls.cert = m.cert;
+    mqtt.tls.key = m.key;
+    mqtt.tls.alpn = m.alpn;
+    args.mqtt_auth.apply(&mut mqtt);
     mqtt.qos().map_err(|e| config_error(e.to_string()))?;
     // Surfaces URL and TLS errors before anything connects.
     mqtt.options(0).map_err(|e| config_error(e.to_string()))?;

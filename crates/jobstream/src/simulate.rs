@@ -19,7 +19,7 @@ use jobstream_bridge::MqttConfig;
 use jobstream_fleet::{Fleet, FleetConfig, Message, Tally};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
-use crate::run::EXIT_UNAVAILABLE;
+use crate::run::{MqttAuthArgs, EXIT_UNAVAILABLE};
 use crate::{Failure, EXIT_CONFIG};
 
 #[derive(Debug, clap::Args)]
@@ -69,24 +69,9 @@ pub struct SimulateArgs {
     /// MQTT client id (connection i of several uses `<id>-<i>`).
     #[arg(long, env = "JOBSTREAM_SIMULATE_CLIENT_ID")]
     client_id: Option<String>,
-    /// CA certificate (PEM) for mqtts://.
-    #[arg(long, env = "JOBSTREAM_MQTT_CA")]
-    mqtt_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, env = "JOBSTREAM_MQTT_CERT")]
-    mqtt_cert: Option<PathBuf>,
-    /// Client private key (PEM, PKCS#1 or PKCS#8) for mutual TLS.
-    #[arg(long, env = "JOBSTREAM_MQTT_KEY")]
-    mqtt_key: Option<PathBuf>,
-    /// ALPN protocol to offer (x-amzn-mqtt-ca is automatic on port 443).
-    #[arg(long, env = "JOBSTREAM_MQTT_ALPN")]
-    mqtt_alpn: Option<String>,
-    /// MQTT user name.
-    #[arg(long, env = "JOBSTREAM_MQTT_USERNAME")]
-    mqtt_username: Option<String>,
-    /// MQTT password (prefer the environment variable; it is never printed).
-    #[arg(long, env = "JOBSTREAM_MQTT_PASSWORD", hide_env_values = true)]
-    mqtt_password: Option<String>,
+    /// TLS files and credentials, as for `run`.
+    #[command(flatten)]
+    mqtt_auth: MqttAuthArgs,
     /// Seconds the connections may take to come up.
     #[arg(long, default_value_t = 10)]
     connect_timeout_secs: u64,
@@ -341,23 +326,7 @@ fn mqtt_config(args: &SimulateArgs) -> Result<MqttConfig, Failure> {
         .clone()
         .unwrap_or_else(|| format!("jobstream-simulate-{}", std::process::id()));
     mqtt.connections = args.connections;
-    mqtt.tls.ca = args.mqtt_ca.clone();
-    mqtt.tls.cert = args.mqtt_cert.clone();
-    mqtt.tls.key = args.mqtt_key.clone();
-    mqtt.tls.alpn = args.mqtt_alpn.clone();
-    mqtt.username = args.mqtt_username.clone();
-    mqtt.password = args.mqtt_password.clone();
-    for path in [&mqtt.tls.ca, &mqtt.tls.cert, &mqtt.tls.key]
-        .into_iter()
-        .flatten()
-    {
-        if !path.is_file() {
-            return Err(config_error(format!(
-                "TLS file {} does not exist",
-                path.display()
-            )));
-        }
-    }
+    args.mqtt_auth.apply(&mut mqtt);
     // Surfaces URL and TLS errors before anything connects.
     mqtt.options(0).map_err(|e| config_error(e.to_string()))?;
     Ok(mqtt)
