@@ -74,6 +74,10 @@ pub struct BridgeStats {
     pub duplicates: Counter,
     /// PUBACKs sent.
     pub acknowledged: Counter,
+    /// QoS 1 messages never acknowledged because their session ended first (the broker
+    /// redelivers them, so they are received again): at rest, `received` equals `acknowledged
+    /// + abandoned + delivery_failures`.
+    pub abandoned: Counter,
     /// Records Kafka failed to take (never acknowledged; redelivered by the broker).
     pub delivery_failures: Counter,
     /// MQTT connection errors (each followed by a reconnect).
@@ -143,6 +147,10 @@ impl BridgeStats {
             acknowledged: registry.counter(
                 "jobstream_mqtt_acknowledged_total",
                 "PUBACKs sent to the MQTT broker (only after Kafka confirmed).",
+            ),
+            abandoned: registry.counter(
+                "jobstream_mqtt_abandoned_total",
+                "QoS 1 messages left unacknowledged because their session ended first (redelivered by the broker).",
             ),
             delivery_failures: registry.counter(
                 "jobstream_kafka_delivery_failures_total",
@@ -712,8 +720,17 @@ async fn acker(
         };
         if token.epoch != order_epoch {
             if token.epoch < order_epoch || token.epoch != epoch.load(Ordering::SeqCst) {
-                continue; // from a session that is gone: the broker redelivers its messages
+                // From a session that is gone: the broker redelivers its messages.
+                if !failed {
+                    stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
             }
+            // Completions still waiting for an earlier message of the old session will never
+            // be acknowledged in it.
+            stats
+                .abandoned
+                .fetch_add(order.waiting() as u64, Ordering::Relaxed);
             order = AckOrder::new();
             order_epoch = token.epoch;
         }
@@ -724,9 +741,13 @@ async fn acker(
             continue;
         }
         order.complete(token.seq, token.pkid, &mut ready);
-        for pkid in ready.drain(..) {
+        let mut released = ready.drain(..);
+        while let Some(pkid) = released.next() {
             ack.pkid = pkid;
             if client.ack(&ack).await.is_err() {
+                // The client is gone (shutdown): the broker redelivers these to the next run.
+                let left = 1 + released.len() as u64;
+                stats.abandoned.fetch_add(left, Ordering::Relaxed);
                 break;
             }
             stats.acknowledged.fetch_add(1, Ordering::Relaxed);

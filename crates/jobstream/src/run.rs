@@ -485,13 +485,14 @@ fn kafka_config(args: &RunArgs, k: KafkaSettings, brokers: String) -> Result<Kaf
 fn print_stats(stats: &BridgeStats, final_line: bool) {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let line = format!(
-        "received {} | produced job {} execution {} | rejected {} | duplicates {} | acked {} | delivery failures {} | reconnects {}",
+        "received {} | produced job {} execution {} | rejected {} | duplicates {} | acked {} | abandoned {} | delivery failures {} | reconnects {}",
         get(&stats.received),
         get(&stats.produced_jobs),
         get(&stats.produced_executions),
         get(&stats.rejected),
         get(&stats.duplicates),
         get(&stats.acknowledged),
+        get(&stats.abandoned),
         get(&stats.delivery_failures),
         get(&stats.reconnects),
     );
