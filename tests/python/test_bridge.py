@@ -281,6 +281,29 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, tansu
           f"({redelivered} redelivered after the crash)")
 
 
+def test_mqtt5_session_outlives_a_kill_9_and_the_broker_redelivers_the_rest(tmp_path, mosquitto, tansu):
+    # MQTT 5 ends a session at disconnect unless the client sets a session expiry: without it,
+    # everything published while the bridge is down would be gone.
+    events = generate(20_000, tmp_path)
+    bridge = Bridge(tmp_path, mosquitto, tansu, version="5").start()
+    publisher = threading.Thread(target=publish, args=(mosquitto.port, events))
+    publisher.start()
+    bridge.wait_acked(3_000)
+    bridge.kill()
+    publisher.join()  # all of it reaches mosquitto while the bridge is down
+    bridge.start()
+    bridge.wait_quiescent()
+    code, out = bridge.stop()
+    assert code == 0, out
+    log = bridge.log.read_text(errors="replace")
+    assert "session_present=false epoch=1" in log and "session_present=true epoch=1" in log, \
+        "the first run made the session, the restart found it"
+    # mosquitto's own account: protocol 5, clean start off, for both connections.
+    broker_log = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
+    assert broker_log.count(f"as test-{bridge.id} (p5, c0") == 2, broker_log[-2000:]
+    read_back_exactly(tansu, bridge, events)
+
+
 def test_invalid_url_missing_cert_and_unreachable_broker_fail_clearly(tmp_path):
     bad_url = run("run", "--mqtt", "http://127.0.0.1:1", "--kafka", "127.0.0.1:9", check=False)
     assert bad_url.returncode == 78 and "mqtt://" in bad_url.stderr
@@ -291,7 +314,10 @@ def test_invalid_url_missing_cert_and_unreachable_broker_fail_clearly(tmp_path):
     typo.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:1"\nclient_idd = "x"\n')
     bad_key = run("run", "--config", typo, "--kafka", "127.0.0.1:9", check=False)
     assert bad_key.returncode == 78 and "client_idd" in bad_key.stderr
-    assert "panicked" not in bad_url.stderr + missing.stderr + bad_key.stderr
+    bad_version = run("run", "--mqtt", "mqtt://127.0.0.1:1", "--kafka", "127.0.0.1:9",
+                      "--mqtt-version", "6", check=False)
+    assert bad_version.returncode == 78 and "3.1.1 or 5" in bad_version.stderr, bad_version.stderr
+    assert "panicked" not in bad_url.stderr + missing.stderr + bad_key.stderr + bad_version.stderr
 
 
 def test_replay_with_kafka_produces_events_and_rejects_to_their_topics(tmp_path, tansu):

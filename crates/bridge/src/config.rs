@@ -14,6 +14,53 @@ use crate::BridgeError;
 /// packet would drop the connection and come back with every redelivery.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
 
+/// How long an MQTT 5 broker keeps a session (and its unacknowledged messages) after the
+/// connection drops: a week, the longest AWS IoT Core allows. MQTT 3.1.1 has no such setting;
+/// the broker decides.
+pub const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (the default: every broker speaks it).
+    #[default]
+    V311,
+    /// MQTT 5: session expiry and receive maximum are announced at connect.
+    V5,
+}
+
+impl std::str::FromStr for MqttVersion {
+    type Err = BridgeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "3.1.1" | "3" | "4" | "v3" | "v4" | "311" => Ok(MqttVersion::V311),
+            "5" | "5.0" | "v5" => Ok(MqttVersion::V5),
+            other => Err(BridgeError::Config(format!(
+                "MQTT version must be 3.1.1 or 5, got {other:?}"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for MqttVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MqttVersion::V311 => "3.1.1",
+            MqttVersion::V5 => "5",
+        })
+    }
+}
+
+/// The parts of a connection both protocol versions share.
+struct Connection {
+    client_id: String,
+    host: String,
+    port: u16,
+    credentials: Option<(String, String)>,
+    transport: Option<Transport>,
+}
+
 /// TLS material, all PEM files.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
@@ -33,6 +80,10 @@ pub struct TlsFiles {
 pub struct MqttConfig {
     /// `mqtt://[user[:password]@]host[:port]` (1883) or `mqtts://…` (8883, TLS).
     pub url: String,
+    /// Protocol version.
+    pub version: MqttVersion,
+    /// MQTT 5: how long the broker keeps the session after a disconnect (3.1.1: ignored).
+    pub session_expiry: Duration,
     /// Base client id; connection `i` uses `<client_id>-<i>`. Must be stable across restarts:
     /// the broker keeps the unacknowledged messages of a session under it.
     pub client_id: String,
@@ -65,6 +116,8 @@ impl std::fmt::Debug for MqttConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttConfig")
             .field("url", &redact(&self.url))
+            .field("version", &self.version)
+            .field("session_expiry", &self.session_expiry)
             .field("client_id", &self.client_id)
             .field("connections", &self.connections)
             .field("share_group", &self.share_group)
@@ -86,6 +139,8 @@ impl MqttConfig {
     pub fn new(url: impl Into<String>) -> Self {
         MqttConfig {
             url: url.into(),
+            version: MqttVersion::V311,
+            session_expiry: DEFAULT_SESSION_EXPIRY,
             client_id: "jobstream".to_owned(),
             connections: 1,
             share_group: "jobstream".to_owned(),
@@ -132,11 +187,64 @@ impl MqttConfig {
             .collect()
     }
 
-    /// rumqttc options for connection `index`.
+    /// rumqttc (MQTT 3.1.1) options for connection `index`.
     ///
     /// # Errors
     /// A malformed URL or unreadable TLS files, named in the message.
     pub fn options(&self, index: usize) -> Result<MqttOptions, BridgeError> {
+        let connection = self.connection(index)?;
+        let mut options = MqttOptions::new(connection.client_id, connection.host, connection.port);
+        options
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_keep_alive(self.keep_alive)
+            .set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes)
+            .set_request_channel_capacity(self.request_capacity)
+            .set_inflight(u16::MAX);
+        if let Some((user, password)) = connection.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(transport) = connection.transport {
+            options.set_transport(transport);
+        }
+        Ok(options)
+    }
+
+    /// rumqttc MQTT 5 options for connection `index`: a persistent session (clean start off,
+    /// session expiry set) and the largest receive maximum, so the broker may keep as many
+    /// QoS 1 messages in flight as 3.1.1 allows.
+    ///
+    /// MQTT 5 announces `max_packet_bytes` to the broker as its Maximum Packet Size, and a
+    /// broker discards larger messages instead of sending them (the protocol says so); keep
+    /// it well above the payload cap, so that oversized events still reach the DLQ.
+    ///
+    /// # Errors
+    /// A malformed URL or unreadable TLS files, named in the message.
+    pub fn options_v5(&self, index: usize) -> Result<rumqttc::v5::MqttOptions, BridgeError> {
+        let connection = self.connection(index)?;
+        let mut options =
+            rumqttc::v5::MqttOptions::new(connection.client_id, connection.host, connection.port);
+        let max_packet = u32::try_from(self.max_packet_bytes).unwrap_or(u32::MAX);
+        let expiry = u32::try_from(self.session_expiry.as_secs()).unwrap_or(u32::MAX);
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(expiry))
+            .set_receive_maximum(Some(u16::MAX))
+            .set_manual_acks(true)
+            .set_keep_alive(self.keep_alive)
+            .set_max_packet_size(Some(max_packet))
+            .set_request_channel_capacity(self.request_capacity);
+        if let Some((user, password)) = connection.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(transport) = connection.transport {
+            options.set_transport(transport);
+        }
+        Ok(options)
+    }
+
+    /// What both protocol versions need: address, client id, credentials, TLS.
+    fn connection(&self, index: usize) -> Result<Connection, BridgeError> {
         let url = ParsedUrl::parse(&self.url)?;
         // Checked whatever the scheme, so that a mistyped path is named as such rather than
         // as a scheme mismatch or a PEM error.
@@ -156,30 +264,27 @@ impl MqttConfig {
         } else {
             self.client_id.clone()
         };
-        let mut options = MqttOptions::new(client_id, url.host.clone(), url.port);
-        options
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_keep_alive(self.keep_alive)
-            .set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes)
-            .set_request_channel_capacity(self.request_capacity)
-            .set_inflight(u16::MAX);
         let username = self.username.clone().or(url.username);
         let password = self.password.clone().or(url.password);
-        if let Some(user) = username {
-            options.set_credentials(user, password.unwrap_or_default());
-        }
-        if url.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        let transport = if url.tls {
+            Some(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(self.rustls_config(url.port)?),
-            )));
+            )))
         } else if self.tls.cert.is_some() || self.tls.ca.is_some() {
             return Err(BridgeError::Config(format!(
                 "TLS files are set but the URL {} is not mqtts://",
                 redact(&self.url)
             )));
-        }
-        Ok(options)
+        } else {
+            None
+        };
+        Ok(Connection {
+            client_id,
+            host: url.host,
+            port: url.port,
+            credentials: username.map(|user| (user, password.unwrap_or_default())),
+            transport,
+        })
     }
 
     fn rustls_config(&self, port: u16) -> Result<rustls::ClientConfig, BridgeError> {
@@ -370,6 +475,40 @@ mod tests {
             error.contains("user:***@h") && !error.contains("secret"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn mqtt_versions_parse_and_bad_ones_name_the_choices() {
+        assert_eq!(
+            "3.1.1".parse::<MqttVersion>().expect("3.1.1"),
+            MqttVersion::V311
+        );
+        assert_eq!("5".parse::<MqttVersion>().expect("5"), MqttVersion::V5);
+        assert_eq!("v5".parse::<MqttVersion>().expect("v5"), MqttVersion::V5);
+        let error = "6".parse::<MqttVersion>().expect_err("6").to_string();
+        assert!(error.contains("3.1.1 or 5"), "{error}");
+    }
+
+    #[test]
+    fn mqtt5_options_keep_the_session_and_allow_the_full_receive_window() {
+        let mut config = MqttConfig::new("mqtt://user:pw@broker:1884");
+        config.version = MqttVersion::V5;
+        config.connections = 2;
+        let options = config.options_v5(1).expect("valid");
+        assert!(!options.clean_start(), "a restart must find its session");
+        assert_eq!(
+            options.session_expiry_interval(),
+            Some(DEFAULT_SESSION_EXPIRY.as_secs() as u32)
+        );
+        assert_eq!(options.receive_maximum(), Some(u16::MAX));
+        assert_eq!(
+            options.max_packet_size(),
+            Some(DEFAULT_MAX_PACKET_BYTES as u32)
+        );
+        assert!(options.manual_acks());
+        assert_eq!(options.client_id(), "jobstream-1");
+        assert_eq!(options.broker_address(), ("broker".to_owned(), 1884));
+        assert!(options.credentials().is_some());
     }
 
     #[test]

@@ -25,9 +25,10 @@
 pub mod acks;
 pub mod config;
 pub mod dedup;
+mod mqtt;
 mod pipeline;
 
-pub use config::{MqttConfig, TlsFiles};
+pub use config::{MqttConfig, MqttVersion, TlsFiles};
 pub use pipeline::{run, BridgeConfig, BridgeStats};
 
 /// What can stop the bridge.

@@ -10,12 +10,13 @@ use crossbeam::channel as xchan;
 use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
 use jobstream_parser::{Family, Parser, ParserConfig, RejectKind};
 use jobstream_sink::kafka::{KafkaConfig, KafkaSink};
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, Notify};
 
 use crate::acks::AckOrder;
 use crate::config::{redact, MqttConfig};
 use crate::dedup::DedupWindow;
+use crate::mqtt::{self, Client, EventLoop, NetEvent};
 use crate::BridgeError;
 
 /// Everything `run` needs.
@@ -281,9 +282,9 @@ pub async fn run(
 ) -> Result<(), BridgeError> {
     let qos = config.mqtt.qos()?;
     let connections = config.mqtt.connections.max(1);
-    let mut options = Vec::with_capacity(connections);
+    let mut clients = Vec::with_capacity(connections);
     for index in 0..connections {
-        options.push(config.mqtt.options(index)?);
+        clients.push(mqtt::connect(&config.mqtt, index)?);
     }
     jobstream_sink::kafka::ensure_topics(&config.kafka, Duration::from_secs(30)).await?;
 
@@ -375,8 +376,9 @@ pub async fn run(
     let subscriptions = config.mqtt.subscriptions();
     let mut connection_tasks = Vec::new();
     let mut first_connects = Vec::new();
-    for (index, (mqtt_options, completions)) in options.into_iter().zip(completion_rx).enumerate() {
-        let (client, eventloop) = AsyncClient::new(mqtt_options, config.mqtt.request_capacity);
+    for (index, ((client, eventloop), completions)) in
+        clients.into_iter().zip(completion_rx).enumerate()
+    {
         let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(config.batch_size * 4);
         let epoch = Arc::new(AtomicU32::new(0));
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
@@ -704,7 +706,7 @@ fn worker(
 /// session so the broker redelivers everything not yet acknowledged.
 async fn acker(
     mut completions: mpsc::Receiver<Completion>,
-    client: AsyncClient,
+    client: Client,
     epoch: Arc<AtomicU32>,
     stats: Arc<BridgeStats>,
     inflight: Gauge,
@@ -712,7 +714,6 @@ async fn acker(
     let mut order = AckOrder::new();
     let mut order_epoch = 0u32;
     let mut ready = Vec::new();
-    let mut ack = Publish::new("", QoS::AtLeastOnce, Vec::new());
     while let Some(completion) = completions.recv().await {
         let (token, failed) = match completion {
             Completion::Done(t) => (t, false),
@@ -743,8 +744,7 @@ async fn acker(
         order.complete(token.seq, token.pkid, &mut ready);
         let mut released = ready.drain(..);
         while let Some(pkid) = released.next() {
-            ack.pkid = pkid;
-            if client.ack(&ack).await.is_err() {
+            if client.ack(pkid).await.is_err() {
                 // The client is gone (shutdown): the broker redelivers these to the next run.
                 let left = 1 + released.len() as u64;
                 stats.abandoned.fetch_add(left, Ordering::Relaxed);
@@ -763,7 +763,7 @@ async fn acker(
 
 struct ConnectionTask {
     index: usize,
-    client: AsyncClient,
+    client: Client,
     eventloop: EventLoop,
     subscriptions: Vec<String>,
     qos: QoS,
@@ -785,42 +785,44 @@ async fn connection(mut task: ConnectionTask) {
     let mut up = false;
     loop {
         match task.eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(NetEvent::Connected { session_present }) => {
                 let epoch = task.epoch.fetch_add(1, Ordering::SeqCst) + 1;
                 seq = 0;
                 task.inflight.set(0);
                 backoff = Duration::from_millis(100);
                 up = true;
                 task.stats.connected.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(connection = task.index, session_present = ack.session_present, epoch, url = %task.url, "connected");
+                tracing::info!(connection = task.index, session_present, epoch, url = %task.url, "connected");
                 if let Some(connected) = task.connected.take() {
                     let _ = connected.send(Ok(()));
                 }
                 // Subscribing goes through the client's request queue, which this loop drains:
                 // do it from another task so the event loop never waits on itself.
                 let client = task.client.clone();
-                let filters: Vec<_> = task
-                    .subscriptions
-                    .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), task.qos))
-                    .collect();
+                let filters = task.subscriptions.clone();
+                let qos = task.qos;
                 tokio::spawn(async move {
-                    if let Err(error) = client.subscribe_many(filters).await {
+                    if let Err(error) = client.subscribe(&filters, qos).await {
                         tracing::error!(%error, "subscribe failed");
                     }
                 });
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(NetEvent::Message {
+                topic,
+                payload,
+                needs_ack,
+                pkid,
+            }) => {
                 task.stats.received.fetch_add(1, Ordering::Relaxed);
                 if task.draining.load(Ordering::Relaxed) {
                     continue; // not acknowledged: the broker redelivers it to the next run
                 }
-                let token = (publish.qos != QoS::AtMostOnce).then(|| {
+                let token = needs_ack.then(|| {
                     let token = Token {
                         conn,
                         epoch: task.epoch.load(Ordering::SeqCst),
                         seq,
-                        pkid: publish.pkid,
+                        pkid,
                     };
                     seq += 1;
                     task.inflight.inc();
@@ -828,8 +830,8 @@ async fn connection(mut task: ConnectionTask) {
                 });
                 let message = Inbound {
                     token,
-                    topic: publish.topic,
-                    payload: publish.payload,
+                    topic,
+                    payload,
                     received_at_ms: now_ms(),
                 };
                 // Awaiting here is the backpressure: while the workers are behind, this
@@ -838,24 +840,22 @@ async fn connection(mut task: ConnectionTask) {
                 task.inbound_depth
                     .set((task.inbound.max_capacity() - task.inbound.capacity()) as i64);
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    .count();
+            Ok(NetEvent::Subscribed { refused }) => {
                 if refused > 0 {
                     tracing::error!(connection = task.index, refused, filters = ?task.subscriptions, "the broker refused subscriptions");
                 } else {
                     tracing::info!(connection = task.index, filters = ?task.subscriptions, "subscribed");
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+            Ok(NetEvent::DisconnectedByBroker { reason }) => {
+                tracing::warn!(connection = task.index, %reason, url = %task.url, "the broker closed the connection");
+            }
+            Ok(NetEvent::Disconnecting) => {
                 if task.draining.load(Ordering::SeqCst) {
                     break;
                 }
             }
-            Ok(_) => {}
+            Ok(NetEvent::Other) => {}
             Err(error) => {
                 if up {
                     task.stats.connected.fetch_sub(1, Ordering::Relaxed);

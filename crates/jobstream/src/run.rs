@@ -70,6 +70,10 @@ pub struct ParquetSettings {
 pub struct MqttSettings {
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: Option<String>,
+    /// Protocol version: "3.1.1" (default) or "5".
+    pub version: Option<String>,
+    /// MQTT 5: how long the broker keeps the session after a disconnect, seconds.
+    pub session_expiry_secs: Option<u64>,
     /// Stable base client id (the broker keeps unacknowledged messages under it).
     pub client_id: Option<String>,
     /// Parallel connections (joined in a shared subscription when more than one).
@@ -216,6 +220,9 @@ pub struct RunArgs {
     /// (a backfill of what Kafka holds), publishing and committing everything.
     #[arg(long)]
     stop_at_end: bool,
+    /// MQTT protocol version: 3.1.1 (default) or 5.
+    #[arg(long, env = "JOBSTREAM_MQTT_VERSION")]
+    mqtt_version: Option<String>,
     /// Stable MQTT client id.
     #[arg(long, env = "JOBSTREAM_MQTT_CLIENT_ID")]
     client_id: Option<String>,
@@ -388,6 +395,19 @@ fn bridge_config(
     parser: ParserConfig,
 ) -> Result<BridgeConfig, Failure> {
     let mut mqtt = MqttConfig::new(url);
+    if let Some(v) = args.mqtt_version.clone().or(m.version) {
+        mqtt.version = v.parse().map_err(|e: BridgeError| {
+            config_error(format!("mqtt.version / --mqtt-version: {e}"))
+        })?;
+    }
+    if let Some(v) = m.session_expiry_secs {
+        if v == 0 {
+            return Err(config_error(
+                "mqtt.session_expiry_secs must be at least 1: with 0 the broker forgets the unacknowledged messages when the connection drops",
+            ));
+        }
+        mqtt.session_expiry = Duration::from_secs(v);
+    }
     if let Some(v) = args.client_id.clone().or(m.client_id) {
         mqtt.client_id = v;
     }
@@ -664,8 +684,9 @@ fn print_plan(plan: &Plan) {
     println!("configuration OK");
     if let Some(config) = &plan.bridge {
         println!(
-            "  mqtt        {} ({} connection(s), qos {}, client id {:?})",
+            "  mqtt        {} (MQTT {}, {} connection(s), qos {}, client id {:?})",
             jobstream_bridge::config::redact(&config.mqtt.url),
+            config.mqtt.version,
             config.mqtt.connections,
             config.mqtt.qos,
             config.mqtt.client_id
