@@ -19,16 +19,21 @@
 //!   acknowledged when the process died is redelivered to the next run.
 //! * Every queue is bounded; when Kafka slows down the producer queue fills, the workers wait,
 //!   the batch queue fills, and the connection tasks stop reading: TCP pushes back on the broker.
+//! * Without Kafka ([`BridgeConfig::direct_parquet`]), one writer thread takes the workers'
+//!   place and writes Parquet itself; a message is acknowledged once its file is published
+//!   (see `direct.rs`).
 //! * Shutdown: only the connection tasks and batchers watch the signal; each later stage ends
 //!   when its input closes, and the ackers disconnect once their last confirmation is acked.
 
 pub mod acks;
 pub mod config;
 pub mod dedup;
+mod direct;
 mod mqtt;
 mod pipeline;
 
 pub use config::{MqttConfig, MqttVersion, TlsFiles};
+pub use direct::DEFAULT_DIRECT_FILE_AGE;
 pub use pipeline::{run, BridgeConfig, BridgeStats};
 
 /// What can stop the bridge.
@@ -43,6 +48,9 @@ pub enum BridgeError {
     /// Kafka could not be reached, or a record could not be flushed.
     #[error(transparent)]
     Kafka(#[from] jobstream_sink::SinkError),
+    /// Direct MQTT → Parquet: a file or the DLQ file could not be written.
+    #[error("parquet: {0}")]
+    Parquet(jobstream_sink::SinkError),
     /// The graceful drain did not finish in time; unconfirmed messages stay unacknowledged.
     #[error("drain did not finish within {after:?}: {stuck}; unconfirmed messages stay unacknowledged and will be redelivered")]
     DrainTimeout {

@@ -10,12 +10,14 @@ use crossbeam::channel as xchan;
 use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
 use jobstream_parser::{Family, Parser, ParserConfig, RejectKind};
 use jobstream_sink::kafka::{KafkaConfig, KafkaSink};
+use jobstream_sink::parquet::ParquetConfig;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, Notify};
 
 use crate::acks::AckOrder;
 use crate::config::{redact, MqttConfig};
 use crate::dedup::DedupWindow;
+use crate::direct::DirectWriter;
 use crate::mqtt::{self, Client, EventLoop, NetEvent};
 use crate::BridgeError;
 
@@ -26,6 +28,13 @@ pub struct BridgeConfig {
     pub mqtt: MqttConfig,
     /// The Kafka side.
     pub kafka: KafkaConfig,
+    /// Direct MQTT → Parquet instead of Kafka: files under this configuration, each message
+    /// acknowledged once its file is published (`kafka` is then unused).
+    pub direct_parquet: Option<ParquetConfig>,
+    /// Fault injection for the crash tests: with `direct_parquet`, abort the process once this
+    /// many files were published and before their messages are acknowledged.
+    #[doc(hidden)]
+    pub abort_after_publishing: Option<u64>,
     /// Topic prefix and payload cap.
     pub parser: ParserConfig,
     /// Parser worker threads.
@@ -47,6 +56,8 @@ impl BridgeConfig {
         BridgeConfig {
             mqtt,
             kafka,
+            direct_parquet: None,
+            abort_after_publishing: None,
             parser: ParserConfig::default(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             batch_size: 512,
@@ -205,7 +216,7 @@ impl BridgeStats {
     }
 
     /// Counts a valid event of `family`.
-    fn event(&self, family: Family) {
+    pub(crate) fn event(&self, family: Family) {
         let index = match family {
             Family::Job => 0,
             Family::Execution => 1,
@@ -214,7 +225,7 @@ impl BridgeStats {
     }
 
     /// Counts a reject of `kind`.
-    fn reject(&self, kind: RejectKind) {
+    pub(crate) fn reject(&self, kind: RejectKind) {
         if let Some(index) = RejectKind::ALL.iter().position(|k| *k == kind) {
             self.rejects[index].inc();
         }
@@ -226,8 +237,8 @@ const QUEUE_DEPTH_HELP: &str =
     "Items waiting in a bounded queue (mqtt_inbound: messages; handoff_batches: batches; kafka_producer: records not yet confirmed).";
 
 #[derive(Debug, Clone, Copy)]
-struct Token {
-    conn: u16,
+pub(crate) struct Token {
+    pub(crate) conn: u16,
     epoch: u32,
     seq: u64,
     pkid: u16,
@@ -242,16 +253,16 @@ struct Delivery {
 }
 
 #[derive(Debug)]
-enum Completion {
+pub(crate) enum Completion {
     Done(Token),
     Failed(Token),
 }
 
-struct Inbound {
-    token: Option<Token>,
-    topic: String,
-    payload: Bytes,
-    received_at_ms: i64,
+pub(crate) struct Inbound {
+    pub(crate) token: Option<Token>,
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) received_at_ms: i64,
 }
 
 /// Completions can never exceed the unacknowledged messages of a connection, which MQTT's
@@ -286,18 +297,31 @@ pub async fn run(
     for index in 0..connections {
         clients.push(mqtt::connect(&config.mqtt, index)?);
     }
-    jobstream_sink::kafka::ensure_topics(&config.kafka, Duration::from_secs(30)).await?;
+    let dedup = Arc::new(DedupWindow::new(config.dedup_window));
+    let direct = match config.direct_parquet.clone() {
+        Some(parquet) => Some(DirectWriter::open(
+            parquet,
+            &config.mqtt.client_id,
+            &dedup,
+            config.dedup_window,
+            config.abort_after_publishing,
+        )?),
+        None => {
+            jobstream_sink::kafka::ensure_topics(&config.kafka, Duration::from_secs(30)).await?;
+            None
+        }
+    };
 
     let (completion_tx, completion_rx): (Vec<_>, Vec<_>) = (0..connections)
         .map(|_| mpsc::channel::<Completion>(COMPLETIONS_PER_CONNECTION))
         .unzip();
     let completion_tx = Arc::new(completion_tx);
     let throttle = Arc::new(Throttle::new(WARNING_INTERVAL));
-    let sink = {
+    let sink = direct.is_none().then(|| {
         let completion_tx = Arc::clone(&completion_tx);
         let stats = Arc::clone(&stats);
         let throttle = Arc::clone(&throttle);
-        Arc::new(KafkaSink::new(
+        KafkaSink::new(
             config.kafka.clone(),
             move |delivery: Delivery, result| {
                 stats.kafka_pending.dec();
@@ -337,16 +361,56 @@ pub async fn run(
                     }
                 }
             },
-        )?)
-    };
+        )
+        .map(Arc::new)
+    });
+    let sink = sink.transpose()?;
 
     // Network tasks → batchers → (crossbeam, bounded) → parser workers → Kafka.
     let (batch_tx, batch_rx) = xchan::bounded::<Vec<Inbound>>(config.queue_batches.max(1));
-    let dedup = Arc::new(DedupWindow::new(config.dedup_window));
     let mut workers = Vec::new();
-    for index in 0..config.workers.max(1) {
+    // The writer failing (a full disk) stops the run like a signal would; what it had not
+    // completed stays unacknowledged.
+    let writer_failed = Arc::new(Notify::new());
+    if let Some(direct) = direct {
         let batch_rx = batch_rx.clone();
-        let sink = Arc::clone(&sink);
+        let dedup = Arc::clone(&dedup);
+        let stats = Arc::clone(&stats);
+        let completion_tx = Arc::clone(&completion_tx);
+        let throttle = Arc::clone(&throttle);
+        let parser_config = config.parser.clone();
+        let failed = Arc::clone(&writer_failed);
+        let handle = std::thread::Builder::new()
+            .name("jobstream-parquet-writer".to_owned())
+            .spawn(move || {
+                let result = direct.run(
+                    parser_config,
+                    &batch_rx,
+                    &dedup,
+                    &stats,
+                    &completion_tx,
+                    &throttle,
+                );
+                if let Err(error) = &result {
+                    tracing::error!(%error, "the Parquet writer stopped; draining");
+                    failed.notify_one();
+                }
+                result
+            })
+            .map_err(|e| BridgeError::Config(format!("cannot start the Parquet writer: {e}")))?;
+        workers.push(handle);
+    }
+    let kafka_workers = if sink.is_some() {
+        config.workers.max(1)
+    } else {
+        0
+    };
+    for (index, sink) in std::iter::repeat_n(&sink, kafka_workers)
+        .flatten()
+        .enumerate()
+    {
+        let batch_rx = batch_rx.clone();
+        let sink = Arc::clone(sink);
         let dedup = Arc::clone(&dedup);
         let stats = Arc::clone(&stats);
         let completion_tx = Arc::clone(&completion_tx);
@@ -363,7 +427,8 @@ pub async fn run(
                     &stats,
                     &completion_tx,
                     &throttle,
-                )
+                );
+                Ok(())
             })
             .map_err(|e| BridgeError::Config(format!("cannot start a parser thread: {e}")))?;
         workers.push(handle);
@@ -371,7 +436,12 @@ pub async fn run(
     drop(batch_rx);
 
     let draining = Arc::new(AtomicBool::new(false));
-    register_checks(&stats, &config, &draining, Arc::downgrade(&sink));
+    register_checks(
+        &stats,
+        &config,
+        &draining,
+        sink.as_ref().map(Arc::downgrade),
+    );
     let drain_notify = Arc::new(Notify::new());
     let subscriptions = config.mqtt.subscriptions();
     let mut connection_tasks = Vec::new();
@@ -420,6 +490,15 @@ pub async fn run(
     // forever with backoff.
     let deadline = tokio::time::sleep(config.mqtt.connect_timeout);
     tokio::pin!(deadline);
+    let shutdown = {
+        let failed = Arc::clone(&writer_failed);
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = failed.notified() => {}
+            }
+        }
+    };
     tokio::pin!(shutdown);
     for connected in first_connects {
         tokio::select! {
@@ -455,15 +534,26 @@ pub async fn run(
         let phase = Arc::clone(&phase);
         async move {
             let joined = tokio::task::spawn_blocking(move || {
+                let mut first_error = None;
                 for worker in workers {
-                    let _ = worker.join();
+                    let result = worker.join().unwrap_or_else(|_| {
+                        Err(BridgeError::Config("a pipeline thread panicked".to_owned()))
+                    });
+                    if let Err(error) = result {
+                        first_error.get_or_insert(error);
+                    }
                 }
+                first_error
             });
-            let _ = joined.await;
+            let writer_error = joined.await.ok().flatten();
             phase.store(PHASE_KAFKA, Ordering::SeqCst);
             let remaining = config.drain_timeout.saturating_sub(started.elapsed());
-            let flush_sink = Arc::clone(&sink);
-            let flushed = tokio::task::spawn_blocking(move || flush_sink.flush(remaining)).await;
+            let flush_sink = sink.clone();
+            let flushed = tokio::task::spawn_blocking(move || match flush_sink {
+                Some(sink) => sink.flush(remaining),
+                None => Ok(()),
+            })
+            .await;
             // Dropping the sink drops the delivery callback and its completion senders; each
             // acker then sends its last acknowledgements and disconnects its connection.
             let unconfirmed = stats_for_drain.kafka_pending.get();
@@ -475,6 +565,9 @@ pub async fn run(
             phase.store(PHASE_MQTT, Ordering::SeqCst);
             for task in connection_tasks {
                 let _ = task.await;
+            }
+            if let Some(error) = writer_error {
+                return Err(DrainStuck::Failed(error));
             }
             match flushed {
                 Ok(Ok(())) => Ok(()),
@@ -488,6 +581,7 @@ pub async fn run(
             tracing::info!(took = ?started.elapsed(), "drained");
             return Ok(());
         }
+        Ok(Err(DrainStuck::Failed(error))) => return Err(error),
         Ok(Err(stuck)) => stuck,
         Err(_) => match phase.load(Ordering::SeqCst) {
             PHASE_WORKERS => {
@@ -518,6 +612,7 @@ pub async fn run(
             redact(&config.mqtt.url)
         ),
         DrainStuck::Other(text) => text,
+        DrainStuck::Failed(error) => return Err(error),
     };
     Err(BridgeError::DrainTimeout {
         after: config.drain_timeout,
@@ -537,6 +632,8 @@ enum DrainStuck {
     Kafka(i64),
     /// Connections not yet closed.
     Mqtt(Vec<usize>),
+    /// Not stuck: the Parquet writer failed, which started the drain.
+    Failed(BridgeError),
     Other(String),
 }
 
@@ -546,7 +643,7 @@ fn register_checks(
     stats: &BridgeStats,
     config: &BridgeConfig,
     draining: &Arc<AtomicBool>,
-    sink: std::sync::Weak<KafkaSink<Delivery>>,
+    sink: Option<std::sync::Weak<KafkaSink<Delivery>>>,
 ) {
     let connected = stats.connected.clone();
     let draining = Arc::clone(draining);
@@ -563,6 +660,9 @@ fn register_checks(
             Err(format!("{up} of {wanted} connection(s) to {url} up"))
         }
     });
+    let Some(sink) = sink else {
+        return; // direct to Parquet: no Kafka to ask
+    };
     stats
         .health
         .register("kafka", move || match sink.upgrade() {

@@ -204,7 +204,9 @@ pub struct RunArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "JOBSTREAM_KAFKA_BROKERS")]
     kafka: Option<String>,
-    /// Parquet output directory: runs the Kafka → Parquet stage (alone without --mqtt).
+    /// Parquet output directory: runs the Kafka → Parquet stage (alone without --mqtt); with
+    /// --mqtt and no --kafka, MQTT goes straight to Parquet (acknowledged once a file is
+    /// published).
     #[arg(long, env = "JOBSTREAM_PARQUET_DIR")]
     parquet: Option<PathBuf>,
     /// Kafka consumer group of the Parquet stage (members share the partitions).
@@ -310,10 +312,7 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
             "--stop-at-end applies to the Parquet stage alone: pass --parquet DIR without --mqtt",
         ));
     }
-    let brokers = args.kafka.clone().or(k.brokers.clone()).ok_or_else(|| {
-        config_error("no Kafka brokers: pass --kafka host:9092 (or set kafka.brokers in --config, or JOBSTREAM_KAFKA_BROKERS)")
-    })?;
-    let kafka = kafka_config(args, k, brokers)?;
+    let brokers = args.kafka.clone().or(k.brokers.clone());
     let parser = ParserConfig {
         topic_prefix: args
             .topic_prefix
@@ -324,6 +323,33 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
             .max_payload_bytes
             .unwrap_or(jobstream_parser::DEFAULT_MAX_PAYLOAD_BYTES),
     };
+    let Some(brokers) = brokers else {
+        // MQTT straight to Parquet: no Kafka, no consumer group.
+        return match (url, parquet_dir) {
+            (Some(url), Some(dir)) => {
+                let mut parquet = parquet_config(args, &q, dir)?;
+                if args.max_file_age_secs.or(q.max_file_age_secs).is_none() {
+                    parquet.max_file_age = Some(jobstream_bridge::DEFAULT_DIRECT_FILE_AGE);
+                }
+                let mut bridge =
+                    bridge_config(args, m, p, url, KafkaConfig::new(String::new()), parser)?;
+                bridge.direct_parquet = Some(parquet);
+                // Fault injection for the crash tests (tests/python/test_direct_parquet.py).
+                bridge.abort_after_publishing =
+                    std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
+                        .ok()
+                        .and_then(|v| v.parse().ok());
+                Ok(Plan {
+                    bridge: Some(bridge),
+                    stage: None,
+                })
+            }
+            _ => Err(config_error(
+                "no Kafka brokers: pass --kafka host:9092 (or set kafka.brokers in --config, or JOBSTREAM_KAFKA_BROKERS); to write MQTT straight to Parquet without Kafka, pass both --mqtt and --parquet",
+            )),
+        };
+    };
+    let kafka = kafka_config(args, k, brokers)?;
     let stage = match parquet_dir {
         Some(dir) => Some(stage_config(args, q, dir, kafka.clone(), parser.clone())?),
         None => None,
@@ -342,8 +368,36 @@ fn stage_config(
     kafka: KafkaConfig,
     parser: ParserConfig,
 ) -> Result<StageConfig, Failure> {
+    let parquet = parquet_config(args, &q, dir)?;
+    let mut stage = StageConfig::new(kafka, parquet);
+    if let Some(v) = args.group_id.clone().or(q.group_id) {
+        if v.is_empty() {
+            return Err(config_error("parquet.group_id must not be empty"));
+        }
+        stage.group_id = v;
+    }
+    stage.parser = parser;
+    stage.stop_at_end = args.stop_at_end;
+    // Fault injection for the exactly-once crash tests (tests/python/test_parquet_stage.py).
+    stage.abort_after_publishing = std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    stage
+        .kafka
+        .consumer_config(&stage.group_id)
+        .map_err(|e| config_error(e.to_string()))?;
+    Ok(stage)
+}
+
+/// The `[parquet]` settings and flags both Parquet writers share (the Kafka stage and direct
+/// MQTT → Parquet).
+fn parquet_config(
+    args: &RunArgs,
+    q: &ParquetSettings,
+    dir: PathBuf,
+) -> Result<ParquetConfig, Failure> {
     let mut parquet = ParquetConfig::new(dir);
-    if let Some(v) = q.compression {
+    if let Some(v) = &q.compression {
         parquet.codec = v
             .parse()
             .map_err(|e| config_error(format!("parquet.compression = {v:?}: {e}")))?;
@@ -366,24 +420,7 @@ fn stage_config(
     parquet
         .validate()
         .map_err(|e| config_error(e.to_string()))?;
-    let mut stage = StageConfig::new(kafka, parquet);
-    if let Some(v) = args.group_id.clone().or(q.group_id) {
-        if v.is_empty() {
-            return Err(config_error("parquet.group_id must not be empty"));
-        }
-        stage.group_id = v;
-    }
-    stage.parser = parser;
-    stage.stop_at_end = args.stop_at_end;
-    // Fault injection for the exactly-once crash tests (tests/python/test_parquet_stage.py).
-    stage.abort_after_publishing = std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    stage
-        .kafka
-        .consumer_config(&stage.group_id)
-        .map_err(|e| config_error(e.to_string()))?;
-    Ok(stage)
+    Ok(parquet)
 }
 
 fn bridge_config(
@@ -671,6 +708,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             BridgeError::Config(_) => EXIT_CONFIG,
             BridgeError::Mqtt(_) | BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
             BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
+            BridgeError::Parquet(_) => crate::EXIT_IO,
         };
         Failure::new(code, error)
     })?;
@@ -692,13 +730,21 @@ fn print_plan(plan: &Plan) {
             config.mqtt.client_id
         );
         println!("  filters     {}", config.mqtt.subscriptions().join(", "));
-        println!(
-            "  kafka       {} → {}, {}, dlq {}",
-            config.kafka.brokers,
-            config.kafka.job_topic,
-            config.kafka.execution_topic,
-            config.kafka.dlq_topic
-        );
+        match &config.direct_parquet {
+            Some(parquet) => println!(
+                "  parquet     {} directly, no Kafka (acknowledged when a file is published; files roll every {}s, {:?}, DLQ file under dlq/)",
+                parquet.root.display(),
+                parquet.max_file_age.map_or(0, |d| d.as_secs()),
+                parquet.codec
+            ),
+            None => println!(
+                "  kafka       {} → {}, {}, dlq {}",
+                config.kafka.brokers,
+                config.kafka.job_topic,
+                config.kafka.execution_topic,
+                config.kafka.dlq_topic
+            ),
+        }
         println!(
             "  pipeline    prefix {:?}, {} worker(s), batches of {}, dedup window {}",
             config.parser.topic_prefix, config.workers, config.batch_size, config.dedup_window

@@ -7,6 +7,7 @@
 //! * [`kafka`]: events and rejects to Kafka topics, with a delivery outcome per record.
 //! * [`replay`]: a capture file through the parser into these sinks.
 //! * [`consumer`]: Kafka → Parquet with exactly-once files (the sink stage of `run`).
+//! * [`seen`]: the event ids a source already published (duplicate suppression across runs).
 //!
 //! Execution model: everything here is synchronous and single-owner; the async pipeline calls
 //! it from dedicated blocking tasks. Errors are [`SinkError`]s that name the path or setting.
@@ -17,6 +18,7 @@ mod error;
 pub mod kafka;
 pub mod parquet;
 pub mod replay;
+pub mod seen;
 pub mod time;
 
 pub use error::SinkError;

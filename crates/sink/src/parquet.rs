@@ -222,7 +222,7 @@ fn temp_name(source: &str, first: u64) -> String {
 pub const RESUME_FROM_KEY: &str = "jobstream.resume_from";
 
 /// `(first, last)` of a published file name of `source`.
-fn parse_final_name(source: &str, name: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_final_name(source: &str, name: &str) -> Option<(u64, u64)> {
     let rest = name.strip_prefix(source)?.strip_prefix('+')?;
     let rest = rest.strip_suffix(".parquet")?;
     let (first, last) = rest.split_once('+')?;
