@@ -225,6 +225,10 @@ pub struct RunArgs {
     /// MQTT protocol version: 3.1.1 (default) or 5.
     #[arg(long, env = "JOBSTREAM_MQTT_VERSION")]
     mqtt_version: Option<String>,
+    /// MQTT 5: how long the broker keeps the session (and its unacknowledged messages) after a
+    /// disconnect, seconds (default a week).
+    #[arg(long, env = "JOBSTREAM_MQTT_SESSION_EXPIRY_SECS")]
+    mqtt_session_expiry_secs: Option<u64>,
     /// Stable MQTT client id.
     #[arg(long, env = "JOBSTREAM_MQTT_CLIENT_ID")]
     client_id: Option<String>,
@@ -437,7 +441,7 @@ fn bridge_config(
             config_error(format!("mqtt.version / --mqtt-version: {e}"))
         })?;
     }
-    if let Some(v) = m.session_expiry_secs {
+    if let Some(v) = args.mqtt_session_expiry_secs.or(m.session_expiry_secs) {
         if v == 0 {
             return Err(config_error(
                 "mqtt.session_expiry_secs must be at least 1: with 0 the broker forgets the unacknowledged messages when the connection drops",
