@@ -51,7 +51,7 @@ def generate(count, tmp_path, name="capture.tsv"):
 
 
 class Bridge:
-    def __init__(self, tmp_path, mosquitto, tansu, **mqtt_extra):
+    def __init__(self, tmp_path, mosquitto, tansu, pipeline_extra=None, **mqtt_extra):
         self.id = uuid.uuid4().hex[:8]
         self.topics = {k: f"{k}-{self.id}" for k in ("jobs", "executions", "dlq")}
         self.log = tmp_path / f"bridge-{self.id}.log"
@@ -78,7 +78,7 @@ partitions = 3
 
 [pipeline]
 drain_timeout_secs = 60
-""")
+{"".join(f'{k} = {json.dumps(v)}' + chr(10) for k, v in (pipeline_extra or {}).items())}""")
         self.proc = None
         self.starts = 0
 
@@ -302,6 +302,28 @@ def test_mqtt5_session_outlives_a_kill_9_and_the_broker_redelivers_the_rest(tmp_
     broker_log = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
     assert broker_log.count(f"as test-{bridge.id} (p5, c0") == 2, broker_log[-2000:]
     read_back_exactly(tansu, bridge, events)
+
+
+def test_mqtt5_shared_subscription_over_two_connections_takes_each_event_once(tmp_path, mosquitto, tansu):
+    # mosquitto 2.0.11 shares no `$` topics: the fleet publishes under another prefix.
+    events = [(t.replace("$aws/events/", "fleet/aws/events/", 1), p) for t, p in generate(5_000, tmp_path)]
+    bridge = Bridge(tmp_path, mosquitto, tansu, pipeline_extra={"topic_prefix": "fleet/aws/events/"},
+                    version="5", connections=2,
+                    filters=["fleet/aws/events/job/+/+", "fleet/aws/events/jobExecution/+/+"])
+    bridge.start()
+    wait_for(lambda: bridge.log.read_text(errors="replace").count("subscribed") >= 2, timeout=60,
+             what="both connections to subscribe")
+    publish(mosquitto.port, events)
+    bridge.wait_acked(len(events), timeout=300)
+    bridge.wait_quiescent()
+    code, out = bridge.stop()
+    assert code == 0, out
+    assert f"received {len(events)} " in out, "each message went to one connection of the group"
+    broker_log = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
+    assert broker_log.count(f"as test-{bridge.id}-0 (p5, c0") == 1
+    assert broker_log.count(f"as test-{bridge.id}-1 (p5, c0") == 1
+    records = read_back_exactly(tansu, bridge, events)
+    assert records == len(events), "no duplicates"
 
 
 def test_invalid_url_missing_cert_and_unreachable_broker_fail_clearly(tmp_path):
