@@ -1,10 +1,13 @@
 //! The typed model of AWS IoT Jobs events.
 //!
-//! Strings borrow from the parser's scratch copy of the payload (simd-json unescapes in
-//! place), lists and maps are views over the parsed tape: building an [`Event`] copies nothing.
+//! Strings borrow from the payload (fast path) or the parser's scratch copy of it (simd-json
+//! unescapes in place); lists and maps are views over spans or the parsed tape: building an
+//! [`Event`] copies nothing.
 
 use simd_json::prelude::*;
 use simd_json::tape::Value;
+
+use crate::fast::Span;
 
 /// The two event families, one table each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -365,17 +368,56 @@ impl JobExecutionEvent<'_, '_> {
 
 /// The last `/` segment of an ARN (the whole string when there is no `/`).
 pub fn thing_name(arn: &str) -> &str {
-    arn.rsplit('/').next().unwrap_or(arn)
+    // A plain loop from the end: the name is a few dozen bytes, where `rsplit`'s `memrchr`
+    // costs several times more.
+    match arn.bytes().rposition(|b| b == b'/') {
+        Some(slash) => arn.get(slash + 1..).unwrap_or(arn),
+        None => arn,
+    }
+}
+
+/// Where the strings of a list or map are: on simd-json's tape (general path), or as spans
+/// into the payload and the decoded-strings buffer (fast path, see `fast.rs`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Repr<'t, 'i, S: 'static> {
+    Tape(Value<'t, 'i>),
+    Spans {
+        items: &'t [S],
+        payload: &'i str,
+        decoded: &'i str,
+    },
 }
 
 /// A JSON array already checked to hold only strings.
 #[derive(Debug, Clone, Copy)]
-pub struct StrList<'t, 'i>(pub(crate) Value<'t, 'i>);
+pub struct StrList<'t, 'i>(pub(crate) Repr<'t, 'i, Span>);
+
+enum ListIter<'t, 'i> {
+    Tape(Option<simd_json::tape::array::Iter<'t, 'i>>),
+    Spans(std::slice::Iter<'t, Span>, &'i str, &'i str),
+}
+
+impl<'i> Iterator for ListIter<'_, 'i> {
+    type Item = &'i str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'i str> {
+        match self {
+            ListIter::Tape(items) => items.as_mut()?.find_map(|v| v.into_string()),
+            ListIter::Spans(items, payload, decoded) => {
+                items.next().map(|s| s.get(payload, decoded))
+            }
+        }
+    }
+}
 
 impl<'t, 'i> StrList<'t, 'i> {
     /// Number of strings.
     pub fn len(&self) -> usize {
-        self.0.into_array().map_or(0, |a| a.len())
+        match self.0 {
+            Repr::Tape(v) => v.into_array().map_or(0, |a| a.len()),
+            Repr::Spans { items, .. } => items.len(),
+        }
     }
 
     /// Whether the list is empty.
@@ -385,22 +427,49 @@ impl<'t, 'i> StrList<'t, 'i> {
 
     /// The strings, in order.
     pub fn iter(&self) -> impl Iterator<Item = &'i str> + 't {
-        self.0
-            .into_array()
-            .into_iter()
-            .flat_map(|a| a.iter())
-            .filter_map(|v| v.into_string())
+        match self.0 {
+            Repr::Tape(v) => ListIter::Tape(v.into_array().map(|a| a.iter())),
+            Repr::Spans {
+                items,
+                payload,
+                decoded,
+            } => ListIter::Spans(items.iter(), payload, decoded),
+        }
     }
 }
 
 /// A JSON object already checked to hold only string values.
 #[derive(Debug, Clone, Copy)]
-pub struct StrMap<'t, 'i>(pub(crate) Value<'t, 'i>);
+pub struct StrMap<'t, 'i>(pub(crate) Repr<'t, 'i, (Span, Span)>);
+
+enum MapIter<'t, 'i> {
+    Tape(Option<simd_json::tape::object::Iter<'t, 'i>>),
+    Spans(std::slice::Iter<'t, (Span, Span)>, &'i str, &'i str),
+}
+
+impl<'i> Iterator for MapIter<'_, 'i> {
+    type Item = (&'i str, &'i str);
+
+    #[inline]
+    fn next(&mut self) -> Option<(&'i str, &'i str)> {
+        match self {
+            MapIter::Tape(entries) => entries
+                .as_mut()?
+                .find_map(|(k, v)| v.into_string().map(|v| (k, v))),
+            MapIter::Spans(entries, payload, decoded) => entries
+                .next()
+                .map(|(k, v)| (k.get(payload, decoded), v.get(payload, decoded))),
+        }
+    }
+}
 
 impl<'t, 'i> StrMap<'t, 'i> {
     /// Number of entries (duplicate keys count each time they appear).
     pub fn len(&self) -> usize {
-        self.0.into_object().map_or(0, |o| o.len())
+        match self.0 {
+            Repr::Tape(v) => v.into_object().map_or(0, |o| o.len()),
+            Repr::Spans { items, .. } => items.len(),
+        }
     }
 
     /// Whether the map is empty.
@@ -410,11 +479,14 @@ impl<'t, 'i> StrMap<'t, 'i> {
 
     /// The entries, in payload order.
     pub fn iter(&self) -> impl Iterator<Item = (&'i str, &'i str)> + 't {
-        self.0
-            .into_object()
-            .into_iter()
-            .flat_map(|o| o.iter())
-            .filter_map(|(k, v)| v.into_string().map(|v| (k, v)))
+        match self.0 {
+            Repr::Tape(v) => MapIter::Tape(v.into_object().map(|o| o.iter())),
+            Repr::Spans {
+                items,
+                payload,
+                decoded,
+            } => MapIter::Spans(items.iter(), payload, decoded),
+        }
     }
 }
 

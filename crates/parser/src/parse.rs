@@ -4,9 +4,10 @@ use simd_json::prelude::*;
 use simd_json::tape::{Tape, Value};
 use simd_json::Buffers;
 
+use crate::fast;
 use crate::model::{
     Common, Event, ExecutionOperation, ExecutionStatus, Extra, Family, JobEvent, JobExecutionEvent,
-    JobOperation, JobStatus, ProcessDetails, StrList, StrMap,
+    JobOperation, JobStatus, ProcessDetails, Repr, StrList, StrMap,
 };
 use crate::reject::{Reject, RejectKind};
 use crate::topic::{Operation, TopicInfo, TopicParser, DEFAULT_PREFIX};
@@ -22,7 +23,7 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 128 * 1024;
 pub const SECONDS_BELOW: i64 = 100_000_000_000;
 
 /// The largest millisecond value accepted (year 9999), so every time fits Parquet readers.
-const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
+pub(crate) const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
 
 /// How the parser is set up.
 #[derive(Debug, Clone)]
@@ -44,10 +45,13 @@ impl Default for ParserConfig {
 
 /// A reusable parser: one per worker thread.
 ///
-/// Execution model: synchronous and pure (no I/O, no locks). It owns the scratch memory that
-/// simd-json needs (a padded copy of the payload, the structural index buffers and the tape),
-/// all reused across calls, so steady-state parsing allocates nothing. The payload passed in is
-/// never modified: it is what goes to Kafka byte for byte.
+/// Execution model: synchronous and pure (no I/O, no locks). Two paths, one result: a fast
+/// path (`fast.rs`) reads well-formed events of the known schema in one pass over the payload,
+/// borrowing strings from it; everything else (unknown fields, rejects, anything unusual) goes
+/// through simd-json, which decides every reject. The parser owns the scratch memory of both
+/// (decoded strings and spans; simd-json's padded copy of the payload, structural index buffers
+/// and tape), all reused across calls, so steady-state parsing allocates nothing. The payload
+/// passed in is never modified: it is what goes to Kafka byte for byte.
 ///
 /// Error contract: every input, however malformed, yields either an [`Event`] or a [`Reject`]
 /// with a kind and a message; nothing panics.
@@ -57,6 +61,7 @@ pub struct Parser {
     input: Vec<u8>,
     buffers: Buffers,
     tape: Option<Tape<'static>>,
+    fast: fast::Scratch,
 }
 
 impl std::fmt::Debug for Parser {
@@ -83,6 +88,7 @@ impl Parser {
             input: Vec::with_capacity(4096),
             buffers: Buffers::new(4096),
             tape: Some(Tape::null()),
+            fast: fast::Scratch::default(),
         }
     }
 
@@ -101,6 +107,39 @@ impl Parser {
         payload: &[u8],
         on_outcome: impl for<'t, 'i> FnOnce(Result<Event<'t, 'i>, Reject>) -> R,
     ) -> R {
+        self.parse_with(topic, payload, true, on_outcome)
+    }
+
+    /// [`parse`](Self::parse) without the fast path: simd-json for every message. The two
+    /// give identical outcomes; this exists so that tests and benchmarks can compare them.
+    #[doc(hidden)]
+    pub fn parse_general<R>(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        on_outcome: impl for<'t, 'i> FnOnce(Result<Event<'t, 'i>, Reject>) -> R,
+    ) -> R {
+        self.parse_with(topic, payload, false, on_outcome)
+    }
+
+    /// Whether [`parse`](Self::parse) takes the fast path for this message (for tests).
+    #[doc(hidden)]
+    pub fn fast_path_takes(&mut self, topic: &str, payload: &[u8]) -> bool {
+        let Ok(info) = self.topics.parse(topic) else {
+            return false;
+        };
+        payload.len() <= self.max_payload_bytes
+            && fast::scan(payload, &info, &mut self.fast).is_some()
+    }
+
+    #[inline]
+    fn parse_with<R>(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        try_fast: bool,
+        on_outcome: impl for<'t, 'i> FnOnce(Result<Event<'t, 'i>, Reject>) -> R,
+    ) -> R {
         let info = match self.topics.parse(topic) {
             Ok(info) => info,
             Err(reject) => return on_outcome(Err(reject)),
@@ -114,6 +153,11 @@ impl Parser {
                     self.max_payload_bytes
                 ),
             )));
+        }
+        if try_fast {
+            if let Some((text, found)) = fast::scan(payload, &info, &mut self.fast) {
+                return on_outcome(Ok(fast_event(text, &found, &self.fast)));
+            }
         }
         let len = payload.len();
         self.input.clear();
@@ -131,6 +175,52 @@ impl Parser {
         let result = on_outcome(outcome);
         self.tape = Some(tape.reset());
         result
+    }
+}
+
+/// The event the fast path found, its strings borrowed from the payload and the scratch.
+#[inline]
+fn fast_event<'t, 'i>(text: &'i str, f: &fast::Found, scratch: &'i fast::Scratch) -> Event<'t, 'i>
+where
+    'i: 't,
+{
+    let decoded = scratch.decoded.as_str();
+    let get = |span: fast::Span| span.get(text, decoded);
+    let common = Common {
+        event_id: get(f.event_id),
+        event_time_ms: f.event_time_ms,
+        job_id: get(f.job_id),
+        extra: Extra::default(),
+    };
+    match f.operation {
+        Operation::Job(operation) => Event::Job(JobEvent {
+            common,
+            operation,
+            status: f.job_status,
+            target_selection: f.target_selection.map(get),
+            targets: f.targets.then_some(StrList(Repr::Spans {
+                items: &scratch.targets,
+                payload: text,
+                decoded,
+            })),
+            description: f.description.map(get),
+            comment: f.comment.map(get),
+            created_at_ms: f.created_at_ms,
+            last_updated_at_ms: f.last_updated_at_ms,
+            completed_at_ms: f.completed_at_ms,
+            process_details: f.process_details,
+        }),
+        Operation::Execution(operation) => Event::Execution(JobExecutionEvent {
+            common,
+            operation,
+            status: f.execution_status,
+            thing_arn: f.thing_arn.map(get).unwrap_or_default(),
+            status_details: f.status_details.then_some(StrMap(Repr::Spans {
+                items: &scratch.details,
+                payload: text,
+                decoded,
+            })),
+        }),
     }
 }
 
@@ -431,7 +521,7 @@ fn string_list<'t, 'i>(value: Value<'t, 'i>) -> Result<StrList<'t, 'i>, Reject> 
     };
     let array = value.into_array().ok_or_else(not_strings)?;
     if array.iter().all(|item| item.is_str()) {
-        Ok(StrList(value))
+        Ok(StrList(Repr::Tape(value)))
     } else {
         Err(not_strings())
     }
@@ -450,7 +540,7 @@ fn string_map<'t, 'i>(value: Value<'t, 'i>) -> Result<StrMap<'t, 'i>, Reject> {
             ),
         ));
     }
-    Ok(StrMap(value))
+    Ok(StrMap(Repr::Tape(value)))
 }
 
 fn describe(value: Value<'_, '_>) -> String {
