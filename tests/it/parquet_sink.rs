@@ -208,6 +208,141 @@ fn invalid_settings_are_refused_with_the_setting_named() {
     assert!(codec.expect_err("level 99").contains("1..=22"));
 }
 
+fn relative_names(root: &Path) -> Vec<std::path::PathBuf> {
+    parquet_files(root)
+        .iter()
+        .map(|p| p.strip_prefix(root).expect("under root").to_owned())
+        .collect()
+}
+
+#[test]
+fn background_encoding_writes_the_same_files_as_encoding_inline() {
+    let input = messages(20);
+    let inline = tempfile::tempdir().expect("tempdir");
+    let mut sink = ParquetSink::new(small_files(inline.path()), "cap").expect("sink");
+    write_all(&mut sink, &input, 0);
+    let inline_published = sink.finish().expect("finish");
+
+    let background = tempfile::tempdir().expect("tempdir");
+    let mut sink = ParquetSink::new(small_files(background.path()), "cap")
+        .and_then(ParquetSink::encode_in_background)
+        .expect("sink");
+    write_all(&mut sink, &input, 0);
+    let mut published = sink.take_published();
+    published.extend(sink.finish().expect("finish"));
+
+    assert_eq!(
+        relative_names(inline.path()),
+        relative_names(background.path())
+    );
+    let summary = |files: &[jobstream_sink::parquet::PublishedFile]| -> Vec<_> {
+        let mut rows: Vec<_> = files.iter().map(|f| (f.first, f.last, f.rows)).collect();
+        rows.sort_unstable();
+        rows
+    };
+    assert_eq!(summary(&inline_published), summary(&published));
+    assert!(published.iter().all(|f| f.path.exists() && f.bytes > 0));
+    let ids = event_ids(background.path());
+    assert_eq!(ids.len(), input.len());
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), input.len());
+}
+
+#[test]
+fn background_encoding_rolls_on_bytes_at_the_same_rows_on_every_run() {
+    let input = messages(20);
+    let config = |root: &Path| ParquetConfig {
+        // Every batch passes the limit: a file holds the batch that did, then the lag.
+        max_file_bytes: 1,
+        max_file_rows: 1_000_000,
+        ..small_files(root)
+    };
+    let run = |root: &Path| {
+        let mut sink = ParquetSink::new(config(root), "cap")
+            .and_then(ParquetSink::encode_in_background)
+            .expect("sink");
+        write_all(&mut sink, &input, 0);
+        sink.finish().expect("finish")
+    };
+    let first = tempfile::tempdir().expect("tempdir");
+    let published = run(first.path());
+    let rows_per_full_file = (jobstream_sink::parquet::SIZE_LAG_BATCHES + 1) * 256;
+    let mut by_partition: std::collections::BTreeMap<_, Vec<_>> = Default::default();
+    for file in &published {
+        by_partition
+            .entry(file.path.parent().expect("partition").to_owned())
+            .or_default()
+            .push(file.clone());
+    }
+    let mut rolled = 0;
+    for files in by_partition.values_mut() {
+        files.sort_by_key(|f| f.first);
+        let total: u64 = files.iter().map(|f| f.rows).sum();
+        let (last, full) = files.split_last().expect("a file");
+        assert_eq!(
+            full.len() as u64,
+            (total - 1) / rows_per_full_file,
+            "{files:?}"
+        );
+        assert!(
+            full.iter().all(|f| f.rows == rows_per_full_file),
+            "{full:?}"
+        );
+        assert!(last.rows <= rows_per_full_file);
+        rolled += full.len();
+    }
+    assert!(rolled > 0, "files roll on bytes: {published:?}");
+    let second = tempfile::tempdir().expect("tempdir");
+    run(second.path());
+    assert_eq!(relative_names(first.path()), relative_names(second.path()));
+    assert_eq!(event_ids(second.path()).len(), input.len());
+}
+
+#[test]
+fn an_error_on_the_encoder_thread_is_returned_by_the_sink_not_a_hang_or_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = messages(40);
+    let mut sink = ParquetSink::new(small_files(dir.path()), "cap")
+        .and_then(ParquetSink::encode_in_background)
+        .expect("sink");
+    let mut parser = Parser::default();
+    let mut first_error = None;
+    for (i, m) in input.iter().enumerate() {
+        if i == 100 {
+            // The open files' temporaries vanish with their directories: the encoder thread
+            // can still write them, but it cannot rename them when they roll at 700 rows.
+            for table in ["job_events", "job_execution_events"] {
+                std::fs::remove_dir_all(dir.path().join(table)).expect("remove");
+            }
+        }
+        let provenance = Provenance {
+            mqtt_topic: Some(&m.topic),
+            received_at_ms: None,
+        };
+        let result = parser.parse(&m.topic, &m.payload, |outcome| {
+            sink.append(&outcome.expect("valid"), &provenance, i as u64 + 1)
+        });
+        if let Err(error) = result {
+            first_error = Some(error.to_string());
+            break;
+        }
+    }
+    let error = match first_error {
+        Some(error) => error,
+        None => sink
+            .finish()
+            .expect_err("the rename failed on the encoder thread")
+            .to_string(),
+    };
+    assert!(
+        error.contains("publish (rename)") && error.contains("cap+"),
+        "{error}"
+    );
+    assert!(
+        parquet_files(dir.path()).is_empty(),
+        "nothing was published"
+    );
+}
+
 fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];

@@ -184,6 +184,60 @@ fn missing_input_and_bad_flags_exit_non_zero_with_a_clear_message() {
 }
 
 #[test]
+fn a_write_error_on_the_encoder_thread_exits_with_the_io_code_and_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("capture.tsv");
+    let out = dir.path().join("out");
+    let generated = run(&[
+        "generate",
+        "--events",
+        "20000",
+        "--output",
+        capture.to_str().expect("utf8"),
+    ]);
+    assert!(generated.status.success(), "{generated:?}");
+    // `ulimit -f` caps the size of files the process writes; with SIGXFSZ ignored (an ignored
+    // signal stays ignored across exec) a write past the cap fails with EFBIG instead of
+    // killing the process. Replay writes Parquet bytes on its encoder thread, so that is where
+    // the error happens.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap '' XFSZ; ulimit -f 16; exec "$0" replay --input "$1" --parquet "$2" --quiet"#)
+        .arg(jobstream_bin())
+        .arg(&capture)
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("replay hung after the encoder thread failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(74), "{stderr}");
+    assert!(
+        stderr.contains("writing Parquet file")
+            && stderr.contains(".inprogress")
+            && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        parquet_files(&out.join("job_execution_events")).is_empty(),
+        "the file that failed was not published"
+    );
+}
+
+#[test]
 fn demo_runs_on_embedded_defaults() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = run(&[

@@ -22,6 +22,10 @@ pub enum SinkError {
         /// The encoder's error.
         source: parquet::errors::ParquetError,
     },
+    /// The background Parquet encoder thread stopped without an error of its own to report
+    /// (it panicked, or it stopped after an error already returned).
+    #[error("the Parquet encoder thread stopped: {0}")]
+    Encoder(String),
     /// Building an Arrow batch failed (a bug in the column builders).
     #[error(transparent)]
     Batch(#[from] jobstream_parser::columnar::BatchError),

@@ -20,12 +20,25 @@
 //! also records (`jobstream.resume_from` in its footer) the position below which every input
 //! was durable when it was published, so a restart can skip straight past published input
 //! even when the position committed elsewhere (a Kafka consumer offset) lags behind.
+//!
+//! Background encoding ([`ParquetSink::encode_in_background`]): the caller's thread keeps the
+//! Arrow builders and every decision (which file a row goes to, when a file rolls, its name and
+//! resume point); a second thread owns the Parquet writers, encodes and compresses the batches,
+//! and closes, fsyncs and renames the files, in the order the caller asked. Parsing and encoding
+//! then run on two cores. The two threads meet at a bounded queue ([`ENCODER_QUEUE`]) and at a
+//! small shared state (encoded sizes, published files, the first error).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
 
 use jobstream_parser::columnar::{JobEventsBuilder, JobExecutionEventsBuilder, Provenance};
 use jobstream_parser::{Event, Family};
@@ -240,13 +253,21 @@ struct OpenFile {
     temp_path: PathBuf,
     dir: PathBuf,
     file: File,
-    writer: ArrowWriter<File>,
+    /// The writer, when encoding runs on the caller's thread; `None` when the encoder thread
+    /// owns it under `id`.
+    writer: Option<ArrowWriter<File>>,
+    id: u64,
+    /// Batches handed to the encoder thread so far.
+    sent: u64,
     rows: Rows,
     first: u64,
     last: u64,
     row_count: u64,
     opened: Instant,
+    /// Only kept up to date when `idle_timeout` is set: reading the clock per row costs ~1%.
     last_append: Instant,
+    /// Append sequence number of the last row, for least-recently-written eviction.
+    last_seq: u64,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -276,6 +297,10 @@ pub struct ParquetSink {
     /// One past the highest input position the caller has finished with (written, skipped, or
     /// sent to a durable DLQ): the resume point recorded in each published file.
     consumed_up_to: u64,
+    /// The encoder thread, once [`encode_in_background`](Self::encode_in_background) started it.
+    encoder: Option<Encoder>,
+    /// Counts appends (LRU order) and opened files (ids).
+    seq: u64,
 }
 
 impl ParquetSink {
@@ -337,7 +362,31 @@ impl ParquetSink {
             published_index,
             published: Vec::new(),
             consumed_up_to: 0,
+            encoder: None,
+            seq: 0,
         })
+    }
+
+    /// Moves Parquet encoding, compression and publishing to a thread of its own, so that the
+    /// caller's thread only builds Arrow batches. Call it before the first append (a sink that
+    /// already has open files keeps encoding inline). Everything the caller sees stays the same —
+    /// which rows go to which file, file names, atomic publication, resume points — except:
+    /// * a published file is reported by [`take_published`](Self::take_published) once the
+    ///   encoder thread has renamed it, which may be a little after the call that rolled it;
+    ///   [`finish`](Self::finish) waits for all of them;
+    /// * a file rolls on `max_file_bytes` [`SIZE_LAG_BATCHES`] batches after the batch whose
+    ///   encoded size reached the limit (the caller does not wait for each batch's size). The
+    ///   rule depends on the input alone, so a rerun still writes the same names;
+    /// * an encoder error is returned by the next call that hands the encoder work (append,
+    ///   tick, finish), and the thread stops.
+    ///
+    /// # Errors
+    /// The thread cannot be started.
+    pub fn encode_in_background(mut self) -> Result<Self, SinkError> {
+        if self.encoder.is_none() && self.open.is_empty() {
+            self.encoder = Some(Encoder::start(self.config.row_group_bytes)?);
+        }
+        Ok(self)
     }
 
     /// Tells the sink that every input position below `next` is dealt with (appended, skipped,
@@ -419,7 +468,7 @@ impl ParquetSink {
             let file = self.open_file(family, day, position)?;
             self.open.insert((family, day), file);
         }
-        let now = Instant::now();
+        self.seq += 1;
         let should_roll = {
             let Some(file) = self.open.get_mut(&(family, day)) else {
                 return Ok(Appended::Written);
@@ -433,11 +482,19 @@ impl ParquetSink {
             file.last = position;
             file.row_count += 1;
             self.consumed_up_to = self.consumed_up_to.max(position + 1);
-            file.last_append = now;
+            file.last_seq = self.seq;
+            if self.config.idle_timeout.is_some() {
+                file.last_append = Instant::now();
+            }
             if pending_rows(&file.rows) >= self.config.batch_rows {
-                encode(file, self.config.row_group_bytes)?;
+                let size = encode(
+                    file,
+                    self.encoder.as_ref(),
+                    self.config.row_group_bytes,
+                    true,
+                )?;
                 file.row_count >= self.config.max_file_rows
-                    || file_size(file) >= self.config.max_file_bytes
+                    || size.is_some_and(|size| size >= self.config.max_file_bytes)
             } else {
                 file.row_count >= self.config.max_file_rows
             }
@@ -476,11 +533,19 @@ impl ParquetSink {
     /// Whether files were published since the last [`take_published`](Self::take_published).
     pub fn has_published(&self) -> bool {
         !self.published.is_empty()
+            || self
+                .encoder
+                .as_ref()
+                .is_some_and(|encoder| !encoder.shared.lock().published.is_empty())
     }
 
     /// Files published since the last call, in publication order.
     pub fn take_published(&mut self) -> Vec<PublishedFile> {
-        std::mem::take(&mut self.published)
+        let mut published = std::mem::take(&mut self.published);
+        if let Some(encoder) = &self.encoder {
+            published.append(&mut encoder.shared.lock().published);
+        }
+        published
     }
 
     /// The lowest input position held in a file not yet published: everything before it is
@@ -505,11 +570,20 @@ impl ParquetSink {
         for (family, day) in keys {
             self.publish(family, day)?;
         }
+        if let Some(mut encoder) = self.encoder.take() {
+            encoder.finish()?;
+            self.published.append(&mut encoder.shared.lock().published);
+        }
         Ok(self.take_published())
     }
 
     /// Drops every open file without publishing (their rows will be re-read from the input).
     pub fn abandon(mut self) {
+        if let Some(mut encoder) = self.encoder.take() {
+            // Publications already queued complete (their rows were handed over); the writers
+            // of open files are dropped when the thread ends, before their temporaries go.
+            let _ = encoder.finish();
+        }
         for (_, file) in self.open.drain() {
             drop(file.writer);
             let _ = fs::remove_file(&file.temp_path);
@@ -535,6 +609,18 @@ impl ParquetSink {
                 source,
             },
         )?;
+        let id = self.seq;
+        let writer = match &self.encoder {
+            Some(encoder) => {
+                encoder.send(EncoderJob::Open {
+                    id,
+                    writer: Box::new(writer),
+                    path: temp_path.clone(),
+                })?;
+                None
+            }
+            None => Some(writer),
+        };
         let capacity = self.config.batch_rows;
         let rows = match family {
             Family::Job => Rows::Jobs(JobEventsBuilder::with_capacity(capacity.min(1024))),
@@ -548,12 +634,15 @@ impl ParquetSink {
             dir,
             file: handle,
             writer,
+            id,
+            sent: 0,
             rows,
             first,
             last: first,
             row_count: 0,
             opened: now,
             last_append: now,
+            last_seq: self.seq,
         })
     }
 
@@ -561,7 +650,7 @@ impl ParquetSink {
         if let Some(key) = self
             .open
             .iter()
-            .min_by_key(|(_, f)| f.last_append)
+            .min_by_key(|(_, f)| f.last_seq)
             .map(|(key, _)| *key)
         {
             self.publish(key.0, key.1)?;
@@ -579,25 +668,83 @@ impl ParquetSink {
             .values()
             .map(|f| f.first)
             .fold(self.consumed_up_to.max(file.last + 1), u64::min);
-        encode(&mut file, self.config.row_group_bytes)?;
+        encode(
+            &mut file,
+            self.encoder.as_ref(),
+            self.config.row_group_bytes,
+            false,
+        )?;
         let OpenFile {
             temp_path,
             dir,
             file: handle,
-            mut writer,
+            writer,
+            id,
             first,
             last,
             row_count,
             ..
         } = file;
-        writer.append_key_value_metadata(KeyValue::new(
-            "jobstream.input".to_owned(),
-            format!("{}+{first}+{last}", self.source),
-        ));
-        writer.append_key_value_metadata(KeyValue::new(
-            RESUME_FROM_KEY.to_owned(),
-            resume_from.to_string(),
-        ));
+        let closing = Closing {
+            metadata: vec![
+                KeyValue::new(
+                    "jobstream.input".to_owned(),
+                    format!("{}+{first}+{last}", self.source),
+                ),
+                KeyValue::new(RESUME_FROM_KEY.to_owned(), resume_from.to_string()),
+            ],
+            handle,
+            final_path: dir.join(final_name(&self.source, first, last)),
+            temp_path,
+            dir,
+            file: PublishedFile {
+                family,
+                path: PathBuf::new(),
+                first,
+                last,
+                rows: row_count,
+                bytes: 0,
+            },
+        };
+        match (writer, &self.encoder) {
+            (Some(writer), _) => self.published.push(closing.publish(writer)?),
+            (None, Some(encoder)) => encoder.send(EncoderJob::Publish { id, closing })?,
+            (None, None) => return Err(no_writer()),
+        }
+        self.published_index
+            .entry((family, day))
+            .or_default()
+            .push((first, last));
+        Ok(())
+    }
+}
+
+/// A file to close and publish: the writer's last steps, on whichever thread owns the writer.
+struct Closing {
+    metadata: Vec<KeyValue>,
+    /// A second handle on the temporary, to fsync it once the writer has closed it.
+    handle: File,
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    dir: PathBuf,
+    /// What to report; `path` and `bytes` are filled in once published.
+    file: PublishedFile,
+}
+
+impl Closing {
+    /// Footer, fsync, rename, directory fsync: readers see the whole file or nothing.
+    fn publish(self, mut writer: ArrowWriter<File>) -> Result<PublishedFile, SinkError> {
+        let Closing {
+            metadata,
+            handle,
+            temp_path,
+            final_path,
+            dir,
+            mut file,
+        } = self;
+        for entry in metadata {
+            writer.append_key_value_metadata(entry);
+        }
         writer.close().map_err(|source| SinkError::Parquet {
             path: temp_path.clone(),
             source,
@@ -605,26 +752,18 @@ impl ParquetSink {
         handle
             .sync_all()
             .map_err(SinkError::io("fsync", &temp_path))?;
-        let bytes = handle.metadata().map(|m| m.len()).unwrap_or_default();
+        file.bytes = handle.metadata().map(|m| m.len()).unwrap_or_default();
         drop(handle);
-        let final_path = dir.join(final_name(&self.source, first, last));
         fs::rename(&temp_path, &final_path)
             .map_err(SinkError::io("publish (rename)", &final_path))?;
         sync_dir(&dir)?;
-        self.published_index
-            .entry((family, day))
-            .or_default()
-            .push((first, last));
-        self.published.push(PublishedFile {
-            family,
-            path: final_path,
-            first,
-            last,
-            rows: row_count,
-            bytes,
-        });
-        Ok(())
+        file.path = final_path;
+        Ok(file)
     }
+}
+
+fn no_writer() -> SinkError {
+    SinkError::Encoder("a file has neither a writer nor an encoder thread (a bug)".to_owned())
 }
 
 fn read_resume_from(path: &Path) -> Result<Option<u64>, SinkError> {
@@ -656,33 +795,287 @@ fn pending_rows(rows: &Rows) -> usize {
     }
 }
 
-fn file_size(file: &OpenFile) -> u64 {
-    (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
+fn writer_size(writer: &ArrowWriter<File>) -> u64 {
+    (writer.bytes_written() + writer.in_progress_size()) as u64
 }
 
 /// Encodes the buffered rows into the writer, flushing the row group once it is big enough.
-fn encode(file: &mut OpenFile, row_group_bytes: usize) -> Result<(), SinkError> {
-    if pending_rows(&file.rows) == 0 {
-        return Ok(());
+/// Returns the file size the `max_file_bytes` rule compares: the size now when encoding inline;
+/// with an encoder thread, the size after the batch sent [`SIZE_LAG_BATCHES`] batches earlier
+/// (none for a file's first batches, or when `need_size` is false).
+fn encode(
+    file: &mut OpenFile,
+    encoder: Option<&Encoder>,
+    row_group_bytes: usize,
+    need_size: bool,
+) -> Result<Option<u64>, SinkError> {
+    if pending_rows(&file.rows) > 0 {
+        let batch = match &mut file.rows {
+            Rows::Jobs(b) => b.finish()?,
+            Rows::Executions(b) => b.finish()?,
+        };
+        match (&mut file.writer, encoder) {
+            (Some(writer), _) => write_batch(writer, &batch, &file.temp_path, row_group_bytes)?,
+            (None, Some(encoder)) => {
+                file.sent += 1;
+                let size = if need_size && file.sent > SIZE_LAG_BATCHES {
+                    Some(encoder.pop_size(file.id)?)
+                } else {
+                    None
+                };
+                encoder.send(EncoderJob::Write { id: file.id, batch })?;
+                return Ok(size);
+            }
+            (None, None) => return Err(no_writer()),
+        }
     }
-    let batch = match &mut file.rows {
-        Rows::Jobs(b) => b.finish()?,
-        Rows::Executions(b) => b.finish()?,
+    Ok(file.writer.as_ref().map(writer_size))
+}
+
+fn write_batch(
+    writer: &mut ArrowWriter<File>,
+    batch: &RecordBatch,
+    path: &Path,
+    row_group_bytes: usize,
+) -> Result<(), SinkError> {
+    let parquet_error = |source| SinkError::Parquet {
+        path: path.to_owned(),
+        source,
     };
-    let path = &file.temp_path;
-    file.writer
-        .write(&batch)
-        .map_err(|source| SinkError::Parquet {
-            path: path.clone(),
-            source,
-        })?;
-    if file.writer.in_progress_size() >= row_group_bytes {
-        file.writer.flush().map_err(|source| SinkError::Parquet {
-            path: path.clone(),
-            source,
-        })?;
+    writer.write(batch).map_err(parquet_error)?;
+    if writer.in_progress_size() >= row_group_bytes {
+        writer.flush().map_err(parquet_error)?;
     }
     Ok(())
+}
+
+/// Jobs queued for the encoder thread at most. A queued batch holds up to `batch_rows` rows of
+/// Arrow arrays (about 4 MB at the defaults), so this bounds the memory between parsing and
+/// encoding to a few batches whatever the input size; more would only help if the parser were
+/// faster than the encoder for long stretches, and it is not.
+pub const ENCODER_QUEUE: usize = 4;
+
+/// With an encoder thread, batches of one file that may be in flight before the
+/// `max_file_bytes` rule waits for the encoder's size report: a file rolls after the batch sent
+/// this many batches after the one whose encoded size reached the limit. Two keep the encoder
+/// busy while the caller builds the next batch; a file overshoots the limit by at most two
+/// batches (≈ 1 MB compressed at the defaults).
+pub const SIZE_LAG_BATCHES: u64 = 2;
+
+enum EncoderJob {
+    Open {
+        id: u64,
+        writer: Box<ArrowWriter<File>>,
+        path: PathBuf,
+    },
+    Write {
+        id: u64,
+        batch: RecordBatch,
+    },
+    Publish {
+        id: u64,
+        closing: Closing,
+    },
+}
+
+/// What the encoder thread tells the sink.
+#[derive(Default)]
+struct EncoderState {
+    /// File size after each batch encoded, per file id, oldest first; the sink takes them in
+    /// order, so each queue holds at most `SIZE_LAG_BATCHES + 1` sizes.
+    sizes: HashMap<u64, VecDeque<u64>>,
+    /// Files published and not yet taken by the sink.
+    published: Vec<PublishedFile>,
+    /// The error that stopped the thread, until the sink returns it.
+    error: Option<SinkError>,
+    /// The thread has ended (normally, on error, or by panicking).
+    stopped: bool,
+}
+
+struct Shared {
+    state: Mutex<EncoderState>,
+    changed: Condvar,
+    /// Set when the sink is dropped without finishing: skip the queued work.
+    abort: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, EncoderState> {
+        // A panic on the encoder thread never leaves the state half-updated (every update is
+        // one push or assignment), so a poisoned lock is still good to read.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Marks the thread stopped however it ends, panics included, so no one waits for it forever.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        if std::thread::panicking() && state.error.is_none() {
+            state.error = Some(SinkError::Encoder(
+                "it panicked (the message is above)".to_owned(),
+            ));
+        }
+        state.stopped = true;
+        drop(state);
+        self.0.changed.notify_all();
+    }
+}
+
+/// The sink's handle on its encoder thread.
+struct Encoder {
+    jobs: Option<SyncSender<EncoderJob>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    fn start(row_group_bytes: usize) -> Result<Self, SinkError> {
+        let (jobs, queue) = mpsc::sync_channel(ENCODER_QUEUE);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(EncoderState::default()),
+            changed: Condvar::new(),
+            abort: AtomicBool::new(false),
+        });
+        let guard = StopGuard(shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("parquet-encoder".to_owned())
+            .spawn(move || encoder_thread(queue, guard, row_group_bytes))
+            .map_err(|e| SinkError::Encoder(format!("cannot start the thread: {e}")))?;
+        Ok(Encoder {
+            jobs: Some(jobs),
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a job, waiting while the queue is full; the thread's error if it has stopped.
+    fn send(&self, job: EncoderJob) -> Result<(), SinkError> {
+        if let Some(error) = self.shared.lock().error.take() {
+            return Err(error);
+        }
+        match &self.jobs {
+            Some(jobs) if jobs.send(job).is_ok() => Ok(()),
+            _ => Err(self.stopped_error()),
+        }
+    }
+
+    /// The size after the oldest batch of file `id` whose size the sink has not taken yet,
+    /// waiting for the encoder to get there.
+    fn pop_size(&self, id: u64) -> Result<u64, SinkError> {
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(error) = state.error.take() {
+                return Err(error);
+            }
+            if let Some(size) = state.sizes.get_mut(&id).and_then(VecDeque::pop_front) {
+                return Ok(size);
+            }
+            if state.stopped {
+                drop(state);
+                return Err(self.stopped_error());
+            }
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Why the thread is gone: its error or panic, unless that was already returned.
+    fn stopped_error(&self) -> SinkError {
+        self.shared
+            .lock()
+            .error
+            .take()
+            .unwrap_or_else(|| SinkError::Encoder("it ended after an earlier error".to_owned()))
+    }
+
+    /// Lets the thread finish its queue and waits for it; its error, if it had one.
+    fn finish(&mut self) -> Result<(), SinkError> {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            if let Err(panic) = thread.join() {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                return Err(SinkError::Encoder(format!("it panicked: {message}")));
+            }
+        }
+        match self.shared.lock().error.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Encoder {
+    /// Dropped without [`finish`](Encoder::finish) (the caller failed): skip the queued work,
+    /// leave the temporaries for the next start to remove, and wait for the thread so that it
+    /// never writes after the sink is gone.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shared.abort.store(true, Ordering::Relaxed);
+            drop(self.jobs.take());
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn encoder_thread(queue: Receiver<EncoderJob>, guard: StopGuard, row_group_bytes: usize) {
+    let shared = &guard.0;
+    let mut writers: HashMap<u64, (ArrowWriter<File>, PathBuf)> = HashMap::new();
+    while let Ok(job) = queue.recv() {
+        if shared.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        let result = match job {
+            EncoderJob::Open { id, writer, path } => {
+                writers.insert(id, (*writer, path));
+                Ok(())
+            }
+            EncoderJob::Write { id, batch } => match writers.get_mut(&id) {
+                Some((writer, path)) => {
+                    write_batch(writer, &batch, path, row_group_bytes).map(|()| {
+                        let size = writer_size(writer);
+                        shared.lock().sizes.entry(id).or_default().push_back(size);
+                        shared.changed.notify_all();
+                    })
+                }
+                None => Err(no_writer()),
+            },
+            EncoderJob::Publish { id, closing } => match writers.remove(&id) {
+                Some((writer, _)) => closing.publish(writer).map(|file| {
+                    let mut state = shared.lock();
+                    state.sizes.remove(&id);
+                    state.published.push(file);
+                }),
+                None => Err(no_writer()),
+            },
+        };
+        if let Err(error) = result {
+            shared.lock().error = Some(error);
+            break;
+        }
+    }
+    // Unpublished writers and the queue (with it the sink's ability to send) go before the
+    // guard says the thread stopped.
+    drop(writers);
+    drop(queue);
+    drop(guard);
 }
 
 fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkError> {

@@ -4,9 +4,13 @@
 //! `mosquitto_sub -t '$aws/events/#' -F '%t\t%p'` writes. A payload cannot contain a raw
 //! newline in this format (mosquitto_sub would split it); JSON from AWS never does.
 //!
-//! Two threads: a reader hands blocks of whole lines to the parsing loop over a bounded
+//! Three threads: a reader hands blocks of whole lines to the parsing loop over a bounded
 //! channel (at most [`BLOCKS_IN_FLIGHT`] blocks of [`BLOCK_BYTES`]), so memory stays flat
-//! whatever the input size, and reading overlaps parsing and encoding.
+//! whatever the input size, and reading overlaps parsing; the parsing loop builds Arrow batches
+//! and hands them to the Parquet sink's encoder thread
+//! ([`ParquetSink::encode_in_background`], at most [`ENCODER_QUEUE`](crate::parquet::ENCODER_QUEUE)
+//! batches queued), which compresses and publishes the files. Parsing and encoding each take
+//! about half the work, so on two cores they overlap almost entirely.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -208,7 +212,7 @@ pub fn replay(
                 parquet.max_file_age = None;
                 parquet.idle_timeout = None;
             }
-            Some(ParquetSink::new(parquet, &source)?)
+            Some(ParquetSink::new(parquet, &source)?.encode_in_background()?)
         }
         None => None,
     };
