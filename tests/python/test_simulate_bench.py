@@ -161,6 +161,9 @@ def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_dupli
         assert label in bench.stdout
     assert {"cpu", "cores", "mosquitto", "tansu"} <= result["machine"].keys()
     assert result["settings"]["qos"] == 1 and result["settings"]["average_payload_bytes"] > 100
+    # An explicit --tansu under the default --kafka-storage auto keeps SQLite (with the index).
+    assert result["settings"]["kafka_broker"]["storage"] == "sqlite"
+    assert result["settings"]["kafka_broker"]["sqlite_header_index"] is True
 
     runs = {r["contender"]: r for r in result["runs"]}
     assert set(runs) == set(labels)

