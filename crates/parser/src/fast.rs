@@ -17,7 +17,7 @@
 //! `crates/parser/tests/differential.rs` runs both paths on generated, mutated and garbage
 //! inputs and checks they agree.
 
-use crate::model::{ExecutionStatus, Family, JobStatus, ProcessDetails};
+use crate::model::{ExecutionOperation, ExecutionStatus, Family, JobStatus, ProcessDetails};
 use crate::parse::{MAX_EPOCH_MS, SECONDS_BELOW};
 use crate::topic::{Operation, TopicInfo};
 
@@ -71,9 +71,34 @@ pub(crate) struct Scratch {
     pub(crate) decoded: String,
     pub(crate) targets: Vec<Span>,
     pub(crate) details: Vec<(Span, Span)>,
+    pub(crate) found: Found,
+}
+
+impl Default for Found {
+    fn default() -> Self {
+        Found {
+            event_id: Span::default(),
+            event_time_ms: 0,
+            job_id: Span::default(),
+            operation: Operation::Job(crate::model::JobOperation::Completed),
+            job_status: JobStatus::Completed,
+            execution_status: ExecutionStatus::Queued,
+            target_selection: None,
+            targets: false,
+            description: None,
+            comment: None,
+            created_at_ms: None,
+            last_updated_at_ms: None,
+            completed_at_ms: None,
+            process_details: None,
+            thing_arn: None,
+            status_details: false,
+        }
+    }
 }
 
 /// Values of an accepted event; strings as spans into the payload or [`Scratch::decoded`].
+/// Kept in [`Scratch`] and filled in place: it is a few hundred bytes, worth not copying.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Found {
     pub(crate) event_id: Span,
@@ -208,11 +233,13 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Scans one payload; `None` means "use the general path".
+///
+/// On success the values are in [`Scratch::found`] and the payload is returned as text.
 pub(crate) fn scan<'p>(
     payload: &'p [u8],
     topic: &TopicInfo<'_>,
     scratch: &mut Scratch,
-) -> Option<(&'p str, Found)> {
+) -> Option<&'p str> {
     // UTF-8 once for the whole payload (simd-json validates all of it too), with SIMD (the
     // same validator simd-json uses): every span below starts and ends at an ASCII quote, so
     // slicing the validated text needs no re-check.
@@ -236,24 +263,18 @@ pub(crate) fn scan<'p>(
     let mut job_id = None;
     let mut operation_seen = false;
     let mut status = None::<(JobStatus, ExecutionStatus)>;
-    let mut found = Found {
-        event_id: Span::default(),
-        event_time_ms: 0,
-        job_id: Span::default(),
-        operation: topic.operation,
-        job_status: JobStatus::Completed,
-        execution_status: ExecutionStatus::Queued,
-        target_selection: None,
-        targets: false,
-        description: None,
-        comment: None,
-        created_at_ms: None,
-        last_updated_at_ms: None,
-        completed_at_ms: None,
-        process_details: None,
-        thing_arn: None,
-        status_details: false,
-    };
+    let found = &mut scratch.found;
+    found.operation = topic.operation;
+    found.target_selection = None;
+    found.targets = false;
+    found.description = None;
+    found.comment = None;
+    found.created_at_ms = None;
+    found.last_updated_at_ms = None;
+    found.completed_at_ms = None;
+    found.process_details = None;
+    found.thing_arn = None;
+    found.status_details = false;
 
     s.ws();
     s.byte(b'{')?;
@@ -283,7 +304,10 @@ pub(crate) fn scan<'p>(
                 }
                 Field::JobId => {
                     let span = s.string()?;
-                    if span.get(text, s.decoded) != topic.job_id {
+                    if !same(
+                        span.get(text, s.decoded).as_bytes(),
+                        topic.job_id.as_bytes(),
+                    ) {
                         return None;
                     }
                     job_id = Some(span);
@@ -329,7 +353,7 @@ pub(crate) fn scan<'p>(
     if family == Family::Execution && found.thing_arn.is_none() {
         return None;
     }
-    Some((text, found))
+    Some(text)
 }
 
 /// See `parse::epoch_ms`; here only values it accepts pass, anything else falls back.
@@ -371,6 +395,25 @@ pub(crate) fn has_byte(s: &[u8], byte: u8) -> bool {
     chunks.remainder().contains(&byte)
 }
 
+/// Whether all eight bytes of `w` are ASCII digits.
+#[inline(always)]
+fn eight_digits(w: u64) -> bool {
+    let high = w & 0xF0F0_F0F0_F0F0_F0F0;
+    let carried = w.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0;
+    high | (carried >> 4) == 0x3333_3333_3333_3333
+}
+
+/// The value of eight ASCII digits (the first in the lowest byte): pairs, then quads, then
+/// the whole, each step one multiply.
+#[inline(always)]
+fn eight_digit_value(w: u64) -> i64 {
+    let pairs = ((w & 0x0F0F_0F0F_0F0F_0F0F).wrapping_mul(2561)) >> 8;
+    let quads = ((pairs & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601)) >> 16;
+    let all = ((quads & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001)) >> 32;
+    // At most 99,999,999: always fits.
+    all as i64
+}
+
 struct Scanner<'p, 'd> {
     b: &'p [u8],
     text: &'p str,
@@ -379,8 +422,17 @@ struct Scanner<'p, 'd> {
 }
 
 impl Scanner<'_, '_> {
-    #[inline]
+    /// Skips whitespace; compact JSON has none, so one comparison decides the usual case.
+    #[inline(always)]
     fn ws(&mut self) {
+        match self.b.get(self.i) {
+            Some(&c) if c > b' ' => {}
+            _ => self.ws_loop(),
+        }
+    }
+
+    #[inline(never)]
+    fn ws_loop(&mut self) {
         while let Some(&c) = self.b.get(self.i) {
             if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
                 self.i += 1;
@@ -415,24 +467,55 @@ impl Scanner<'_, '_> {
     }
 
     /// The position of the next `"`, `\` or control byte from `self.i`.
-    #[inline]
+    ///
+    /// Sixteen bytes per step, then one word; the last few bytes of the payload are read as
+    /// the payload's final word with the bytes already checked shifted out, not one by one.
+    #[inline(always)]
     fn find_special(&self) -> Option<usize> {
-        let mut i = self.i;
-        while let Some(chunk) = self.b.get(i..i + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().ok()?);
-            let hits = special_bytes(w);
+        let word = |s: &[u8]| s.try_into().map_or(0, u64::from_le_bytes);
+        let rest = self.b.get(self.i..)?;
+        let mut pairs = rest.chunks_exact(16);
+        let mut at = self.i;
+        for pair in &mut pairs {
+            let low = special_bytes(word(&pair[..8]));
+            let high = special_bytes(word(&pair[8..]));
+            if low | high != 0 {
+                let bits = if low != 0 {
+                    low.trailing_zeros()
+                } else {
+                    64 + high.trailing_zeros()
+                };
+                return Some(at + (bits / 8) as usize);
+            }
+            at += 16;
+        }
+        let mut tail = pairs.remainder();
+        if let Some(first) = tail.get(..8) {
+            let hits = special_bytes(word(first));
             if hits != 0 {
-                return Some(i + (hits.trailing_zeros() / 8) as usize);
+                return Some(at + (hits.trailing_zeros() / 8) as usize);
             }
-            i += 8;
+            at += 8;
+            tail = &tail[8..];
         }
-        while let Some(&c) = self.b.get(i) {
-            if c == b'"' || c == b'\\' || c < 0x20 {
-                return Some(i);
+        if tail.is_empty() {
+            return None;
+        }
+        match self.b.len().checked_sub(8) {
+            Some(last) => {
+                // `at - last` bytes of this word were checked already; shifting them out
+                // brings zero bytes in at the top, which read as control bytes, so only hits
+                // within the tail count.
+                let skip = at - last;
+                let hits = special_bytes(word(&self.b[last..]) >> (8 * skip));
+                let k = (hits.trailing_zeros() / 8) as usize;
+                (k < tail.len()).then_some(at + k)
             }
-            i += 1;
+            None => tail
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .map(|k| at + k),
         }
-        None
     }
 
     /// The bytes of a key up to its closing quote; keys with escapes fall back.
@@ -440,7 +523,7 @@ impl Scanner<'_, '_> {
     fn raw_key(&mut self) -> Option<&[u8]> {
         let start = self.i;
         let end = self.find_special()?;
-        if self.b[end..].first() != Some(&b'"') {
+        if self.b.get(end) != Some(&b'"') {
             return None;
         }
         self.i = end + 1;
@@ -474,27 +557,32 @@ impl Scanner<'_, '_> {
                 self.constant(status.as_str())?;
                 Some((status, ExecutionStatus::Queued))
             }
-            Operation::Execution(op) => {
-                // One candidate for terminal operations, any status for `deleted`.
-                for &status in ExecutionStatus::ALL {
-                    if op.allows_status(status) && self.constant(status.as_str()).is_some() {
-                        return Some((JobStatus::Completed, status));
-                    }
+            Operation::Execution(op) => match only_status(op) {
+                Some(status) => {
+                    self.constant(status.as_str())?;
+                    Some((JobStatus::Completed, status))
                 }
-                None
-            }
+                None => {
+                    for &status in ExecutionStatus::ALL {
+                        if op.allows_status(status) && self.constant(status.as_str()).is_some() {
+                            return Some((JobStatus::Completed, status));
+                        }
+                    }
+                    None
+                }
+            },
         }
     }
 
     /// A string value, borrowed when it has no escapes, decoded otherwise.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Option<Span> {
         if self.next()? != b'"' {
             return None;
         }
         let start = self.i;
         let end = self.find_special()?;
-        if self.b[end] == b'"' {
+        if self.b.get(end) == Some(&b'"') {
             self.i = end + 1;
             return Some(Span::payload(start, end));
         }
@@ -554,6 +642,14 @@ impl Scanner<'_, '_> {
     fn integer(&mut self) -> Option<i64> {
         let start = self.i;
         let mut n: i64 = 0;
+        // Eight digits at once (epoch times have 10 or 13), then one at a time.
+        if let Some(chunk) = self.b.get(start..start + 8) {
+            let w = chunk.try_into().map_or(0, u64::from_le_bytes);
+            if eight_digits(w) {
+                n = eight_digit_value(w);
+                self.i += 8;
+            }
+        }
         while let Some(&c) = self.b.get(self.i) {
             if !c.is_ascii_digit() {
                 break;
@@ -639,6 +735,66 @@ impl Scanner<'_, '_> {
                 b'}' => return Some(details),
                 _ => return None,
             }
+        }
+    }
+}
+
+/// The one status a terminal execution operation allows; `None` for `deleted`, which allows
+/// any (the unit test below holds this to [`ExecutionOperation::allows_status`]).
+#[inline]
+fn only_status(op: ExecutionOperation) -> Option<ExecutionStatus> {
+    use ExecutionOperation as Op;
+    use ExecutionStatus as St;
+    Some(match op {
+        Op::Succeeded => St::Succeeded,
+        Op::Failed => St::Failed,
+        Op::Rejected => St::Rejected,
+        Op::Canceled => St::Canceled,
+        Op::Removed => St::Removed,
+        Op::TimedOut => St::TimedOut,
+        Op::Deleted => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_status_agrees_with_allows_status() {
+        for &op in ExecutionOperation::ALL {
+            for &status in ExecutionStatus::ALL {
+                let fast = only_status(op).is_none_or(|only| only == status);
+                assert_eq!(fast, op.allows_status(status), "{op:?} {status:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn eight_digit_words_are_read_exactly() {
+        for text in [
+            b"00000000",
+            b"12345678",
+            b"99999999",
+            b"17951328",
+            b"10000001",
+        ] {
+            let w = u64::from_le_bytes(*text);
+            assert!(eight_digits(w));
+            let expected: i64 = std::str::from_utf8(text)
+                .expect("ascii")
+                .parse()
+                .expect("n");
+            assert_eq!(eight_digit_value(w), expected);
+        }
+        for text in [
+            b"1234567a",
+            b"/2345678",
+            b":2345678",
+            b"1234 678",
+            b"\x002345678",
+        ] {
+            assert!(!eight_digits(u64::from_le_bytes(*text)), "{text:?}");
         }
     }
 }

@@ -155,8 +155,8 @@ impl Parser {
             )));
         }
         if try_fast {
-            if let Some((text, found)) = fast::scan(payload, &info, &mut self.fast) {
-                return on_outcome(Ok(fast_event(text, &found, &self.fast)));
+            if let Some(text) = fast::scan(payload, &info, &mut self.fast) {
+                return on_outcome(Ok(fast_event(text, &self.fast.found, &self.fast)));
             }
         }
         let len = payload.len();

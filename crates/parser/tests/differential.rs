@@ -534,3 +534,30 @@ fn mutated_and_random_inputs_agree() {
     );
     assert!(pair.accepted > pair.fast_taken);
 }
+
+/// Strings are scanned a word at a time, and the last bytes of a payload by re-reading its
+/// final word: put an escape, a quote or a control byte at every offset of strings of every
+/// length up to the payload's end (and away from it).
+#[test]
+fn special_bytes_at_every_offset_agree() {
+    let mut pair = Pair::new();
+    let specials: [&[u8]; 6] = [b"", b"\\n", b"\\\"", b"\x01", b"\"", b"\\u00e9"];
+    for len in 0..40 {
+        for at in 0..=len {
+            for special in specials {
+                let mut value = vec![b'a'; len];
+                value.splice(at..at, special.iter().copied());
+                let value = String::from_utf8_lossy(&value).into_owned();
+                for trailer in ["}", "}  ", ",\"z\":\"y\"}"] {
+                    let payload =
+                        exec_with(&format!(r#","statusDetails":{{"k":"{value}"{trailer}"#));
+                    pair.check(EXEC, payload.as_bytes());
+                }
+                let payload = exec_with("").replace("\"e1\"", &format!("\"{value}\""));
+                pair.check(EXEC, payload.as_bytes());
+            }
+        }
+    }
+    pair.compare_batches();
+    assert!(pair.fast_taken > 1000, "{}", pair.fast_taken);
+}
