@@ -40,12 +40,18 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 
+use arrow_schema::SchemaRef;
 use jobstream_parser::columnar::{JobEventsBuilder, JobExecutionEventsBuilder, Provenance};
 use jobstream_parser::{Event, Family};
+use parquet::arrow::arrow_writer::{
+    compute_leaves, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::time::{date_string, epoch_day, parse_date};
@@ -603,18 +609,18 @@ impl ParquetSink {
             .try_clone()
             .map_err(SinkError::io("open", &temp_path))?;
         let schema = jobstream_parser::columnar::schema(family);
-        let writer = ArrowWriter::try_new(file, schema, Some(self.properties.clone())).map_err(
-            |source| SinkError::Parquet {
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(self.properties.clone()))
+            .map_err(|source| SinkError::Parquet {
                 path: temp_path.clone(),
                 source,
-            },
-        )?;
+            })?;
         let id = self.seq;
         let writer = match &self.encoder {
             Some(encoder) => {
                 encoder.send(EncoderJob::Open {
                     id,
                     writer: Box::new(writer),
+                    schema,
                     path: temp_path.clone(),
                 })?;
                 None
@@ -707,7 +713,12 @@ impl ParquetSink {
             },
         };
         match (writer, &self.encoder) {
-            (Some(writer), _) => self.published.push(closing.publish(writer)?),
+            (Some(mut writer), _) => self.published.push(closing.publish(|metadata| {
+                for entry in metadata {
+                    writer.append_key_value_metadata(entry);
+                }
+                writer.close().map(drop)
+            })?),
             (None, Some(encoder)) => encoder.send(EncoderJob::Publish { id, closing })?,
             (None, None) => return Err(no_writer()),
         }
@@ -732,8 +743,12 @@ struct Closing {
 }
 
 impl Closing {
-    /// Footer, fsync, rename, directory fsync: readers see the whole file or nothing.
-    fn publish(self, mut writer: ArrowWriter<File>) -> Result<PublishedFile, SinkError> {
+    /// Footer (written by `close`, given the key-value metadata), fsync, rename, directory
+    /// fsync: readers see the whole file or nothing.
+    fn publish(
+        self,
+        close: impl FnOnce(Vec<KeyValue>) -> Result<(), ParquetError>,
+    ) -> Result<PublishedFile, SinkError> {
         let Closing {
             metadata,
             handle,
@@ -742,10 +757,7 @@ impl Closing {
             dir,
             mut file,
         } = self;
-        for entry in metadata {
-            writer.append_key_value_metadata(entry);
-        }
-        writer.close().map_err(|source| SinkError::Parquet {
+        close(metadata).map_err(|source| SinkError::Parquet {
             path: temp_path.clone(),
             source,
         })?;
@@ -866,6 +878,7 @@ enum EncoderJob {
     Open {
         id: u64,
         writer: Box<ArrowWriter<File>>,
+        schema: SchemaRef,
         path: PathBuf,
     },
     Write {
@@ -1037,32 +1050,46 @@ impl Drop for Encoder {
 
 fn encoder_thread(queue: Receiver<EncoderJob>, guard: StopGuard, row_group_bytes: usize) {
     let shared = &guard.0;
-    let mut writers: HashMap<u64, (ArrowWriter<File>, PathBuf)> = HashMap::new();
+    let mut writers: HashMap<u64, (ColumnarWriter, PathBuf)> = HashMap::new();
     while let Ok(job) = queue.recv() {
         if shared.abort.load(Ordering::Relaxed) {
             break;
         }
         let result = match job {
-            EncoderJob::Open { id, writer, path } => {
-                writers.insert(id, (*writer, path));
-                Ok(())
-            }
+            EncoderJob::Open {
+                id,
+                writer,
+                schema,
+                path,
+            } => ColumnarWriter::new(*writer, schema)
+                .map(|writer| {
+                    writers.insert(id, (writer, path.clone()));
+                })
+                .map_err(|source| SinkError::Parquet { path, source }),
             EncoderJob::Write { id, batch } => match writers.get_mut(&id) {
-                Some((writer, path)) => {
-                    write_batch(writer, &batch, path, row_group_bytes).map(|()| {
-                        let size = writer_size(writer);
+                Some((writer, path)) => writer
+                    .write(&batch, row_group_bytes)
+                    .map(|()| {
+                        let size = writer.size();
                         shared.lock().sizes.entry(id).or_default().push_back(size);
                         shared.changed.notify_all();
                     })
-                }
+                    .map_err(|source| SinkError::Parquet {
+                        path: path.clone(),
+                        source,
+                    }),
                 None => Err(no_writer()),
             },
             EncoderJob::Publish { id, closing } => match writers.remove(&id) {
-                Some((writer, _)) => closing.publish(writer).map(|file| {
-                    let mut state = shared.lock();
-                    state.sizes.remove(&id);
-                    state.published.push(file);
-                }),
+                Some((writer, _)) => {
+                    closing
+                        .publish(|metadata| writer.close(metadata))
+                        .map(|file| {
+                            let mut state = shared.lock();
+                            state.sizes.remove(&id);
+                            state.published.push(file);
+                        })
+                }
                 None => Err(no_writer()),
             },
         };
@@ -1101,4 +1128,131 @@ fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkErr
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
     }
     Ok(builder.build())
+}
+
+/// A Parquet file written as `ArrowWriter` writes it — same column writers, same row groups,
+/// byte for byte — except that the columns of each batch are encoded by two threads: the
+/// encoder thread and a helper scoped to the batch. Encoding and compression are most of the
+/// work of a replay, more than parsing; split this way they use the second core whenever the
+/// parser does not.
+struct ColumnarWriter {
+    file: SerializedFileWriter<File>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    /// Writers of the row group in progress, one per leaf column; empty between row groups.
+    columns: Vec<ArrowColumnWriter>,
+}
+
+/// The leaves of one top-level column with their writers, and a weight (the column's buffer
+/// bytes) to balance the two threads.
+type ColumnWork<'a> = (usize, Vec<(&'a mut ArrowColumnWriter, ArrowLeafColumn)>);
+
+impl ColumnarWriter {
+    fn new(writer: ArrowWriter<File>, schema: SchemaRef) -> Result<Self, ParquetError> {
+        let (file, factory) = writer.into_serialized_writer()?;
+        Ok(ColumnarWriter {
+            file,
+            factory,
+            schema,
+            columns: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch, row_group_bytes: usize) -> Result<(), ParquetError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.columns.is_empty() {
+            self.columns = self
+                .factory
+                .create_column_writers(self.file.flushed_row_groups().len())?;
+        }
+        let mut writers = self.columns.iter_mut();
+        let mut work: Vec<ColumnWork<'_>> = Vec::with_capacity(batch.num_columns());
+        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+            let mut leaves = Vec::new();
+            for leaf in compute_leaves(field, column)? {
+                let writer = writers.next().ok_or_else(|| {
+                    ParquetError::General("more leaf columns than writers".to_owned())
+                })?;
+                leaves.push((writer, leaf));
+            }
+            work.push((column.get_buffer_memory_size(), leaves));
+        }
+        // Heaviest first, each to the lighter side: the two halves end up within a column of
+        // each other.
+        work.sort_by_key(|w| std::cmp::Reverse(w.0));
+        let (mut here, mut there) = (Vec::new(), Vec::new());
+        let (mut here_weight, mut there_weight) = (0, 0);
+        for w in work {
+            if here_weight <= there_weight {
+                here_weight += w.0;
+                here.push(w);
+            } else {
+                there_weight += w.0;
+                there.push(w);
+            }
+        }
+        std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("parquet-encoder-2".to_owned())
+                .spawn_scoped(scope, || write_columns(there));
+            let mine = write_columns(here);
+            let theirs = match helper {
+                Ok(helper) => helper.join().unwrap_or_else(|_| {
+                    Err(ParquetError::General(
+                        "the column encoding thread panicked".to_owned(),
+                    ))
+                }),
+                // No thread to be had: the columns are written here instead.
+                Err(_) => Ok(()),
+            };
+            mine.and(theirs)
+        })?;
+        if self.in_progress_size() >= row_group_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn in_progress_size(&self) -> usize {
+        self.columns
+            .iter()
+            .map(ArrowColumnWriter::get_estimated_total_bytes)
+            .sum()
+    }
+
+    /// What `ArrowWriter::bytes_written() + in_progress_size()` would say.
+    fn size(&self) -> u64 {
+        (self.file.bytes_written() + self.in_progress_size()) as u64
+    }
+
+    fn flush(&mut self) -> Result<(), ParquetError> {
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        let mut row_group = self.file.next_row_group()?;
+        for column in self.columns.drain(..) {
+            column.close()?.append_to_row_group(&mut row_group)?;
+        }
+        row_group.close()?;
+        Ok(())
+    }
+
+    fn close(mut self, metadata: Vec<KeyValue>) -> Result<(), ParquetError> {
+        self.flush()?;
+        for entry in metadata {
+            self.file.append_key_value_metadata(entry);
+        }
+        self.file.close().map(drop)
+    }
+}
+
+fn write_columns(work: Vec<ColumnWork<'_>>) -> Result<(), ParquetError> {
+    for (_, leaves) in work {
+        for (writer, leaf) in leaves {
+            writer.write(&leaf)?;
+        }
+    }
+    Ok(())
 }
