@@ -383,7 +383,7 @@ fn special_bytes(w: u64) -> u64 {
 }
 
 /// Whether `s` contains `byte`, eight bytes at a time.
-#[inline]
+#[inline(always)]
 pub(crate) fn has_byte(s: &[u8], byte: u8) -> bool {
     let mut chunks = s.chunks_exact(8);
     for chunk in &mut chunks {
