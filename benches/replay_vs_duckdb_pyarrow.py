@@ -56,11 +56,19 @@ def main():
         size = capture.stat().st_size
         print(f"input: {events} events, {size / 1e6:.0f} MB capture, {jsonl.stat().st_size / events:.0f} B/payload")
 
+        rss_kib = []
+
         def jobstream():
             out = work / "js-out"
             shutil.rmtree(out, ignore_errors=True)
-            subprocess.run([args.jobstream, "replay", "--input", str(capture), "--parquet", str(out), "--quiet"],
-                           check=True, stdout=subprocess.DEVNULL)
+            proc = subprocess.Popen([args.jobstream, "replay", "--input", str(capture), "--parquet", str(out), "--quiet"],
+                                    stdout=subprocess.DEVNULL)
+            # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux).
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise subprocess.CalledProcessError(proc.returncode, proc.args)
+            rss_kib.append(usage.ru_maxrss)
 
         def duck():
             out = work / "duck.parquet"
@@ -94,6 +102,9 @@ def main():
                 "jobstream_speedup": median / js_median,
             }
             print(f"{name:<10} {median:>9.2f} {min(samples):>6.2f}–{max(samples):<6.2f} {events / median:>10.0f} {median / js_median:>11.2f}×")
+        print(f"jobstream peak RSS: median {statistics.median(rss_kib) / 1024:.0f} MiB "
+              f"({min(rss_kib) / 1024:.0f}–{max(rss_kib) / 1024:.0f})")
+        results["jobstream"]["peak_rss_kib"] = rss_kib
         if args.json:
             Path(args.json).write_text(json.dumps({"events": events, "bytes": size, "runs": args.runs,
                                                    "cpus": os.cpu_count(), "results": results}, indent=2))

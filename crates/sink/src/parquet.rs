@@ -274,6 +274,8 @@ struct OpenFile {
     last_append: Instant,
     /// Append sequence number of the last row, for least-recently-written eviction.
     last_seq: u64,
+    /// Rows appended since the last idle flush.
+    unflushed_rows: u64,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -489,6 +491,7 @@ impl ParquetSink {
             file.row_count += 1;
             self.consumed_up_to = self.consumed_up_to.max(position + 1);
             file.last_seq = self.seq;
+            file.unflushed_rows += 1;
             if self.config.idle_timeout.is_some() {
                 file.last_append = Instant::now();
             }
@@ -508,7 +511,44 @@ impl ParquetSink {
         if should_roll {
             self.publish(family, day)?;
         }
+        if self.seq.is_multiple_of(IDLE_CHECK_ROWS) {
+            self.flush_idle()?;
+        }
         Ok(Appended::Written)
+    }
+
+    /// Writes out the buffered rows and row group of every open file that took none of the
+    /// last [`IDLE_FLUSH_ROWS`] rows and at least a batch of rows since its last such flush. A capture spans days, and a day's files stay open until
+    /// the end (they roll on size alone, so that reruns write the same names); without this,
+    /// each would keep its row group — up to `row_group_bytes` — in memory, and memory would
+    /// grow with the number of days in the input. Counted in rows, not time, so a rerun cuts
+    /// the same row groups.
+    fn flush_idle(&mut self) -> Result<(), SinkError> {
+        for file in self.open.values_mut() {
+            // Fewer rows than a batch hold little memory, and a file that takes a late event
+            // now and then should not get a row group for each.
+            if file.unflushed_rows < self.config.batch_rows as u64
+                || file.last_seq + IDLE_FLUSH_ROWS > self.seq
+            {
+                continue;
+            }
+            encode(
+                file,
+                self.encoder.as_ref(),
+                self.config.row_group_bytes,
+                true,
+            )?;
+            match (&mut file.writer, &self.encoder) {
+                (Some(writer), _) => writer.flush().map_err(|source| SinkError::Parquet {
+                    path: file.temp_path.clone(),
+                    source,
+                })?,
+                (None, Some(encoder)) => encoder.send(EncoderJob::Flush { id: file.id })?,
+                (None, None) => return Err(no_writer()),
+            }
+            file.unflushed_rows = 0;
+        }
+        Ok(())
     }
 
     /// Publishes files that have been open longer than `max_file_age` or idle longer than
@@ -649,6 +689,7 @@ impl ParquetSink {
             opened: now,
             last_append: now,
             last_seq: self.seq,
+            unflushed_rows: 0,
         })
     }
 
@@ -874,6 +915,15 @@ pub const ENCODER_QUEUE: usize = 4;
 /// batches (≈ 1 MB compressed at the defaults).
 pub const SIZE_LAG_BATCHES: u64 = 2;
 
+/// An open file that took none of this many of the last rows appended has its buffered rows
+/// and row group written out (see `ParquetSink::flush_idle`). 65,536 rows is well past the
+/// interleaving of events around midnight (a day's files then take no more rows), and
+/// long enough that a file taking a share of rows keeps whole row groups.
+pub const IDLE_FLUSH_ROWS: u64 = 1 << 16;
+
+/// How often, in rows appended, open files are checked for [`IDLE_FLUSH_ROWS`].
+const IDLE_CHECK_ROWS: u64 = 1 << 13;
+
 enum EncoderJob {
     Open {
         id: u64,
@@ -884,6 +934,10 @@ enum EncoderJob {
     Write {
         id: u64,
         batch: RecordBatch,
+    },
+    /// Write out the row group in progress (the file went idle).
+    Flush {
+        id: u64,
     },
     Publish {
         id: u64,
@@ -1078,6 +1132,13 @@ fn encoder_thread(queue: Receiver<EncoderJob>, guard: StopGuard, row_group_bytes
                         path: path.clone(),
                         source,
                     }),
+                None => Err(no_writer()),
+            },
+            EncoderJob::Flush { id } => match writers.get_mut(&id) {
+                Some((writer, path)) => writer.flush().map_err(|source| SinkError::Parquet {
+                    path: path.clone(),
+                    source,
+                }),
                 None => Err(no_writer()),
             },
             EncoderJob::Publish { id, closing } => match writers.remove(&id) {
