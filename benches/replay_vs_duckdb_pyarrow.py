@@ -16,6 +16,7 @@ Usage: .venv/bin/python benches/replay_vs_duckdb_pyarrow.py [--events 1000000] [
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,9 +31,13 @@ import pyarrow.parquet as pq
 
 
 def timed(fn):
-    start = time.perf_counter()
+    """Wall seconds and CPU seconds (user + system, this process and its children) of fn()."""
+    def cpu():
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    start, start_cpu = time.perf_counter(), cpu()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu() - start_cpu
 
 
 def main():
@@ -61,14 +66,13 @@ def main():
         def jobstream():
             out = work / "js-out"
             shutil.rmtree(out, ignore_errors=True)
-            proc = subprocess.Popen([args.jobstream, "replay", "--input", str(capture), "--parquet", str(out), "--quiet"],
-                                    stdout=subprocess.DEVNULL)
-            # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux).
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            if proc.returncode != 0:
-                raise subprocess.CalledProcessError(proc.returncode, proc.args)
-            rss_kib.append(usage.ru_maxrss)
+            # /usr/bin/time reports the peak RSS of jobstream alone: a child forked straight from
+            # this process would inherit this process's high-water mark (pyarrow's tables).
+            rss_file = work / "rss"
+            subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file),
+                            args.jobstream, "replay", "--input", str(capture), "--parquet", str(out), "--quiet"],
+                           check=True, stdout=subprocess.DEVNULL)
+            rss_kib.append(int(rss_file.read_text().split()[-1]))
 
         def duck():
             out = work / "duck.parquet"
@@ -84,13 +88,16 @@ def main():
 
         contenders = {"jobstream": jobstream, "duckdb": duck, "pyarrow": arrow}
         times = {name: [] for name in contenders}
+        cpu_times = {name: [] for name in contenders}
         for run in range(args.runs):
             for name, fn in contenders.items():
-                times[name].append(timed(fn))
+                wall, cpu = timed(fn)
+                times[name].append(wall)
+                cpu_times[name].append(cpu)
             print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True)
 
         results = {}
-        print(f"\n{'contender':<10} {'median s':>9} {'min–max s':>13} {'events/s':>10} {'jobstream ×':>12}")
+        print(f"\n{'contender':<10} {'median s':>9} {'min–max s':>13} {'events/s':>10} {'jobstream ×':>12} {'CPU s':>6}")
         js_median = statistics.median(times["jobstream"])
         for name, samples in times.items():
             median = statistics.median(samples)
@@ -100,8 +107,10 @@ def main():
                 "max_s": max(samples),
                 "events_per_s": events / median,
                 "jobstream_speedup": median / js_median,
+                "cpu_s_median": statistics.median(cpu_times[name]),
             }
-            print(f"{name:<10} {median:>9.2f} {min(samples):>6.2f}–{max(samples):<6.2f} {events / median:>10.0f} {median / js_median:>11.2f}×")
+            print(f"{name:<10} {median:>9.2f} {min(samples):>6.2f}–{max(samples):<6.2f} {events / median:>10.0f} "
+                  f"{median / js_median:>11.2f}× {statistics.median(cpu_times[name]):>6.2f}")
         print(f"jobstream peak RSS: median {statistics.median(rss_kib) / 1024:.0f} MiB "
               f"({min(rss_kib) / 1024:.0f}–{max(rss_kib) / 1024:.0f})")
         results["jobstream"]["peak_rss_kib"] = rss_kib

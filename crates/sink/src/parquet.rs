@@ -518,16 +518,16 @@ impl ParquetSink {
     }
 
     /// Writes out the buffered rows and row group of every open file that took none of the
-    /// last [`IDLE_FLUSH_ROWS`] rows and at least a batch of rows since its last such flush. A capture spans days, and a day's files stay open until
+    /// last [`IDLE_FLUSH_ROWS`] rows and at least [`IDLE_FLUSH_MIN_ROWS`] since its last such
+    /// flush. A capture spans days, and a day's files stay open until
     /// the end (they roll on size alone, so that reruns write the same names); without this,
     /// each would keep its row group — up to `row_group_bytes` — in memory, and memory would
     /// grow with the number of days in the input. Counted in rows, not time, so a rerun cuts
     /// the same row groups.
     fn flush_idle(&mut self) -> Result<(), SinkError> {
         for file in self.open.values_mut() {
-            // Fewer rows than a batch hold little memory, and a file that takes a late event
-            // now and then should not get a row group for each.
-            if file.unflushed_rows < self.config.batch_rows as u64
+            // A file that takes a late event now and then should not get a row group for each.
+            if file.unflushed_rows < IDLE_FLUSH_MIN_ROWS
                 || file.last_seq + IDLE_FLUSH_ROWS > self.seq
             {
                 continue;
@@ -920,6 +920,11 @@ pub const SIZE_LAG_BATCHES: u64 = 2;
 /// interleaving of events around midnight (a day's files then take no more rows), and
 /// long enough that a file taking a share of rows keeps whole row groups.
 pub const IDLE_FLUSH_ROWS: u64 = 1 << 16;
+
+/// Rows an idle file must have taken since its last idle flush to be flushed again. Even a day's
+/// `job_events` file (a few thousand rows) holds megabytes of column-writer buffers until its
+/// row group is written.
+pub const IDLE_FLUSH_MIN_ROWS: u64 = 1024;
 
 /// How often, in rows appended, open files are checked for [`IDLE_FLUSH_ROWS`].
 const IDLE_CHECK_ROWS: u64 = 1 << 13;
