@@ -1,6 +1,7 @@
 //! Parser throughput, side by side on the same generated input in one run:
-//! jobstream's simd-json parser into Arrow batches versus serde_json into structs feeding the
-//! same Arrow columns (see `lib.rs`). Throughput is reported per event and per byte; the
+//! jobstream's parser (its fast path for well-formed events, simd-json for the rest; the
+//! benchmark ids keep their old `jobstream_simd` name so runs stay comparable) into Arrow
+//! batches versus serde_json into structs feeding the same Arrow columns (see `lib.rs`). Throughput is reported per event and per byte; the
 //! benchmark is single-threaded, so the figures are per core.
 //!
 //! `cargo bench -p jobstream-benches --bench parser`
