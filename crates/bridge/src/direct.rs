@@ -34,7 +34,7 @@ use jobstream_sink::SinkError;
 use tokio::sync::mpsc;
 
 use crate::dedup::DedupWindow;
-use crate::pipeline::{BridgeStats, Completion, Inbound, Token};
+use crate::pipeline::{note_reject, BridgeStats, Completion, Inbound, Token};
 use crate::BridgeError;
 
 /// How often the writer publishes due files and releases acknowledgements when no message
@@ -136,18 +136,13 @@ impl DirectWriter {
                                         sink.append(&event, &provenance, position).map(|_| ())
                                     }
                                     Err(reject) => {
-                                        stats.reject(reject.kind);
-                                        if let Some(suppressed) =
-                                            throttle.allow(reject.kind.as_str())
-                                        {
-                                            tracing::warn!(
-                                                kind = reject.kind.as_str(),
-                                                topic = %message.topic,
-                                                error = %reject.message,
-                                                similar_since_last = suppressed,
-                                                "rejected input sent to the DLQ file"
-                                            );
-                                        }
+                                        note_reject(
+                                            stats,
+                                            throttle,
+                                            &message.topic,
+                                            &reject,
+                                            "DLQ file",
+                                        );
                                         dlq.write(&DlqRecord::new(
                                             &message.topic,
                                             &message.payload,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam::channel as xchan;
 use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
-use jobstream_parser::{Family, Parser, ParserConfig, RejectKind};
+use jobstream_parser::{Family, Parser, ParserConfig, Reject, RejectKind};
 use jobstream_sink::kafka::{KafkaConfig, KafkaSink};
 use jobstream_sink::parquet::ParquetConfig;
 use rumqttc::QoS;
@@ -761,19 +761,7 @@ fn worker(
                     .inspect_err(|_| stats.kafka_pending.dec())
                 }
                 Err(reject) => {
-                    stats.reject(reject.kind);
-                    // One line per kind per interval: a flood of bad input must not flood the
-                    // log (every reject is in the DLQ and the counters anyway). The payload is
-                    // not logged: it may carry device data.
-                    if let Some(suppressed) = throttle.allow(reject.kind.as_str()) {
-                        tracing::warn!(
-                            kind = reject.kind.as_str(),
-                            topic = %message.topic,
-                            error = %reject.message,
-                            similar_since_last = suppressed,
-                            "rejected input sent to the DLQ"
-                        );
-                    }
+                    note_reject(stats, throttle, &message.topic, &reject, "DLQ");
                     stats.kafka_pending.inc();
                     sink.produce_reject(
                         &message.topic,
@@ -799,6 +787,28 @@ fn worker(
                 }
             }
         }
+    }
+}
+
+/// Counts a reject and logs it, at most one line per kind per interval: a flood of bad input
+/// must not flood the log (every reject is in `destination` and the counters anyway). The
+/// payload is not logged: it may carry device data.
+pub(crate) fn note_reject(
+    stats: &BridgeStats,
+    throttle: &Throttle,
+    topic: &str,
+    reject: &Reject,
+    destination: &str,
+) {
+    stats.reject(reject.kind);
+    if let Some(suppressed) = throttle.allow(reject.kind.as_str()) {
+        tracing::warn!(
+            kind = reject.kind.as_str(),
+            topic = %topic,
+            error = %reject.message,
+            similar_since_last = suppressed,
+            "rejected input sent to the {destination}"
+        );
     }
 }
 
