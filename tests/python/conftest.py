@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from brokers import Mosquitto
+
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_BELOW = 100_000_000_000
 
@@ -130,3 +132,25 @@ def capture(tmp_path):
     run("generate", "--events", 20_000, "--unknown-fields", "--start-epoch-s", 1_795_217_400,
         "--output", path)
     return path
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A mosquitto of the test's own, on a free port (brokers.Mosquitto)."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+# Processes a test started and must not outlive it, even when it fails midway.
+STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    yield
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    STARTED.clear()

@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from brokers import Mosquitto, Tansu
+from brokers import Tansu
 from conftest import jobstream_bin, run, wait_for
 
 BAD_LINES = [
@@ -29,13 +29,6 @@ BAD_LINES = [
 @pytest.fixture(scope="module")
 def tansu(tmp_path_factory):
     broker = Tansu(tmp_path_factory.mktemp("tansu")).start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    broker = Mosquitto(tmp_path / "mosquitto").start()
     yield broker
     broker.stop()
 

@@ -10,32 +10,9 @@ import subprocess
 import threading
 import uuid
 
-import pytest
-
-from brokers import Mosquitto
-from conftest import jobstream_bin, wait_for
+from conftest import STARTED, jobstream_bin, wait_for
 from test_bridge import BAD_LINES, generate, publish
 from test_parquet_stage import assert_exactly_once
-
-STARTED = []
-
-
-@pytest.fixture(autouse=True)
-def no_process_outlives_its_test():
-    yield
-    for proc in STARTED:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    STARTED.clear()
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    broker = Mosquitto(tmp_path / "mosquitto").start()
-    yield broker
-    broker.stop()
-
 
 class Direct:
     """`jobstream run` with --mqtt and --parquet and no Kafka, restartable on one session."""

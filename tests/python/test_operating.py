@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers import Mosquitto, Tansu, free_port
+from brokers import Tansu, free_port
 from conftest import jobstream_bin, run, wait_for
 from test_bridge import BAD_LINES, Bridge, KafkaReader, generate, header, publish
 
@@ -31,13 +31,6 @@ REJECT_KINDS = {"event_type_mismatch": 1, "not_json": 2, "unknown_operation": 1}
 @pytest.fixture(scope="module")
 def tansu(tmp_path_factory):
     broker = Tansu(tmp_path_factory.mktemp("tansu")).start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    broker = Mosquitto(tmp_path / "mosquitto").start()
     yield broker
     broker.stop()
 

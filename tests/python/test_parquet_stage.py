@@ -21,24 +21,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from brokers import Mosquitto, Tansu
-from conftest import expected_row, jobstream_bin, run, wait_for
+from conftest import STARTED, expected_row, jobstream_bin, run, wait_for
 from test_bridge import publish
 from test_parquet_readers import normalise
 
 PARTITIONS = 3
-STARTED = []
-
-
-@pytest.fixture(autouse=True)
-def no_process_outlives_its_test():
-    yield
-    for proc in STARTED:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    STARTED.clear()
-
-
 @pytest.fixture
 def tansu(tmp_path):
     # One broker per test: the crash tests leave groups and members behind.

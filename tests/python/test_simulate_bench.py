@@ -14,7 +14,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from brokers import Mosquitto
 from conftest import run, wait_for
 
 FILTERS = ["$aws/events/job/+/+", "$aws/events/jobExecution/+/+"]
@@ -26,13 +25,6 @@ COUNTER_OF = {
     "rejected": "numberOfRejectedThings",
     "removed": "numberOfRemovedThings",
 }
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    broker = Mosquitto(tmp_path / "mosquitto").start()
-    yield broker
-    broker.stop()
 
 
 class Subscriber:
