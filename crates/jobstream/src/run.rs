@@ -338,11 +338,7 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
                 let mut bridge =
                     bridge_config(args, m, p, url, KafkaConfig::new(String::new()), parser)?;
                 bridge.direct_parquet = Some(parquet);
-                // Fault injection for the crash tests (tests/python/test_direct_parquet.py).
-                bridge.abort_after_publishing =
-                    std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
-                        .ok()
-                        .and_then(|v| v.parse().ok());
+                bridge.abort_after_publishing = test_abort_after_publishing();
                 Ok(Plan {
                     bridge: Some(bridge),
                     stage: None,
@@ -382,15 +378,20 @@ fn stage_config(
     }
     stage.parser = parser;
     stage.stop_at_end = args.stop_at_end;
-    // Fault injection for the exactly-once crash tests (tests/python/test_parquet_stage.py).
-    stage.abort_after_publishing = std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    stage.abort_after_publishing = test_abort_after_publishing();
     stage
         .kafka
         .consumer_config(&stage.group_id)
         .map_err(|e| config_error(e.to_string()))?;
     Ok(stage)
+}
+
+/// Fault injection for the crash tests (test_parquet_stage.py, test_direct_parquet.py): abort
+/// once this many files were published, before their input is committed or acknowledged.
+fn test_abort_after_publishing() -> Option<u64> {
+    std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 /// The `[parquet]` settings and flags both Parquet writers share (the Kafka stage and direct
