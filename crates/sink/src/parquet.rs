@@ -30,6 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +44,10 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use jobstream_parser::columnar::{JobEventsBuilder, JobExecutionEventsBuilder, Provenance};
 use jobstream_parser::{Event, Family};
-use parquet::arrow::arrow_writer::{
-    compute_leaves, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
-};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{
+    ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
+};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
@@ -54,8 +55,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
-use crate::time::{date_string, epoch_day, parse_date};
 use crate::SinkError;
+use crate::time::{date_string, epoch_day, parse_date};
 
 /// Compression codec for Parquet pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,8 +300,8 @@ pub struct ParquetSink {
     config: ParquetConfig,
     properties: WriterProperties,
     source: String,
-    open: HashMap<(Family, i64), OpenFile>,
-    published_index: HashMap<(Family, i64), Vec<(u64, u64)>>,
+    open: PartitionMap<OpenFile>,
+    published_index: PartitionMap<Vec<(u64, u64)>>,
     published: Vec<PublishedFile>,
     /// One past the highest input position the caller has finished with (written, skipped, or
     /// sent to a durable DLQ): the resume point recorded in each published file.
@@ -321,7 +322,7 @@ impl ParquetSink {
         config.validate()?;
         let source = sanitize_source(source);
         let properties = writer_properties(&config)?;
-        let mut published_index: HashMap<(Family, i64), Vec<(u64, u64)>> = HashMap::new();
+        let mut published_index: PartitionMap<Vec<(u64, u64)>> = PartitionMap::default();
         for family in [Family::Job, Family::Execution] {
             let table_dir = config.root.join(family.table());
             fs::create_dir_all(&table_dir)
@@ -366,7 +367,7 @@ impl ParquetSink {
             config,
             properties,
             source,
-            open: HashMap::new(),
+            open: PartitionMap::default(),
             published_index,
             published: Vec::new(),
             consumed_up_to: 0,
@@ -1171,6 +1172,45 @@ fn encoder_thread(queue: Receiver<EncoderJob>, guard: StopGuard, row_group_bytes
     drop(guard);
 }
 
+/// Maps keyed by a partition, (table, epoch day). Every appended row looks its partition up
+/// two or three times; SipHash, the std default, made those lookups 2% of a replay's CPU. The
+/// keys come from our own enum and a day number, so nobody can choose them to collide.
+type PartitionMap<V> = HashMap<(Family, i64), V, BuildHasherDefault<PartitionHasher>>;
+
+/// Multiplicative hashing of the few integers a partition key is made of.
+#[derive(Default)]
+struct PartitionHasher(u64);
+
+impl Hasher for PartitionHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // The odd constant is 2^64 / golden ratio: it spreads consecutive days over the high
+        // bits, which hashbrown uses for its control bytes.
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_i64(&mut self, value: i64) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_isize(&mut self, value: isize) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkError> {
     let mut builder = WriterProperties::builder()
         .set_compression(config.codec.to_parquet()?)
@@ -1178,6 +1218,12 @@ fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkErr
         .set_statistics_enabled(EnabledStatistics::Page)
         // Row groups are cut by bytes (in_progress_size), not by a row count.
         .set_max_row_group_row_count(None)
+        // Column writers take a batch in slices of this many values and do per-slice work
+        // (page-size checks, level and statistics bookkeeping). One slice per batch instead of
+        // the default 1,024 values took ~5% off the encoding CPU in interleaved runs of
+        // benches/examples/encode_settings.rs (callgrind: 0.5% fewer instructions, so the gain
+        // is fewer cache-cold passes); pages and files come out the same size.
+        .set_write_batch_size(8192)
         // High-cardinality columns (ids, ARNs, JSON) gain nothing from a dictionary and cost
         // a fallback; the enumerations and per-job columns compress to almost nothing with one.
         .set_dictionary_enabled(false);

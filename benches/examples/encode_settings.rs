@@ -1,0 +1,195 @@
+//! What Parquet writer settings cost, side by side on the same batches:
+//! `cargo run --release -p jobstream-benches --example encode_settings -- [EVENTS] [ROUNDS]`
+//!
+//! Generates fleet events, parses them into `job_execution_events` batches once, then encodes
+//! those batches with each variant of the writer properties, interleaved for ROUNDS rounds, and
+//! prints the median CPU time of the encoding thread and the file size per variant. It exists
+//! to decide the sink's defaults (`writer_properties` in crates/sink/src/parquet.rs) by
+//! measurement; the `current` variant mirrors those defaults. A third argument names one
+//! variant to run alone, for instruction counts under callgrind.
+
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use jobstream_fleet::{Fleet, FleetConfig};
+use jobstream_parser::{Parser, Provenance, TableBuilders};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
+
+const CURRENT_DICTIONARY: [&str; 8] = [
+    "event_type",
+    "operation",
+    "status",
+    "target_selection",
+    "job_id",
+    "description",
+    "comment",
+    "mqtt_topic",
+];
+
+fn current() -> WriterPropertiesBuilder {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(None)
+        .set_dictionary_enabled(false);
+    for c in CURRENT_DICTIONARY {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), true);
+    }
+    b
+}
+
+fn with_dictionary(mut b: WriterPropertiesBuilder, columns: &[&str]) -> WriterPropertiesBuilder {
+    for c in columns {
+        let path = ColumnPath::new(c.split('.').map(str::to_owned).collect());
+        b = b.set_column_dictionary_enabled(path, true);
+    }
+    b
+}
+
+fn variants() -> Vec<(&'static str, WriterProperties)> {
+    let status_details = [
+        "status_details.key_value.key",
+        "status_details.key_value.value",
+    ];
+    vec![
+        ("current", current().build()),
+        (
+            "+dict status_details",
+            with_dictionary(current(), &status_details).build(),
+        ),
+        (
+            "+dict status_details, things",
+            with_dictionary(
+                with_dictionary(current(), &status_details),
+                &["thing_arn", "thing_name"],
+            )
+            .build(),
+        ),
+        ("batch 8192", current().set_write_batch_size(8192).build()),
+        (
+            "batch 8192, 256 KiB pages",
+            current()
+                .set_write_batch_size(8192)
+                .set_data_page_size_limit(256 << 10)
+                .build(),
+        ),
+        (
+            "batch 8192, 512 KiB pages",
+            current()
+                .set_write_batch_size(8192)
+                .set_data_page_size_limit(512 << 10)
+                .build(),
+        ),
+        (
+            "batch 8192, no dict job_id/topic",
+            current()
+                .set_write_batch_size(8192)
+                .set_column_dictionary_enabled(ColumnPath::from("job_id"), false)
+                .set_column_dictionary_enabled(ColumnPath::from("mqtt_topic"), false)
+                .build(),
+        ),
+        (
+            "batch 8192, no statistics (ref)",
+            current()
+                .set_write_batch_size(8192)
+                .set_statistics_enabled(EnabledStatistics::None)
+                .build(),
+        ),
+        (
+            "lz4 (reference)",
+            current().set_compression(Compression::LZ4_RAW).build(),
+        ),
+    ]
+}
+
+fn thread_cpu() -> Duration {
+    // Nanoseconds this thread spent on a CPU (Linux schedstat): ArrowWriter encodes on the
+    // calling thread only, so this is the encoding's cost whatever else the machine runs.
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanos: u64 = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(nanos)
+}
+
+#[inline(never)]
+fn encode(batches: &[RecordBatch], properties: &WriterProperties) -> (Duration, usize) {
+    let start = thread_cpu();
+    let mut out = Vec::with_capacity(64 << 20);
+    let mut writer = ArrowWriter::try_new(&mut out, batches[0].schema(), Some(properties.clone()))
+        .expect("writer");
+    for batch in batches {
+        writer.write(batch).expect("write");
+        if writer.in_progress_size() >= 128 << 20 {
+            writer.flush().expect("flush");
+        }
+    }
+    writer.close().expect("close");
+    (thread_cpu() - start, out.len())
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let events: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(300_000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    // A variant's name: encode with that one only, once (for callgrind, whose counts do not
+    // need repeating: `valgrind --tool=callgrind --toggle-collect='*encode_settings::encode*'`).
+    let only = args.next();
+    let messages = Fleet::generate(FleetConfig::with_events(events));
+    let mut parser = Parser::default();
+    let mut tables = TableBuilders::with_capacity(8192);
+    let mut batches = Vec::new();
+    for m in &messages {
+        let provenance = Provenance {
+            mqtt_topic: Some(&m.topic),
+            received_at_ms: None,
+        };
+        parser.parse(&m.topic, &m.payload, |outcome| {
+            if let Ok(event) = outcome {
+                tables.append(&event, &provenance);
+            }
+        });
+        if tables.executions.len() >= 8192 {
+            batches.push(tables.executions.finish().expect("batch"));
+        }
+    }
+    batches.push(tables.executions.finish().expect("batch"));
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut variants = variants();
+    if let Some(only) = &only {
+        variants.retain(|(name, _)| name == only);
+    }
+    let mut cpu = vec![Vec::new(); variants.len()];
+    let mut size = vec![0; variants.len()];
+    for _ in 0..rounds {
+        for (i, (_, properties)) in variants.iter().enumerate() {
+            let (took, bytes) = encode(&batches, properties);
+            cpu[i].push(took);
+            size[i] = bytes;
+        }
+    }
+    println!("{rows} job_execution_events rows, {rounds} rounds, median CPU of encoding");
+    let base = {
+        let mut c = cpu[0].clone();
+        c.sort();
+        c[c.len() / 2]
+    };
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let mut c = cpu[i].clone();
+        c.sort();
+        let median = c[c.len() / 2];
+        println!(
+            "{name:32} {:7.1} ms  (min {:7.1}, max {:7.1})  {:5.2}x current  {:6.2} MiB",
+            median.as_secs_f64() * 1e3,
+            c[0].as_secs_f64() * 1e3,
+            c[c.len() - 1].as_secs_f64() * 1e3,
+            median.as_secs_f64() / base.as_secs_f64(),
+            size[i] as f64 / (1 << 20) as f64
+        );
+    }
+}
