@@ -8,9 +8,12 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from brokers import Mosquitto
 
@@ -61,6 +64,28 @@ def wait_for(condition, timeout=60.0, interval=0.02, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_get(port, path):
+    """(status, body) of a GET on jobstream's metrics endpoint; (None, reason) while it is not
+    listening."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except urllib.error.URLError as e:
+        return None, str(e.reason)
+
+
+def metric_samples(body):
+    """{(sample name, frozenset(labels)): value} of a /metrics body, parsed by the Prometheus
+    project's own client (prometheus-client), not by anything of ours."""
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
 
 
 def ms(value):

@@ -10,7 +10,8 @@ import subprocess
 import threading
 import uuid
 
-from conftest import STARTED, jobstream_bin, wait_for
+from brokers import free_port
+from conftest import STARTED, http_get, jobstream_bin, metric_samples, wait_for
 from test_bridge import BAD_LINES, generate, publish
 from test_parquet_stage import assert_exactly_once
 
@@ -51,10 +52,28 @@ class Direct:
 
 def test_mqtt_straight_to_parquet_writes_each_event_once_and_rejects_to_the_dlq_file(tmp_path, mosquitto):
     lines = generate(3000, tmp_path)
-    direct = Direct(tmp_path, mosquitto, "--max-file-age-secs", "1").start()
+    port = free_port()
+    direct = Direct(tmp_path, mosquitto, "--max-file-age-secs", "1",
+                    "--metrics-listen", f"127.0.0.1:{port}").start()
     publish(mosquitto.port, lines + BAD_LINES)
     wait_for(lambda: direct.counter("acked") >= len(lines) + len(BAD_LINES), timeout=120,
              what="every message acknowledged")
+
+    # What an operator scrapes says where events went: Parquet rows and files, the DLQ file,
+    # and no Kafka at all; /ready asks the output directory, not a Kafka broker.
+    status, ready = http_get(port, "/ready")
+    assert status == 200 and "parquet ok" in ready and "mqtt ok" in ready and "kafka" not in ready, ready
+    status, body = http_get(port, "/metrics")
+    assert status == 200, body
+    metrics = metric_samples(body)
+    jobs = sum(1 for topic, _ in lines if "/job/" in topic)
+    published = {table: metrics.get(("jobstream_parquet_rows_published_total", frozenset({("table", table)})))
+                 for table in ("job_events", "job_execution_events")}
+    assert published == {"job_events": jobs, "job_execution_events": len(lines) - jobs}, published
+    assert metrics[("jobstream_dlq_file_records_total", frozenset())] == len(BAD_LINES)
+    assert metrics[("jobstream_parquet_files_published_total", frozenset())] >= 2
+    assert not [name for name, _ in metrics
+                if name.startswith("jobstream_kafka")], body
     code, out = direct.stop()
     assert code == 0, direct.log.read_text()[-3000:]
     assert_exactly_once(direct.out, lines)
@@ -63,6 +82,7 @@ def test_mqtt_straight_to_parquet_writes_each_event_once_and_rejects_to_the_dlq_
     assert {r["error_kind"] for r in rejects} >= {"not_json", "event_type_mismatch"}, rejects
     assert all(r["error"] for r in rejects)
     assert f"rejected {len(BAD_LINES)}" in out, out
+    assert re.search(rf"published job {jobs} execution {len(lines) - jobs} in \d+ files", out), out
 
 
 def test_nothing_is_acknowledged_before_its_file_is_published(tmp_path, mosquitto):

@@ -9,16 +9,13 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from brokers import Tansu, free_port
-from conftest import jobstream_bin, run, wait_for
+from conftest import http_get, jobstream_bin, metric_samples, run, wait_for
 from test_bridge import BAD_LINES, Bridge, KafkaReader, generate, header, publish
 
 # What the parser makes of each of BAD_LINES (test_bridge checks the same kinds in the DLQ),
@@ -68,13 +65,7 @@ class ObservedBridge(Bridge):
 
     def get(self, path):
         """(status, body) of a GET on the endpoint."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except urllib.error.URLError as e:  # not listening (yet, or any more)
-            return None, str(e.reason)
+        return http_get(self.metrics_port, path)
 
     def metrics(self, strict=True):
         """{(sample name, frozenset(labels)): value}, parsed by prometheus-client."""
@@ -82,11 +73,7 @@ class ObservedBridge(Bridge):
         if not strict and status != 200:
             return {}
         assert status == 200, body
-        samples = {}
-        for family in text_string_to_metric_families(body):
-            for s in family.samples:
-                samples[(s.name, frozenset(s.labels.items()))] = s.value
-        return samples
+        return metric_samples(body)
 
     def value(self, name, **labels):
         """A sample's value; None while the endpoint is not answering."""

@@ -222,6 +222,7 @@ fn count_file(family: Family, rows: u64, stats: &BridgeStats) {
         Family::Execution => &stats.produced_executions,
     };
     counter.fetch_add(rows, Ordering::Relaxed);
+    stats.files_published.inc();
 }
 
 /// Completes every pending message below `durable`, after making the DLQ durable (a reject

@@ -19,7 +19,7 @@
 //!   acknowledged when the process died is redelivered to the next run.
 //! * Every queue is bounded; when Kafka slows down the producer queue fills, the workers wait,
 //!   the batch queue fills, and the connection tasks stop reading: TCP pushes back on the broker.
-//! * Without Kafka ([`BridgeConfig::direct_parquet`]), one writer thread takes the workers'
+//! * Without Kafka ([`Output::Parquet`]), one writer thread takes the workers'
 //!   place and writes Parquet itself; a message is acknowledged once its file is published
 //!   (see `direct.rs`).
 //! * Shutdown: only the connection tasks and batchers watch the signal; each later stage ends
@@ -34,7 +34,7 @@ mod pipeline;
 
 pub use config::{MqttConfig, MqttVersion, TlsFiles};
 pub use direct::DEFAULT_DIRECT_FILE_AGE;
-pub use pipeline::{run, BridgeConfig, BridgeStats};
+pub use pipeline::{run, BridgeConfig, BridgeStats, Output};
 
 /// What can stop the bridge.
 #[derive(Debug, thiserror::Error)]

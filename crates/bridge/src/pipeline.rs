@@ -26,12 +26,9 @@ use crate::BridgeError;
 pub struct BridgeConfig {
     /// The MQTT side.
     pub mqtt: MqttConfig,
-    /// The Kafka side.
-    pub kafka: KafkaConfig,
-    /// Direct MQTT → Parquet instead of Kafka: files under this configuration, each message
-    /// acknowledged once its file is published (`kafka` is then unused).
-    pub direct_parquet: Option<ParquetConfig>,
-    /// Fault injection for the crash tests: with `direct_parquet`, abort the process once this
+    /// Where events go: Kafka, or Parquet files directly.
+    pub output: Output,
+    /// Fault injection for the crash tests: with Parquet output, abort the process once this
     /// many files were published and before their messages are acknowledged.
     #[doc(hidden)]
     pub abort_after_publishing: Option<u64>,
@@ -50,13 +47,33 @@ pub struct BridgeConfig {
     pub drain_timeout: Duration,
 }
 
+/// Where the bridge delivers events. A message is acknowledged to the MQTT broker once its
+/// event (or its reject) is durable there, and never before.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Kafka topics: durable once Kafka confirmed the record (acks=all).
+    Kafka(KafkaConfig),
+    /// Parquet files without Kafka: durable once the file holding the event is published, or
+    /// the reject is fsynced into the DLQ file under the output directory.
+    Parquet(ParquetConfig),
+}
+
+impl Output {
+    /// The Kafka brokers or the Parquet directory, for messages about the output.
+    pub fn describe(&self) -> String {
+        match self {
+            Output::Kafka(kafka) => format!("Kafka at {}", kafka.brokers),
+            Output::Parquet(parquet) => format!("Parquet files in {}", parquet.root.display()),
+        }
+    }
+}
+
 impl BridgeConfig {
     /// Defaults around the two endpoints.
-    pub fn new(mqtt: MqttConfig, kafka: KafkaConfig) -> Self {
+    pub fn new(mqtt: MqttConfig, output: Output) -> Self {
         BridgeConfig {
             mqtt,
-            kafka,
-            direct_parquet: None,
+            output,
             abort_after_publishing: None,
             parser: ParserConfig::default(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -76,12 +93,14 @@ impl BridgeConfig {
 pub struct BridgeStats {
     /// PUBLISH packets received.
     pub received: Counter,
-    /// JOB events Kafka confirmed.
+    /// JOB events durable at the output: confirmed by Kafka, or in a published Parquet file.
     pub produced_jobs: Counter,
-    /// JOB_EXECUTION events Kafka confirmed.
+    /// JOB_EXECUTION events durable at the output, likewise.
     pub produced_executions: Counter,
-    /// Rejects Kafka confirmed in the DLQ topic.
+    /// Rejects durable in the DLQ: confirmed in the DLQ topic, or fsynced into the DLQ file.
     pub rejected: Counter,
+    /// Parquet files published (Parquet output only).
+    pub files_published: Counter,
     /// Duplicates (same `eventId` within the window) dropped before Kafka.
     pub duplicates: Counter,
     /// PUBACKs sent.
@@ -117,8 +136,8 @@ pub struct BridgeStats {
 }
 
 impl BridgeStats {
-    /// Counters registered in `registry` (labelled with `config`'s topic names), and readiness
-    /// checks to be registered in `health` when the run starts.
+    /// Counters registered in `registry` (with Kafka output, labelled with `config`'s topic
+    /// names), and readiness checks to be registered in `health` when the run starts.
     pub fn registered(registry: &Registry, health: &Health, config: &BridgeConfig) -> Self {
         let produced = |topic: &str| {
             registry.counter_with(
@@ -126,6 +145,33 @@ impl BridgeStats {
                 "Records Kafka confirmed (acks=all), by topic.",
                 &[("topic", topic)],
             )
+        };
+        let published = |table: &str| {
+            registry.counter_with(
+                "jobstream_parquet_rows_published_total",
+                "Rows in Parquet files published (renamed to their final name).",
+                &[("table", table)],
+            )
+        };
+        let (produced_jobs, produced_executions, rejected, files_published) = match &config.output {
+            Output::Kafka(kafka) => (
+                produced(&kafka.job_topic),
+                produced(&kafka.execution_topic),
+                produced(&kafka.dlq_topic),
+                Counter::detached(),
+            ),
+            Output::Parquet(_) => (
+                published("job_events"),
+                published("job_execution_events"),
+                registry.counter(
+                    "jobstream_dlq_file_records_total",
+                    "Rejects fsynced into the DLQ file.",
+                ),
+                registry.counter(
+                    "jobstream_parquet_files_published_total",
+                    "Parquet files published.",
+                ),
+            ),
         };
         let family = |family: &str| {
             registry.counter_with(
@@ -149,9 +195,10 @@ impl BridgeStats {
                 "jobstream_mqtt_messages_received_total",
                 "PUBLISH packets received from the MQTT broker (redeliveries included).",
             ),
-            produced_jobs: produced(&config.kafka.job_topic),
-            produced_executions: produced(&config.kafka.execution_topic),
-            rejected: produced(&config.kafka.dlq_topic),
+            produced_jobs,
+            produced_executions,
+            rejected,
+            files_published,
             duplicates: registry.counter(
                 "jobstream_duplicates_dropped_total",
                 "Events dropped because their eventId was seen within the dedup window.",
@@ -164,10 +211,13 @@ impl BridgeStats {
                 "jobstream_mqtt_abandoned_total",
                 "QoS 1 messages left unacknowledged because their session ended first (redelivered by the broker).",
             ),
-            delivery_failures: registry.counter(
-                "jobstream_kafka_delivery_failures_total",
-                "Records Kafka did not take (left unacknowledged; the broker redelivers them).",
-            ),
+            delivery_failures: match config.output {
+                Output::Kafka(_) => registry.counter(
+                    "jobstream_kafka_delivery_failures_total",
+                    "Records Kafka did not take (left unacknowledged; the broker redelivers them).",
+                ),
+                Output::Parquet(_) => Counter::detached(),
+            },
             reconnects: registry.counter(
                 "jobstream_mqtt_reconnects_total",
                 "MQTT connection errors, each followed by a reconnect.",
@@ -184,12 +234,15 @@ impl BridgeStats {
                     &[("kind", kind.as_str())],
                 )
             }),
-            delivery_latency: registry.histogram_with(
-                "jobstream_kafka_delivery_seconds",
-                "Time from handing a record to the producer to Kafka's confirmation.",
-                &[],
-                &jobstream_metrics::LATENCY_BUCKETS,
-            ),
+            delivery_latency: match config.output {
+                Output::Kafka(_) => registry.histogram_with(
+                    "jobstream_kafka_delivery_seconds",
+                    "Time from handing a record to the producer to Kafka's confirmation.",
+                    &[],
+                    &jobstream_metrics::LATENCY_BUCKETS,
+                ),
+                Output::Parquet(_) => Histogram::default(),
+            },
             inflight: per_connection(
                 "jobstream_mqtt_inflight_messages",
                 "QoS 1 messages received and not yet acknowledged, per connection.",
@@ -298,17 +351,20 @@ pub async fn run(
         clients.push(mqtt::connect(&config.mqtt, index)?);
     }
     let dedup = Arc::new(DedupWindow::new(config.dedup_window));
-    let direct = match config.direct_parquet.clone() {
-        Some(parquet) => Some(DirectWriter::open(
-            parquet,
-            &config.mqtt.client_id,
-            &dedup,
-            config.dedup_window,
-            config.abort_after_publishing,
-        )?),
-        None => {
-            jobstream_sink::kafka::ensure_topics(&config.kafka, Duration::from_secs(30)).await?;
-            None
+    let (direct, kafka) = match &config.output {
+        Output::Parquet(parquet) => {
+            let writer = DirectWriter::open(
+                parquet.clone(),
+                &config.mqtt.client_id,
+                &dedup,
+                config.dedup_window,
+                config.abort_after_publishing,
+            )?;
+            (Some(writer), None)
+        }
+        Output::Kafka(kafka) => {
+            jobstream_sink::kafka::ensure_topics(kafka, Duration::from_secs(30)).await?;
+            (None, Some(kafka))
         }
     };
 
@@ -317,12 +373,12 @@ pub async fn run(
         .unzip();
     let completion_tx = Arc::new(completion_tx);
     let throttle = Arc::new(Throttle::new(WARNING_INTERVAL));
-    let sink = direct.is_none().then(|| {
+    let sink = kafka.map(|kafka| {
         let completion_tx = Arc::clone(&completion_tx);
         let stats = Arc::clone(&stats);
         let throttle = Arc::clone(&throttle);
         KafkaSink::new(
-            config.kafka.clone(),
+            kafka.clone(),
             move |delivery: Delivery, result| {
                 stats.kafka_pending.dec();
                 stats
@@ -600,12 +656,12 @@ pub async fn run(
     };
     let stuck = match stuck {
         DrainStuck::Workers(batches, queued) => format!(
-            "parser workers were still handing records to Kafka ({batches} batch(es) waiting, {queued} record(s) in the producer queue at {})",
-            config.kafka.brokers
+            "parser workers were still handing records to {} ({batches} batch(es) waiting, {queued} record(s) queued)",
+            config.output.describe()
         ),
         DrainStuck::Kafka(records) => format!(
-            "Kafka at {} had not confirmed {records} record(s)",
-            config.kafka.brokers
+            "{} had not confirmed {records} record(s)",
+            config.output.describe()
         ),
         DrainStuck::Mqtt(open) => format!(
             "MQTT connection(s) {open:?} to {} were still sending acknowledgements or disconnecting",

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use jobstream_bridge::{BridgeConfig, BridgeStats, MqttConfig};
+use jobstream_bridge::{BridgeConfig, BridgeStats, MqttConfig, Output};
 use jobstream_fleet::Message;
 use jobstream_fleet::{Fleet, FleetConfig};
 use jobstream_parser::ParserConfig;
@@ -144,7 +144,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         format!("{PREFIX}job/+/+"),
         format!("{PREFIX}jobExecution/+/+"),
     ];
-    let mut bridge = BridgeConfig::new(mqtt, kafka.clone());
+    let mut bridge = BridgeConfig::new(mqtt, Output::Kafka(kafka.clone()));
     bridge.parser = parser.clone();
 
     let mut stage = StageConfig::new(kafka.clone(), ParquetConfig::new(&parquet_root));

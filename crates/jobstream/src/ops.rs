@@ -212,6 +212,13 @@ impl Telemetry {
         Ok(telemetry)
     }
 
+    /// `/ready` for MQTT written straight to Parquet: the output directory takes a new file.
+    /// (The bridge registers `mqtt` itself; its counters are registered with its stats.)
+    pub fn watch_direct_parquet(&self, root: &Path) {
+        let root = root.to_path_buf();
+        self.health.register("parquet", move || writable(&root));
+    }
+
     /// Exports the Parquet stage's counters and registers its readiness checks (the output
     /// directory writable and the stage running; Kafka answering). Reads `stats` when scraped; holds it weakly.
     pub fn watch_stage(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jobstream_bridge::{BridgeConfig, BridgeError, BridgeStats, MqttConfig};
+use jobstream_bridge::{BridgeConfig, BridgeError, BridgeStats, MqttConfig, Output};
 use jobstream_parser::ParserConfig;
 use jobstream_sink::consumer::{StageConfig, StageStats};
 use jobstream_sink::kafka::KafkaConfig;
@@ -335,9 +335,7 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
                 if args.max_file_age_secs.or(q.max_file_age_secs).is_none() {
                     parquet.max_file_age = Some(jobstream_bridge::DEFAULT_DIRECT_FILE_AGE);
                 }
-                let mut bridge =
-                    bridge_config(args, m, p, url, KafkaConfig::new(String::new()), parser)?;
-                bridge.direct_parquet = Some(parquet);
+                let mut bridge = bridge_config(args, m, p, url, Output::Parquet(parquet), parser)?;
                 bridge.abort_after_publishing = test_abort_after_publishing();
                 Ok(Plan {
                     bridge: Some(bridge),
@@ -355,7 +353,14 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
         None => None,
     };
     let bridge = match url {
-        Some(url) => Some(bridge_config(args, m, p, url, kafka, parser)?),
+        Some(url) => Some(bridge_config(
+            args,
+            m,
+            p,
+            url,
+            Output::Kafka(kafka),
+            parser,
+        )?),
         None => None,
     };
     Ok(Plan { bridge, stage })
@@ -433,7 +438,7 @@ fn bridge_config(
     m: MqttSettings,
     p: PipelineSettings,
     url: String,
-    kafka: KafkaConfig,
+    output: Output,
     parser: ParserConfig,
 ) -> Result<BridgeConfig, Failure> {
     let mut mqtt = MqttConfig::new(url);
@@ -490,7 +495,7 @@ fn bridge_config(
     // Surfaces URL and TLS errors before anything connects.
     mqtt.options(0).map_err(|e| config_error(e.to_string()))?;
 
-    let mut config = BridgeConfig::new(mqtt, kafka);
+    let mut config = BridgeConfig::new(mqtt, output);
     config.parser = parser;
     if let Some(v) = args.workers.or(p.workers) {
         config.workers = v.max(1);
@@ -544,13 +549,33 @@ fn kafka_config(args: &RunArgs, k: KafkaSettings, brokers: String) -> Result<Kaf
     Ok(kafka)
 }
 
-fn print_stats(stats: &BridgeStats, final_line: bool) {
+/// How the stats line names what reached the output.
+#[derive(Debug, Clone, Copy)]
+enum Delivered {
+    /// "produced": Kafka confirmed it.
+    ToKafka,
+    /// "published": a published Parquet file holds it.
+    ToParquet,
+}
+
+fn print_stats(stats: &BridgeStats, delivered: Delivered, final_line: bool) {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let output = match delivered {
+        Delivered::ToKafka => format!(
+            "produced job {} execution {}",
+            get(&stats.produced_jobs),
+            get(&stats.produced_executions)
+        ),
+        Delivered::ToParquet => format!(
+            "published job {} execution {} in {} files",
+            get(&stats.produced_jobs),
+            get(&stats.produced_executions),
+            get(&stats.files_published)
+        ),
+    };
     let line = format!(
-        "received {} | produced job {} execution {} | rejected {} | duplicates {} | acked {} | abandoned {} | delivery failures {} | reconnects {}",
+        "received {} | {output} | rejected {} | duplicates {} | acked {} | abandoned {} | delivery failures {} | reconnects {}",
         get(&stats.received),
-        get(&stats.produced_jobs),
-        get(&stats.produced_executions),
         get(&stats.rejected),
         get(&stats.duplicates),
         get(&stats.acknowledged),
@@ -596,7 +621,10 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         let kafka = plan
             .bridge
             .as_ref()
-            .map(|b| &b.kafka)
+            .and_then(|b| match &b.output {
+                Output::Kafka(kafka) => Some(kafka),
+                Output::Parquet(_) => None,
+            })
             .or(plan.stage.as_ref().map(|s| &s.kafka));
         ops.print_check(kafka.map(|k| &k.options));
         return Ok(());
@@ -620,6 +648,9 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     if let Some(config) = &plan.stage {
         telemetry.watch_stage(&stage_stats, config, &stop_stage);
     }
+    if let Some(Output::Parquet(parquet)) = plan.bridge.as_ref().map(|b| &b.output) {
+        telemetry.watch_direct_parquet(&parquet.root);
+    }
     let (stage_done_tx, stage_done_rx) = tokio::sync::oneshot::channel::<()>();
     let stage = plan.stage.map(|config| {
         let (stats, stop) = (Arc::clone(&stage_stats), Arc::clone(&stop_stage));
@@ -634,7 +665,10 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     let stage = stage
         .transpose()
         .context("starting the Parquet stage thread")?;
-    let has_bridge = plan.bridge.is_some();
+    let bridge_delivers = plan.bridge.as_ref().map(|b| match b.output {
+        Output::Kafka(_) => Delivered::ToKafka,
+        Output::Parquet(_) => Delivered::ToParquet,
+    });
     let has_stage = stage.is_some();
     let result = runtime.block_on(async {
         let reporter = {
@@ -648,8 +682,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    if has_bridge {
-                        print_stats(&stats, false);
+                    if let Some(delivered) = bridge_delivers {
+                        print_stats(&stats, delivered, false);
                     }
                     if has_stage {
                         print_stage_stats(&stage_stats, false);
@@ -702,8 +736,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             ))
         })
     });
-    if has_bridge {
-        print_stats(&stats, true);
+    if let Some(delivered) = bridge_delivers {
+        print_stats(&stats, delivered, true);
     }
     if has_stage {
         print_stage_stats(&stage_stats, true);
@@ -735,19 +769,16 @@ fn print_plan(plan: &Plan) {
             config.mqtt.client_id
         );
         println!("  filters     {}", config.mqtt.subscriptions().join(", "));
-        match &config.direct_parquet {
-            Some(parquet) => println!(
+        match &config.output {
+            Output::Parquet(parquet) => println!(
                 "  parquet     {} directly, no Kafka (acknowledged when a file is published; files roll every {}s, {:?}, DLQ file under dlq/)",
                 parquet.root.display(),
                 parquet.max_file_age.map_or(0, |d| d.as_secs()),
                 parquet.codec
             ),
-            None => println!(
+            Output::Kafka(kafka) => println!(
                 "  kafka       {} → {}, {}, dlq {}",
-                config.kafka.brokers,
-                config.kafka.job_topic,
-                config.kafka.execution_topic,
-                config.kafka.dlq_topic
+                kafka.brokers, kafka.job_topic, kafka.execution_topic, kafka.dlq_topic
             ),
         }
         println!(
