@@ -44,10 +44,10 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use jobstream_parser::columnar::{JobEventsBuilder, JobExecutionEventsBuilder, Provenance};
 use jobstream_parser::{Event, Family};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{
-    ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
+    compute_leaves, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
 };
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
@@ -55,8 +55,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
-use crate::SinkError;
 use crate::time::{date_string, epoch_day, parse_date};
+use crate::SinkError;
 
 /// Compression codec for Parquet pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
