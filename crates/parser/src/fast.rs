@@ -382,17 +382,46 @@ fn special_bytes(w: u64) -> u64 {
     (zero_quote | zero_backslash | control) & HIGHS
 }
 
-/// Whether `s` contains `byte`, eight bytes at a time.
+/// The position of the first `byte` in `s`, eight bytes at a time: a topic's job id is a few
+/// dozen bytes, where a byte loop costs several times more and a `memchr` call's setup as much.
 #[inline(always)]
-pub(crate) fn has_byte(s: &[u8], byte: u8) -> bool {
+pub(crate) fn find_byte(s: &[u8], byte: u8) -> Option<usize> {
     let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
     for chunk in &mut chunks {
         let w = chunk.try_into().map_or(0, u64::from_le_bytes) ^ (ONES * u64::from(byte));
-        if w.wrapping_sub(ONES) & !w & HIGHS != 0 {
-            return true;
+        // Borrows can flag bytes above the first match, never below it: the lowest is exact.
+        let hits = w.wrapping_sub(ONES) & !w & HIGHS;
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == byte)
+        .map(|k| at + k)
+}
+
+/// The position of the last `byte` in `s`, eight bytes at a time from the end (a thing name
+/// is the part of its ARN after the last `/`).
+#[inline(always)]
+pub(crate) fn rfind_byte(s: &[u8], byte: u8) -> Option<usize> {
+    let mut chunks = s.rchunks_exact(8);
+    let mut end = s.len();
+    for chunk in &mut chunks {
+        end -= 8;
+        let w = chunk.try_into().map_or(0, u64::from_le_bytes) ^ (ONES * u64::from(byte));
+        // Exact per byte (no borrow crosses bytes), unlike `find_byte`'s test whose false
+        // hits lie above a true one, exactly where a search from the end looks first.
+        let nonzero = ((w & !HIGHS).wrapping_add(!HIGHS) | w) & HIGHS;
+        let hits = !nonzero & HIGHS;
+        if hits != 0 {
+            return Some(end + 7 - (hits.leading_zeros() / 8) as usize);
         }
     }
-    chunks.remainder().contains(&byte)
+    chunks.remainder().iter().rposition(|&c| c == byte)
 }
 
 /// Whether all eight bytes of `w` are ASCII digits.
@@ -766,6 +795,39 @@ mod tests {
             for &status in ExecutionStatus::ALL {
                 let fast = only_status(op).is_none_or(|only| only == status);
                 assert_eq!(fast, op.allows_status(status), "{op:?} {status:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_searches_agree_with_byte_loops_at_every_length_and_position() {
+        // `.` is `/` with the lowest bit flipped and `0` is `/` + 1: the bytes a borrow
+        // between neighbours could misreport; high bytes test the sign handling.
+        let fillers: [&[u8]; 4] = [b"a", b".", b"0", "é".as_bytes()];
+        for len in 0..40 {
+            for filler in fillers {
+                let base: Vec<u8> = filler.iter().copied().cycle().take(len).collect();
+                let mut cases = vec![base.clone()];
+                for i in 0..len {
+                    for j in i..len {
+                        let mut s = base.clone();
+                        s[i] = b'/';
+                        s[j] = b'/';
+                        cases.push(s);
+                    }
+                }
+                for s in cases {
+                    assert_eq!(
+                        find_byte(&s, b'/'),
+                        s.iter().position(|&c| c == b'/'),
+                        "{s:?}"
+                    );
+                    assert_eq!(
+                        rfind_byte(&s, b'/'),
+                        s.iter().rposition(|&c| c == b'/'),
+                        "{s:?}"
+                    );
+                }
             }
         }
     }

@@ -368,9 +368,9 @@ impl JobExecutionEvent<'_, '_> {
 
 /// The last `/` segment of an ARN (the whole string when there is no `/`).
 pub fn thing_name(arn: &str) -> &str {
-    // A plain loop from the end: the name is a few dozen bytes, where `rsplit`'s `memrchr`
-    // costs several times more.
-    match arn.bytes().rposition(|b| b == b'/') {
+    // Eight bytes a step from the end: the name is a few dozen bytes, where `rsplit`'s
+    // `memrchr` costs several times more and a byte loop takes a step per byte.
+    match crate::fast::rfind_byte(arn.as_bytes(), b'/') {
         Some(slash) => arn.get(slash + 1..).unwrap_or(arn),
         None => arn,
     }

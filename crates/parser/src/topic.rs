@@ -97,10 +97,12 @@ impl TopicParser {
         } else {
             return None;
         };
-        let slash = rest.bytes().rposition(|b| b == b'/')?;
+        // The first slash ends the job id. A second one would be inside the operation, which
+        // then matches none of the known ones: exactly one slash, as the general path requires.
+        let slash = crate::fast::find_byte(rest.as_bytes(), b'/')?;
         let job_id = rest.get(..slash)?;
         let op = rest.get(slash + 1..)?;
-        if job_id.is_empty() || crate::fast::has_byte(job_id.as_bytes(), b'/') {
+        if job_id.is_empty() {
             return None;
         }
         let operation = match family {
