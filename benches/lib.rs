@@ -1,5 +1,6 @@
 //! The baseline the parser benchmark compares against: serde_json into plain structs, the same
-//! validations, and the same Arrow columns (same schema, same builders). A test below checks
+//! validations, and the same Arrow columns (same schema, same builders, including the parser's
+//! `RepeatedStr`, `EnumStr`, `NullRuns` columns and `thing_names`). A test below checks
 //! that both paths produce equal batches, so the benchmark compares equal work.
 
 use std::borrow::Cow;
@@ -13,8 +14,12 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
-use jobstream_parser::columnar::{job_events_schema, job_execution_events_schema};
-use jobstream_parser::model::{ExecutionStatus, JobStatus};
+use jobstream_parser::columnar::{
+    job_events_schema, job_execution_events_schema, thing_names, EnumStr, NullRuns, RepeatedStr,
+};
+use jobstream_parser::model::{
+    ExecutionOperation, ExecutionStatus, Family, JobOperation, JobStatus,
+};
 use jobstream_parser::topic::{Operation, TopicParser};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -101,14 +106,33 @@ fn ms(n: i64) -> i64 {
 }
 
 /// serde_json + validation + Arrow building for both tables.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SerdePath {
     topics: TopicParser,
     jobs: JobColumns,
     executions: ExecutionColumns,
+    rows: usize,
+}
+
+impl Default for SerdePath {
+    /// Sized for batches of 8,192 rows, the Parquet sink's default.
+    fn default() -> Self {
+        SerdePath::with_capacity(8192)
+    }
 }
 
 impl SerdePath {
+    /// Columns sized as `TableBuilders::with_capacity(rows)` sizes the parser's, so both paths
+    /// pay the same for memory.
+    pub fn with_capacity(rows: usize) -> Self {
+        SerdePath {
+            topics: TopicParser::default(),
+            jobs: JobColumns::with_capacity(rows / 8),
+            executions: ExecutionColumns::with_capacity(rows),
+            rows,
+        }
+    }
+
     /// Parses, validates and appends one message; `false` if it was rejected.
     pub fn push(&mut self, topic: &str, payload: &[u8]) -> bool {
         let Ok(info) = self.topics.parse(topic) else {
@@ -124,21 +148,21 @@ impl SerdePath {
             (!e.extra.is_empty()).then(|| serde_json::to_string(&e.extra).unwrap_or_default());
         match info.operation {
             Operation::Job(op) => {
-                if e.event_type != "JOB"
-                    || JobStatus::parse(&e.status) != Some(op.expected_status())
-                {
+                let status = op.expected_status();
+                if e.event_type != "JOB" || JobStatus::parse(&e.status) != Some(status) {
                     return false;
                 }
-                self.jobs.push(&e, topic, extra.as_deref());
+                self.jobs.push(&e, (op, status), topic, extra.as_deref());
             }
             Operation::Execution(op) => {
-                let ok = e.event_type == "JOB_EXECUTION"
-                    && ExecutionStatus::parse(&e.status).is_some_and(|s| op.allows_status(s))
-                    && e.thing_arn.is_some();
-                if !ok {
+                let status = ExecutionStatus::parse(&e.status).filter(|&s| op.allows_status(s));
+                let (Some(status), "JOB_EXECUTION", true) =
+                    (status, &*e.event_type, e.thing_arn.is_some())
+                else {
                     return false;
-                }
-                self.executions.push(&e, topic, extra.as_deref());
+                };
+                self.executions
+                    .push(&e, (op, status), topic, extra.as_deref());
             }
         }
         true
@@ -146,17 +170,32 @@ impl SerdePath {
 
     /// The batches built so far (jobs, executions).
     pub fn finish(&mut self) -> (RecordBatch, RecordBatch) {
-        (self.jobs.finish(), self.executions.finish())
+        // Fresh sized columns for the next batch, as the parser's builders do.
+        let mut jobs = std::mem::replace(&mut self.jobs, JobColumns::with_capacity(self.rows / 8));
+        let mut executions = std::mem::replace(
+            &mut self.executions,
+            ExecutionColumns::with_capacity(self.rows),
+        );
+        (jobs.finish(), executions.finish())
     }
 }
 
-fn time() -> TimestampMillisecondBuilder {
-    TimestampMillisecondBuilder::new().with_timezone("UTC")
+fn time(rows: usize) -> TimestampMillisecondBuilder {
+    TimestampMillisecondBuilder::with_capacity(rows).with_timezone("UTC")
+}
+
+/// The average sizes the parser's builders assume (`columnar.rs`).
+fn strings(rows: usize, avg: usize) -> StringBuilder {
+    StringBuilder::with_capacity(rows, rows * avg)
 }
 
 #[derive(Debug)]
 struct JobColumns {
-    s: [StringBuilder; 5],
+    event_id: StringBuilder,
+    event_type: RepeatedStr,
+    operation: EnumStr<JobOperation>,
+    job_id: StringBuilder,
+    status: EnumStr<JobStatus>,
     event_time: TimestampMillisecondBuilder,
     target_selection: StringBuilder,
     targets: ListBuilder<StringBuilder>,
@@ -164,40 +203,45 @@ struct JobColumns {
     comment: StringBuilder,
     times: [TimestampMillisecondBuilder; 3],
     counters: [Int64Builder; 8],
-    extra: StringBuilder,
+    extra: NullRuns<StringBuilder>,
     mqtt_topic: StringBuilder,
-    received_at: TimestampMillisecondBuilder,
-}
-
-impl Default for JobColumns {
-    fn default() -> Self {
-        JobColumns {
-            s: std::array::from_fn(|_| StringBuilder::new()),
-            event_time: time(),
-            target_selection: StringBuilder::new(),
-            targets: ListBuilder::new(StringBuilder::new()),
-            description: StringBuilder::new(),
-            comment: StringBuilder::new(),
-            times: std::array::from_fn(|_| time()),
-            counters: std::array::from_fn(|_| Int64Builder::new()),
-            extra: StringBuilder::new(),
-            mqtt_topic: StringBuilder::new(),
-            received_at: time(),
-        }
-    }
+    received_at: NullRuns<TimestampMillisecondBuilder>,
 }
 
 impl JobColumns {
-    fn push(&mut self, e: &SerdeEvent<'_>, topic: &str, extra: Option<&str>) {
-        for (b, v) in self.s.iter_mut().zip([
-            &e.event_id,
-            &e.event_type,
-            &e.operation,
-            &e.job_id,
-            &e.status,
-        ]) {
-            b.append_value(v);
+    fn with_capacity(rows: usize) -> Self {
+        JobColumns {
+            event_id: strings(rows, 36),
+            event_type: RepeatedStr::new(Family::Job.event_type()),
+            operation: EnumStr::with_capacity(rows),
+            job_id: strings(rows, 36),
+            status: EnumStr::with_capacity(rows),
+            event_time: time(rows),
+            target_selection: strings(rows, 8),
+            targets: ListBuilder::new(strings(rows, 64)),
+            description: strings(rows, 32),
+            comment: strings(rows, 0),
+            times: std::array::from_fn(|_| time(rows)),
+            counters: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
+            extra: NullRuns::strings(rows, 0),
+            mqtt_topic: strings(rows, 96),
+            received_at: NullRuns::times(rows),
         }
+    }
+
+    fn push(
+        &mut self,
+        e: &SerdeEvent<'_>,
+        (operation, status): (JobOperation, JobStatus),
+        topic: &str,
+        extra: Option<&str>,
+    ) {
+        // `SerdePath::push` checked `eventType`, `operation` and `status` against these.
+        self.event_id.append_value(&e.event_id);
+        self.event_type.append();
+        self.operation.append(operation);
+        self.job_id.append_value(&e.job_id);
+        self.status.append(status);
         self.event_time.append_value(ms(e.timestamp));
         self.target_selection
             .append_option(e.target_selection.as_deref());
@@ -235,14 +279,18 @@ impl JobColumns {
         }
         self.extra.append_option(extra);
         self.mqtt_topic.append_value(topic);
-        self.received_at.append_null();
+        self.received_at.append_option(None);
     }
 
     fn finish(&mut self) -> RecordBatch {
         let mut columns: Vec<ArrayRef> = Vec::new();
-        for b in &mut self.s {
-            columns.push(Arc::new(b.finish()));
-        }
+        columns.push(Arc::new(self.event_id.finish()));
+        columns.push(Arc::new(
+            self.event_type.finish().unwrap_or_else(|e| panic!("{e}")),
+        ));
+        columns.push(Arc::new(self.operation.finish()));
+        columns.push(Arc::new(self.job_id.finish()));
+        columns.push(Arc::new(self.status.finish()));
         columns.push(Arc::new(self.event_time.finish()));
         columns.push(Arc::new(self.target_selection.finish()));
         columns.push(Arc::new(self.targets.finish()));
@@ -263,52 +311,63 @@ impl JobColumns {
 
 #[derive(Debug)]
 struct ExecutionColumns {
-    s: [StringBuilder; 7],
+    event_id: StringBuilder,
+    event_type: RepeatedStr,
+    operation: EnumStr<ExecutionOperation>,
+    job_id: StringBuilder,
+    thing_arn: StringBuilder,
+    status: EnumStr<ExecutionStatus>,
     event_time: TimestampMillisecondBuilder,
     status_details: MapBuilder<StringBuilder, StringBuilder>,
-    extra: StringBuilder,
+    extra: NullRuns<StringBuilder>,
     mqtt_topic: StringBuilder,
-    received_at: TimestampMillisecondBuilder,
+    received_at: NullRuns<TimestampMillisecondBuilder>,
 }
 
-impl Default for ExecutionColumns {
-    fn default() -> Self {
+impl ExecutionColumns {
+    fn with_capacity(rows: usize) -> Self {
         let names = MapFieldNames {
             entry: "key_value".into(),
             key: "key".into(),
             value: "value".into(),
         };
         ExecutionColumns {
-            s: std::array::from_fn(|_| StringBuilder::new()),
-            event_time: time(),
-            status_details: MapBuilder::new(
+            event_id: strings(rows, 36),
+            event_type: RepeatedStr::new(Family::Execution.event_type()),
+            operation: EnumStr::with_capacity(rows),
+            job_id: strings(rows, 36),
+            thing_arn: strings(rows, 80),
+            status: EnumStr::with_capacity(rows),
+            event_time: time(rows),
+            status_details: MapBuilder::with_capacity(
                 Some(names),
-                StringBuilder::new(),
-                StringBuilder::new(),
+                strings(rows * 2, 8),
+                strings(rows * 2, 16),
+                rows,
             )
             .with_values_field(Field::new("value", DataType::Utf8, false)),
-            extra: StringBuilder::new(),
-            mqtt_topic: StringBuilder::new(),
-            received_at: time(),
+            extra: NullRuns::strings(rows, 0),
+            mqtt_topic: strings(rows, 96),
+            received_at: NullRuns::times(rows),
         }
     }
-}
 
-impl ExecutionColumns {
-    fn push(&mut self, e: &SerdeEvent<'_>, topic: &str, extra: Option<&str>) {
-        let arn = e.thing_arn.as_deref().unwrap_or_default();
-        let name = arn.rsplit('/').next().unwrap_or(arn);
-        for (b, v) in self.s.iter_mut().zip([
-            &*e.event_id,
-            &*e.event_type,
-            &*e.operation,
-            &*e.job_id,
-            arn,
-            name,
-            &*e.status,
-        ]) {
-            b.append_value(v);
-        }
+    fn push(
+        &mut self,
+        e: &SerdeEvent<'_>,
+        (operation, status): (ExecutionOperation, ExecutionStatus),
+        topic: &str,
+        extra: Option<&str>,
+    ) {
+        // `SerdePath::push` checked `eventType`, `operation` and `status` against these; the
+        // thing name is derived from the ARNs at `finish`.
+        self.event_id.append_value(&e.event_id);
+        self.event_type.append();
+        self.operation.append(operation);
+        self.job_id.append_value(&e.job_id);
+        self.thing_arn
+            .append_value(e.thing_arn.as_deref().unwrap_or_default());
+        self.status.append(status);
         self.event_time.append_value(ms(e.timestamp));
         match &e.status_details {
             Some(pairs) => {
@@ -324,14 +383,22 @@ impl ExecutionColumns {
         }
         self.extra.append_option(extra);
         self.mqtt_topic.append_value(topic);
-        self.received_at.append_null();
+        self.received_at.append_option(None);
     }
 
     fn finish(&mut self) -> RecordBatch {
         let mut columns: Vec<ArrayRef> = Vec::new();
-        for b in &mut self.s {
-            columns.push(Arc::new(b.finish()));
-        }
+        columns.push(Arc::new(self.event_id.finish()));
+        columns.push(Arc::new(
+            self.event_type.finish().unwrap_or_else(|e| panic!("{e}")),
+        ));
+        columns.push(Arc::new(self.operation.finish()));
+        columns.push(Arc::new(self.job_id.finish()));
+        let thing_arn = self.thing_arn.finish();
+        let thing_name = thing_names(&thing_arn);
+        columns.push(Arc::new(thing_arn));
+        columns.push(Arc::new(thing_name));
+        columns.push(Arc::new(self.status.finish()));
         columns.push(Arc::new(self.event_time.finish()));
         columns.push(Arc::new(self.status_details.finish()));
         columns.push(Arc::new(self.extra.finish()));

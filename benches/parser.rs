@@ -65,7 +65,7 @@ fn parse_to_arrow(c: &mut Criterion) {
         });
         group.bench_function("serde_json_baseline", |b| {
             b.iter_batched_ref(
-                SerdePath::default,
+                || SerdePath::with_capacity(BATCH_ROWS),
                 |path| {
                     for (i, m) in messages.iter().enumerate() {
                         black_box(path.push(&m.topic, &m.payload));
