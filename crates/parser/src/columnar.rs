@@ -90,10 +90,11 @@ as_str!(JobOperation, JobStatus, ExecutionOperation, ExecutionStatus);
 /// A string column of one of a few fixed spellings per row (`operation`, `status`): a byte per
 /// row while appending, the text written in one pass by [`finish`](Self::finish).
 ///
-/// Why: pushing a byte costs a few instructions where appending text and an offset costs about
-/// fifty, and the row loop writes two buffers fewer. Building a batch is bound as much by
+/// Why: the row loop writes two buffers fewer (a byte instead of text and an offset), and the
+/// text is appended once per batch in a loop of its own. Building a batch is bound as much by
 /// writing its buffers as by instructions: the parser benchmark's Arrow part takes about 1.7×
-/// as long with 8,192-row as with 512-row batches, the extra being cache misses.
+/// as long with 8,192-row as with 512-row batches, the extra being cache misses. (What this
+/// alone gains was within the benchmark's noise; see the README's Parser section.)
 #[derive(Debug, Clone)]
 pub struct EnumStr<T> {
     rows: Vec<T>,
