@@ -1243,10 +1243,12 @@ fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkErr
 }
 
 /// A Parquet file written as `ArrowWriter` writes it — same column writers, same row groups,
-/// byte for byte — except that the columns of each batch are encoded by two threads: the
-/// encoder thread and a helper scoped to the batch. Encoding and compression are most of the
-/// work of a replay, more than parsing; split this way they use the second core whenever the
-/// parser does not.
+/// byte for byte — except that the columns of each batch, and the closing of each row group's
+/// columns, are shared by two threads: the encoder thread and a helper scoped to the batch.
+/// Encoding and compression are most of the work of a replay, more than parsing; shared this
+/// way they use the second core whenever the parser does not. Each column writer is
+/// independent until the row group is assembled in column order, so which thread encoded a
+/// column does not change a byte of the file.
 struct ColumnarWriter {
     file: SerializedFileWriter<File>,
     factory: ArrowRowGroupWriterFactory,
@@ -1255,9 +1257,8 @@ struct ColumnarWriter {
     columns: Vec<ArrowColumnWriter>,
 }
 
-/// The leaves of one top-level column with their writers, and a weight (the column's buffer
-/// bytes) to balance the two threads.
-type ColumnWork<'a> = (usize, Vec<(&'a mut ArrowColumnWriter, ArrowLeafColumn)>);
+/// The leaves of one top-level column with their writers.
+type ColumnWork<'a> = Vec<(&'a mut ArrowColumnWriter, ArrowLeafColumn)>;
 
 impl ColumnarWriter {
     fn new(writer: ArrowWriter<File>, schema: SchemaRef) -> Result<Self, ParquetError> {
@@ -1280,7 +1281,7 @@ impl ColumnarWriter {
                 .create_column_writers(self.file.flushed_row_groups().len())?;
         }
         let mut writers = self.columns.iter_mut();
-        let mut work: Vec<ColumnWork<'_>> = Vec::with_capacity(batch.num_columns());
+        let mut work: Vec<(usize, ColumnWork<'_>)> = Vec::with_capacity(batch.num_columns());
         for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
             let mut leaves = Vec::new();
             for leaf in compute_leaves(field, column)? {
@@ -1291,35 +1292,14 @@ impl ColumnarWriter {
             }
             work.push((column.get_buffer_memory_size(), leaves));
         }
-        // Heaviest first, each to the lighter side: the two halves end up within a column of
-        // each other.
+        // Heaviest first, so that the last columns taken are small and both threads finish
+        // close together.
         work.sort_by_key(|w| std::cmp::Reverse(w.0));
-        let (mut here, mut there) = (Vec::new(), Vec::new());
-        let (mut here_weight, mut there_weight) = (0, 0);
-        for w in work {
-            if here_weight <= there_weight {
-                here_weight += w.0;
-                here.push(w);
-            } else {
-                there_weight += w.0;
-                there.push(w);
+        on_two_threads(work.into_iter().map(|(_, leaves)| leaves), |leaves| {
+            for (writer, leaf) in leaves {
+                writer.write(&leaf)?;
             }
-        }
-        std::thread::scope(|scope| {
-            let helper = std::thread::Builder::new()
-                .name("parquet-encoder-2".to_owned())
-                .spawn_scoped(scope, || write_columns(there));
-            let mine = write_columns(here);
-            let theirs = match helper {
-                Ok(helper) => helper.join().unwrap_or_else(|_| {
-                    Err(ParquetError::General(
-                        "the column encoding thread panicked".to_owned(),
-                    ))
-                }),
-                // No thread to be had: the columns are written here instead.
-                Err(_) => Ok(()),
-            };
-            mine.and(theirs)
+            Ok(())
         })?;
         if self.in_progress_size() >= row_group_bytes {
             self.flush()?;
@@ -1343,9 +1323,12 @@ impl ColumnarWriter {
         if self.columns.is_empty() {
             return Ok(());
         }
+        // Closing a column compresses its last page and its dictionary: a batch's worth of
+        // work per row group, shared like the batches; the chunks then go in in column order.
+        let chunks = on_two_threads(self.columns.drain(..), ArrowColumnWriter::close)?;
         let mut row_group = self.file.next_row_group()?;
-        for column in self.columns.drain(..) {
-            column.close()?.append_to_row_group(&mut row_group)?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut row_group)?;
         }
         row_group.close()?;
         Ok(())
@@ -1360,11 +1343,43 @@ impl ColumnarWriter {
     }
 }
 
-fn write_columns(work: Vec<ColumnWork<'_>>) -> Result<(), ParquetError> {
-    for (_, leaves) in work {
-        for (writer, leaf) in leaves {
-            writer.write(&leaf)?;
+/// `task` applied to every item by this thread and a helper thread, each taking the next item
+/// when done with its last, so neither waits while the other has a queue of its own left (a
+/// split made in advance cannot know that a column of random ids compresses slower than one
+/// of repeated names). Results come back in the items' order; the first error wins.
+fn on_two_threads<T: Send, R: Send>(
+    items: impl Iterator<Item = T> + Send,
+    task: impl Fn(T) -> Result<R, ParquetError> + Sync,
+) -> Result<Vec<R>, ParquetError> {
+    let queue = Mutex::new(items.enumerate());
+    let work = || -> Result<Vec<(usize, R)>, ParquetError> {
+        let mut done = Vec::new();
+        loop {
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+            let Some((index, item)) = next else {
+                return Ok(done);
+            };
+            done.push((index, task(item)?));
         }
-    }
-    Ok(())
+    };
+    let (mine, theirs) = std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("parquet-encoder-2".to_owned())
+            .spawn_scoped(scope, work);
+        let mine = work();
+        let theirs = match helper {
+            Ok(helper) => helper.join().unwrap_or_else(|_| {
+                Err(ParquetError::General(
+                    "the column encoding thread panicked".to_owned(),
+                ))
+            }),
+            // No thread to be had: this one took every item.
+            Err(_) => Ok(Vec::new()),
+        };
+        (mine, theirs)
+    });
+    let mut done = mine?;
+    done.extend(theirs?);
+    done.sort_unstable_by_key(|(index, _)| *index);
+    Ok(done.into_iter().map(|(_, result)| result).collect())
 }
