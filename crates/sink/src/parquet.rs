@@ -1219,10 +1219,9 @@ fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkErr
         // Row groups are cut by bytes (in_progress_size), not by a row count.
         .set_max_row_group_row_count(None)
         // Column writers take a batch in slices of this many values and do per-slice work
-        // (page-size checks, level and statistics bookkeeping). One slice per batch instead of
-        // the default 1,024 values took ~5% off the encoding CPU in interleaved runs of
-        // benches/examples/encode_settings.rs (callgrind: 0.5% fewer instructions, so the gain
-        // is fewer cache-cold passes); pages and files come out the same size.
+        // (page-size checks, level and statistics bookkeeping): one slice per batch instead
+        // of the default 1,024 values. A small gain (callgrind: 0.5% fewer instructions in
+        // benches/examples/encode_settings.rs; within noise in time); same pages and files.
         .set_write_batch_size(8192)
         // High-cardinality columns (ids, ARNs, JSON) gain nothing from a dictionary and cost
         // a fallback; the enumerations and per-job columns compress to almost nothing with one.
