@@ -597,6 +597,10 @@ impl ParquetSink {
 
     /// The lowest input position held in a file not yet published: everything before it is
     /// durable. `None` when nothing is pending.
+    ///
+    /// Only for a sink that encodes inline, as the Kafka stage's and the direct MQTT writer's
+    /// do: with [`encode_in_background`](Self::encode_in_background), a file handed to the
+    /// encoder for publishing is no longer open here but may not be on disk yet.
     pub fn lowest_pending_position(&self) -> Option<u64> {
         self.open.values().map(|f| f.first).min()
     }
