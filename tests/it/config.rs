@@ -95,3 +95,20 @@ fn flags_override_the_file_and_weakening_durability_is_refused() {
     assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("acks=1"));
 }
+
+#[test]
+fn the_plan_without_kafka_shows_parquet_and_no_kafka_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(jobstream_bin())
+        .args(["run", "--check", "--mqtt", "mqtt://h", "--parquet"])
+        .arg(dir.path())
+        .env_clear()
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("directly, no Kafka"), "{stdout}");
+    assert!(stdout.contains("1 parsing writer thread"), "{stdout}");
+    assert!(!stdout.contains("kafka "), "no Kafka line: {stdout}");
+    assert!(!stdout.contains("worker(s)"), "{stdout}");
+}

@@ -136,7 +136,7 @@ pub struct PipelineSettings {
     pub topic_prefix: Option<String>,
     /// Larger payloads go to the DLQ.
     pub max_payload_bytes: Option<usize>,
-    /// Parser worker threads.
+    /// Parser worker threads (MQTT → Kafka; MQTT → Parquet has one writer thread).
     pub workers: Option<usize>,
     /// Messages per hand-off batch.
     pub batch_size: Option<usize>,
@@ -251,7 +251,8 @@ pub struct RunArgs {
     /// A librdkafka option KEY=VALUE passed through (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
-    /// Parser worker threads (default: one per core).
+    /// Parser worker threads (default: one per core). Without Kafka (`--mqtt` with
+    /// `--parquet`) one writer thread parses and writes, and this is not used.
     #[arg(long, env = "JOBSTREAM_WORKERS")]
     workers: Option<usize>,
     /// Event ids remembered for duplicate detection (0 disables it).
@@ -781,9 +782,14 @@ fn print_plan(plan: &Plan) {
                 kafka.brokers, kafka.job_topic, kafka.execution_topic, kafka.dlq_topic
             ),
         }
+        // Straight to Parquet, one writer thread parses and writes, whatever `workers` says.
+        let workers = match config.output {
+            Output::Kafka(_) => format!("{} parser worker(s)", config.workers),
+            Output::Parquet(_) => "1 parsing writer thread".to_owned(),
+        };
         println!(
-            "  pipeline    prefix {:?}, {} worker(s), batches of {}, dedup window {}",
-            config.parser.topic_prefix, config.workers, config.batch_size, config.dedup_window
+            "  pipeline    prefix {:?}, {workers}, batches of {}, dedup window {}",
+            config.parser.topic_prefix, config.batch_size, config.dedup_window
         );
     }
     if let Some(stage) = &plan.stage {
