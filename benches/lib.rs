@@ -9,13 +9,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    Int64Builder, ListBuilder, MapBuilder, MapFieldNames, StringBuilder,
-    TimestampMillisecondBuilder,
+    Int64Builder, ListBuilder, MapBuilder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field};
 use jobstream_parser::columnar::{
-    job_events_schema, job_execution_events_schema, thing_names, EnumStr, NullRuns, RepeatedStr,
+    job_events_schema, job_execution_events_schema, status_details_builder, thing_names,
+    time_builder, EnumStr, NullRuns, RepeatedStr,
 };
 use jobstream_parser::model::{
     ExecutionOperation, ExecutionStatus, Family, JobOperation, JobStatus,
@@ -180,10 +179,6 @@ impl SerdePath {
     }
 }
 
-fn time(rows: usize) -> TimestampMillisecondBuilder {
-    TimestampMillisecondBuilder::with_capacity(rows).with_timezone("UTC")
-}
-
 /// The average sizes the parser's builders assume (`columnar.rs`).
 fn strings(rows: usize, avg: usize) -> StringBuilder {
     StringBuilder::with_capacity(rows, rows * avg)
@@ -216,12 +211,12 @@ impl JobColumns {
             operation: EnumStr::with_capacity(rows),
             job_id: strings(rows, 36),
             status: EnumStr::with_capacity(rows),
-            event_time: time(rows),
+            event_time: time_builder(rows),
             target_selection: strings(rows, 8),
             targets: ListBuilder::new(strings(rows, 64)),
             description: strings(rows, 32),
             comment: strings(rows, 0),
-            times: std::array::from_fn(|_| time(rows)),
+            times: std::array::from_fn(|_| time_builder(rows)),
             counters: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
             extra: NullRuns::strings(rows, 0),
             mqtt_topic: strings(rows, 96),
@@ -326,11 +321,6 @@ struct ExecutionColumns {
 
 impl ExecutionColumns {
     fn with_capacity(rows: usize) -> Self {
-        let names = MapFieldNames {
-            entry: "key_value".into(),
-            key: "key".into(),
-            value: "value".into(),
-        };
         ExecutionColumns {
             event_id: strings(rows, 36),
             event_type: RepeatedStr::new(Family::Execution.event_type()),
@@ -338,14 +328,8 @@ impl ExecutionColumns {
             job_id: strings(rows, 36),
             thing_arn: strings(rows, 80),
             status: EnumStr::with_capacity(rows),
-            event_time: time(rows),
-            status_details: MapBuilder::with_capacity(
-                Some(names),
-                strings(rows * 2, 8),
-                strings(rows * 2, 16),
-                rows,
-            )
-            .with_values_field(Field::new("value", DataType::Utf8, false)),
+            event_time: time_builder(rows),
+            status_details: status_details_builder(rows),
             extra: NullRuns::strings(rows, 0),
             mqtt_topic: strings(rows, 96),
             received_at: NullRuns::times(rows),

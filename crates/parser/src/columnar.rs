@@ -207,13 +207,16 @@ fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
-fn time_builder(capacity: usize) -> TimestampMillisecondBuilder {
+/// An empty UTC millisecond timestamp column sized for `capacity` rows (the contract's time
+/// type). Public so that benchmark baselines build exactly the same columns.
+pub fn time_builder(capacity: usize) -> TimestampMillisecondBuilder {
     TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC")
 }
 
-/// Sized for `rows` maps of about two entries: a builder that starts too small regrows, copying
-/// its buffers, in every batch.
-fn status_details_builder(rows: usize) -> MapBuilder<StringBuilder, StringBuilder> {
+/// The `status_details` column, sized for `rows` maps of about two entries: a builder that
+/// starts too small regrows, copying its buffers, in every batch. Public so that benchmark
+/// baselines build exactly the same column.
+pub fn status_details_builder(rows: usize) -> MapBuilder<StringBuilder, StringBuilder> {
     // Parquet's own names for map parts, so every reader sees a standard MAP.
     let names = MapFieldNames {
         entry: "key_value".into(),
