@@ -5,7 +5,7 @@
 //! those batches with each variant of the writer properties, interleaved for ROUNDS rounds, and
 //! prints the median time of the encoding (one thread) and the file size per variant. It exists
 //! to decide the sink's defaults (`writer_properties` in crates/sink/src/parquet.rs) by
-//! measurement; the `current` variant mirrors those defaults. A third argument names one
+//! measurement; the `current` variant is those defaults, taken from the sink. A third argument names one
 //! variant to run alone, for instruction counts under callgrind.
 
 use std::time::{Duration, Instant};
@@ -13,33 +13,18 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use jobstream_fleet::{Fleet, FleetConfig};
 use jobstream_parser::{Parser, Provenance, TableBuilders};
+use jobstream_sink::parquet::{writer_properties, ParquetConfig};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
-const CURRENT_DICTIONARY: [&str; 8] = [
-    "event_type",
-    "operation",
-    "status",
-    "target_selection",
-    "job_id",
-    "description",
-    "comment",
-    "mqtt_topic",
-];
-
+/// The sink's own settings, as every file gets them.
 fn current() -> WriterPropertiesBuilder {
-    let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(None)
-        .set_write_batch_size(8192)
-        .set_dictionary_enabled(false);
-    for c in CURRENT_DICTIONARY {
-        b = b.set_column_dictionary_enabled(ColumnPath::from(c), true);
-    }
-    b
+    let defaults = ParquetConfig::new(std::env::temp_dir());
+    writer_properties(&defaults)
+        .expect("the default settings are valid")
+        .into_builder()
 }
 
 fn with_dictionary(mut b: WriterPropertiesBuilder, columns: &[&str]) -> WriterPropertiesBuilder {

@@ -1215,7 +1215,13 @@ impl Hasher for PartitionHasher {
     }
 }
 
-fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkError> {
+/// The writer settings every file of `config` gets: the codec, page statistics, dictionaries
+/// on the low-cardinality columns. Public so that benchmarks of other settings start from
+/// exactly these (`benches/examples/encode_settings.rs`).
+///
+/// # Errors
+/// An invalid codec level.
+pub fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkError> {
     let mut builder = WriterProperties::builder()
         .set_compression(config.codec.to_parquet()?)
         .set_created_by(format!("jobstream {}", env!("CARGO_PKG_VERSION")))
