@@ -153,12 +153,31 @@ impl BridgeStats {
                 &[("table", table)],
             )
         };
-        let (produced_jobs, produced_executions, rejected, files_published) = match &config.output {
+        // What reached the output, and how delivery went, in the output's own terms; counters
+        // that mean nothing for it stay detached (not exported).
+        let (
+            produced_jobs,
+            produced_executions,
+            rejected,
+            files_published,
+            delivery_failures,
+            delivery_latency,
+        ) = match &config.output {
             Output::Kafka(kafka) => (
                 produced(&kafka.job_topic),
                 produced(&kafka.execution_topic),
                 produced(&kafka.dlq_topic),
                 Counter::detached(),
+                registry.counter(
+                    "jobstream_kafka_delivery_failures_total",
+                    "Records Kafka did not take (left unacknowledged; the broker redelivers them).",
+                ),
+                registry.histogram_with(
+                    "jobstream_kafka_delivery_seconds",
+                    "Time from handing a record to the producer to Kafka's confirmation.",
+                    &[],
+                    &jobstream_metrics::LATENCY_BUCKETS,
+                ),
             ),
             Output::Parquet(_) => (
                 published("job_events"),
@@ -171,6 +190,8 @@ impl BridgeStats {
                     "jobstream_parquet_files_published_total",
                     "Parquet files published.",
                 ),
+                Counter::detached(),
+                Histogram::default(),
             ),
         };
         let family = |family: &str| {
@@ -211,13 +232,7 @@ impl BridgeStats {
                 "jobstream_mqtt_abandoned_total",
                 "QoS 1 messages left unacknowledged because their session ended first (redelivered by the broker).",
             ),
-            delivery_failures: match config.output {
-                Output::Kafka(_) => registry.counter(
-                    "jobstream_kafka_delivery_failures_total",
-                    "Records Kafka did not take (left unacknowledged; the broker redelivers them).",
-                ),
-                Output::Parquet(_) => Counter::detached(),
-            },
+            delivery_failures,
             reconnects: registry.counter(
                 "jobstream_mqtt_reconnects_total",
                 "MQTT connection errors, each followed by a reconnect.",
@@ -234,15 +249,7 @@ impl BridgeStats {
                     &[("kind", kind.as_str())],
                 )
             }),
-            delivery_latency: match config.output {
-                Output::Kafka(_) => registry.histogram_with(
-                    "jobstream_kafka_delivery_seconds",
-                    "Time from handing a record to the producer to Kafka's confirmation.",
-                    &[],
-                    &jobstream_metrics::LATENCY_BUCKETS,
-                ),
-                Output::Parquet(_) => Histogram::default(),
-            },
+            delivery_latency,
             inflight: per_connection(
                 "jobstream_mqtt_inflight_messages",
                 "QoS 1 messages received and not yet acknowledged, per connection.",
