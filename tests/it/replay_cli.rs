@@ -155,6 +155,34 @@ fn replay_reads_standard_input() {
 }
 
 #[test]
+fn a_summary_into_a_closed_pipe_neither_panics_nor_fails_the_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = run(&["generate", "--events", "300"]);
+    assert!(capture.status.success());
+    // Reading standard input keeps the replay from printing before its reader is gone.
+    let mut child = Command::new(jobstream_bin())
+        .args(["replay", "--input", "-", "--parquet"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&capture.stdout)
+        .expect("pipe");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!parquet_files(dir.path()).is_empty());
+}
+
+#[test]
 fn missing_input_and_bad_flags_exit_non_zero_with_a_clear_message() {
     let missing = run(&["replay", "--input", "/nonexistent/capture.tsv"]);
     assert_eq!(missing.status.code(), Some(66));

@@ -2071,7 +2071,7 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
             .map(|(k, v)| format!(", {k}={v}"))
             .collect::<String>()
     );
-    print!("{table}");
+    out!("{table}");
 
     let result_json = json!({
         "machine": machine(&bench.args, &bench.broker),
@@ -2110,7 +2110,7 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
         .with_context(|| format!("cannot write {}", bench.args.output.display()))?;
     std::fs::write(&bench.args.chart, chart(&chart_runs))
         .with_context(|| format!("cannot write {}", bench.args.chart.display()))?;
-    println!(
+    outln!(
         "wrote {} and {}",
         bench.args.output.display(),
         bench.args.chart.display()

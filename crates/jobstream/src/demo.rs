@@ -151,7 +151,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     stage.parser = parser;
     stage.group_id = "jobstream-demo".to_owned();
 
-    println!(
+    outln!(
         "in-process MQTT broker on 127.0.0.1:{port} (topics under {PREFIX}), Kafka mock cluster at {}",
         cluster.bootstrap_servers()
     );
@@ -190,7 +190,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         // Subscriptions follow the connection by a round trip.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let sent = publish(&fleet_publisher, messages.into_iter(), |_| {}).await?;
-        println!(
+        outln!(
             "simulated fleet: published {} messages ({events} job events + 2 bad ones) with QoS 1",
             sent.tally.total
         );
@@ -225,7 +225,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     stage_result?;
 
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    println!(
+    outln!(
         "bridge: received {}, produced {} job and {} job execution events to Kafka, 2 rejected → DLQ topic {}, acknowledged {} to MQTT after Kafka confirmed",
         bridge_stats.received.get(),
         bridge_stats.produced_jobs.get(),
@@ -233,7 +233,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         kafka.dlq_topic,
         bridge_stats.acknowledged.get()
     );
-    println!(
+    outln!(
         "Parquet stage: read {} records from Kafka → {} job_events rows, {} job_execution_events rows in {} files ({} bytes) under {}",
         get(&stage_stats.records),
         get(&stage_stats.job_rows),
@@ -242,8 +242,8 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         get(&stage_stats.file_bytes),
         parquet_root.display()
     );
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
-    println!(
+    outln!("done in {:.1} s", started.elapsed().as_secs_f64());
+    outln!(
         "query it: duckdb -c \"SELECT operation, count(*) FROM read_parquet('{}/job_execution_events/*/*.parquet', hive_partitioning=true) GROUP BY 1\"",
         parquet_root.display()
     );

@@ -3,6 +3,24 @@
 //! Exit codes: 0 success; 1 `report --fail-on-mismatch` found disagreeing jobs; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable;
 //! 74 I/O error while running; 75 the drain did not finish in time; 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
 
+/// `println!` that never panics: when standard output is gone (`jobstream replay … | head -1`),
+/// the line is dropped and the command carries on to its normal end and exit status, instead of
+/// dying with a panic after the work is done.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics; see [`outln`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod demo;
 mod generate;

@@ -163,11 +163,11 @@ impl OpsPlan {
     /// The `--check` lines for the endpoint and the pass-through Kafka options.
     pub fn print_check(&self, kafka_options: Option<&BTreeMap<String, String>>) {
         match &self.metrics_listen {
-            Some(listen) => println!("  metrics     http://{listen}/metrics, /health, /ready"),
-            None => println!("  metrics     off (set [metrics] listen or --metrics-listen)"),
+            Some(listen) => outln!("  metrics     http://{listen}/metrics, /health, /ready"),
+            None => outln!("  metrics     off (set [metrics] listen or --metrics-listen)"),
         }
         if let Some(options) = kafka_options.filter(|o| !o.is_empty()) {
-            println!("  kafka opts  {}", redacted_options(options));
+            outln!("  kafka opts  {}", redacted_options(options));
         }
     }
 }

@@ -133,36 +133,37 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
 
 fn print_summary(stats: &ReplayStats) {
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
-    println!("replay finished in {:.2} s", stats.elapsed.as_secs_f64());
-    println!("  lines read               {:>12}", stats.lines);
-    println!("  job_events rows          {:>12}", stats.job_rows);
-    println!("  job_execution_events rows{:>12}", stats.execution_rows);
+    outln!("replay finished in {:.2} s", stats.elapsed.as_secs_f64());
+    outln!("  lines read               {:>12}", stats.lines);
+    outln!("  job_events rows          {:>12}", stats.job_rows);
+    outln!("  job_execution_events rows{:>12}", stats.execution_rows);
     if stats.already_published > 0 {
-        println!(
+        outln!(
             "  already published        {:>12}  (in files from an earlier run)",
             stats.already_published
         );
     }
-    println!("  rejected                 {:>12}", stats.rejected());
+    outln!("  rejected                 {:>12}", stats.rejected());
     for (kind, count) in &stats.rejects {
-        println!("    {kind:<23}{count:>12}");
+        outln!("    {kind:<23}{count:>12}");
     }
     let bytes: u64 = stats.files.iter().map(|f| f.bytes).sum();
-    println!(
+    outln!(
         "  files written            {:>12}  ({:.1} MiB)",
         stats.files.len(),
         bytes as f64 / (1u64 << 20) as f64
     );
     if stats.kafka_delivered + stats.kafka_failed > 0 {
-        println!(
+        outln!(
             "  kafka records            {:>12}  ({} failed)",
-            stats.kafka_delivered, stats.kafka_failed
+            stats.kafka_delivered,
+            stats.kafka_failed
         );
     }
     if let Some(path) = &stats.dlq_path {
-        println!("  dlq                      {}", path.display());
+        outln!("  dlq                      {}", path.display());
     }
-    println!(
+    outln!(
         "  rate                     {:>12.0} lines/s  ({:.1} MB/s)",
         stats.lines as f64 / secs,
         stats.bytes as f64 / secs / 1e6

@@ -585,7 +585,7 @@ fn print_stats(stats: &BridgeStats, delivered: Delivered, final_line: bool) {
         get(&stats.reconnects),
     );
     if final_line {
-        println!("{line}");
+        outln!("{line}");
     } else {
         tracing::info!(target: "jobstream::stats", "{line}");
     }
@@ -759,9 +759,9 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
 }
 
 fn print_plan(plan: &Plan) {
-    println!("configuration OK");
+    outln!("configuration OK");
     if let Some(config) = &plan.bridge {
-        println!(
+        outln!(
             "  mqtt        {} (MQTT {}, {} connection(s), qos {}, client id {:?})",
             jobstream_bridge::config::redact(&config.mqtt.url),
             config.mqtt.version,
@@ -769,15 +769,15 @@ fn print_plan(plan: &Plan) {
             config.mqtt.qos,
             config.mqtt.client_id
         );
-        println!("  filters     {}", config.mqtt.subscriptions().join(", "));
+        outln!("  filters     {}", config.mqtt.subscriptions().join(", "));
         match &config.output {
-            Output::Parquet(parquet) => println!(
+            Output::Parquet(parquet) => outln!(
                 "  parquet     {} directly, no Kafka (acknowledged when a file is published; files roll every {}s, {:?}, DLQ file under dlq/)",
                 parquet.root.display(),
                 parquet.max_file_age.map_or(0, |d| d.as_secs()),
                 parquet.codec
             ),
-            Output::Kafka(kafka) => println!(
+            Output::Kafka(kafka) => outln!(
                 "  kafka       {} → {}, {}, dlq {}",
                 kafka.brokers, kafka.job_topic, kafka.execution_topic, kafka.dlq_topic
             ),
@@ -787,15 +787,17 @@ fn print_plan(plan: &Plan) {
             Output::Kafka(_) => format!("{} parser worker(s)", config.workers),
             Output::Parquet(_) => "1 parsing writer thread".to_owned(),
         };
-        println!(
+        outln!(
             "  pipeline    prefix {:?}, {workers}, batches of {}, dedup window {}",
-            config.parser.topic_prefix, config.batch_size, config.dedup_window
+            config.parser.topic_prefix,
+            config.batch_size,
+            config.dedup_window
         );
     }
     if let Some(stage) = &plan.stage {
         let age =
             |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{}s", d.as_secs()));
-        println!(
+        outln!(
             "  parquet     {} ← {}, {} (group {:?}, dlq {})",
             stage.parquet.root.display(),
             stage.kafka.job_topic,
@@ -803,7 +805,7 @@ fn print_plan(plan: &Plan) {
             stage.group_id,
             stage.kafka.dlq_topic
         );
-        println!(
+        outln!(
             "  files       {:?}, roll at {} rows / {} bytes / {} open / {} idle",
             stage.parquet.codec,
             stage.parquet.max_file_rows,
@@ -833,7 +835,7 @@ fn print_stage_stats(stats: &StageStats, final_line: bool) {
             .map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
     );
     if final_line {
-        println!("{line}");
+        outln!("{line}");
     } else {
         tracing::info!(target: "jobstream::stats", "{line}");
     }

@@ -431,14 +431,14 @@ pub fn run(args: SimulateArgs) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
     match &args.report {
         Some(path) if path.as_os_str() == "-" => {
-            println!("{text}");
+            outln!("{text}");
             return Ok(());
         }
         Some(path) => std::fs::write(path, format!("{text}\n"))
             .with_context(|| format!("cannot write {}", path.display()))?,
         None => {}
     }
-    println!(
+    outln!(
         "sent {} events ({:.1} MB of payload) in {:.2} s: {:.0} events/s, QoS {}, {} connection(s), {} jobs × {} things, seed {}",
         sent.tally.total,
         sent.tally.bytes as f64 / 1e6,
@@ -451,7 +451,7 @@ pub fn run(args: SimulateArgs) -> Result<(), Failure> {
         seed
     );
     for (kind, count) in &sent.tally.by_kind {
-        println!("  {kind:<40} {count:>10}");
+        outln!("  {kind:<40} {count:>10}");
     }
     Ok(())
 }
