@@ -60,8 +60,12 @@ fn variants() -> Vec<(&'static str, WriterProperties)> {
             .build(),
         ),
         (
-            "256 KiB pages",
-            current().set_data_page_size_limit(256 << 10).build(),
+            "1 MiB pages (parquet's default)",
+            current().set_data_page_size_limit(1 << 20).build(),
+        ),
+        (
+            "64 KiB pages",
+            current().set_data_page_size_limit(64 << 10).build(),
         ),
         (
             "4 MiB pages",

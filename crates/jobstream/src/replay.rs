@@ -44,7 +44,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 64)]
     max_file_mib: u64,
     /// Flush a row group once this many MiB are encoded in memory.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 8)]
     row_group_mib: usize,
     /// Publish a file idle this many seconds (standard input only; capture files roll on
     /// size alone so reruns write the same file names).
