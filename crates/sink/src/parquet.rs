@@ -1308,11 +1308,13 @@ pub fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, Sin
         // of the default 1,024 values. A small gain (callgrind: 0.5% fewer instructions in
         // benches/examples/encode_settings.rs; within noise in time); same pages and files.
         .set_write_batch_size(8192)
-        // Pages of 256 KiB instead of parquet's 1 MiB: a page's buffers stay in the core's L2
-        // cache while it is encoded, compressed (zstd also picks smaller tables for smaller
-        // inputs) and copied, which parquet does several times per page. Encoding takes 0.91x
-        // the time (benches/examples/encode_settings.rs, 300k events, 7 rounds) for the same
-        // file size; readers get finer page statistics for the same bytes.
+        // Pages of 256 KiB instead of parquet's 1 MiB, so that a page's buffers stay in the
+        // core's L2 cache while parquet encodes, copies and compresses them (it copies a page
+        // twice, and reserves twice its size for the compressed copy). A small gain at best:
+        // encode_settings (300k events, 7 rounds) gave 0.91x and, on a busier machine, 0.99x
+        // the encoding time; replays of 1M events 1.29 vs 1.35 s (7 interleaved runs). Same
+        // file size, finer page statistics. (Large string columns still make pages of one
+        // 8192-value write slice, up to 540 KB of thing ARNs.)
         .set_data_page_size_limit(PAGE_BYTES)
         // High-cardinality columns (ids, ARNs, JSON) gain nothing from a dictionary and cost
         // a fallback; the enumerations and per-job columns compress to almost nothing with one.
