@@ -26,7 +26,10 @@
 //! resume point); a second thread owns the Parquet writers, encodes and compresses the batches,
 //! and closes, fsyncs and renames the files, in the order the caller asked. Parsing and encoding
 //! then run on two cores. The two threads meet at a bounded queue ([`ENCODER_QUEUE`]) and at a
-//! small shared state (encoded sizes, published files, the first error).
+//! small shared state (encoded sizes, published files, the first error). The encoder thread
+//! shares each batch's columns with a helper, and hands each row group it flushes to a
+//! write-back thread that starts the file's disk writes, so that publishing a file waits for
+//! its last row group only.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
