@@ -1201,6 +1201,9 @@ struct Writeback {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What a writer holds to ask for its file's write-back: the thread's queue and the file.
+type WritebackHandle = (SyncSender<Arc<File>>, Arc<File>);
+
 /// Row groups waiting for the write-back thread at most; more are dropped (the publishing fsync
 /// covers them). A row group takes a file's fsync tens of milliseconds, and a replay flushes one
 /// every few hundred: a few are plenty.
@@ -1236,7 +1239,7 @@ impl Writeback {
 
     /// What a writer needs to ask for the write-back of `path`: none when the thread or a
     /// handle cannot be had.
-    fn handle(&self, path: &Path) -> Option<(SyncSender<Arc<File>>, Arc<File>)> {
+    fn handle(&self, path: &Path) -> Option<WritebackHandle> {
         let requests = self.requests.clone()?;
         let file = File::open(path).ok()?;
         Some((requests, Arc::new(file)))
@@ -1351,7 +1354,7 @@ struct ColumnarWriter {
     /// Writers of the row group in progress, one per leaf column; empty between row groups.
     columns: Vec<ArrowColumnWriter>,
     /// Where to ask for each flushed row group to be written back, and the file to sync.
-    writeback: Option<(SyncSender<Arc<File>>, Arc<File>)>,
+    writeback: Option<WritebackHandle>,
 }
 
 /// The leaves of one top-level column with their writers.
@@ -1369,7 +1372,7 @@ impl ColumnarWriter {
         })
     }
 
-    fn with_writeback(mut self, writeback: Option<(SyncSender<Arc<File>>, Arc<File>)>) -> Self {
+    fn with_writeback(mut self, writeback: Option<WritebackHandle>) -> Self {
         self.writeback = writeback;
         self
     }
