@@ -1,8 +1,20 @@
 //! `jobstream run` configuration: the documented example loads, and mistakes are named.
 
-use std::process::Command;
+use std::ffi::OsStr;
+use std::process::{Command, Output};
 
 use crate::support::jobstream_bin;
+
+/// `jobstream run --check ARGS` with an empty environment, so that no `JOBSTREAM_*` variable of
+/// the machine running the tests leaks into the plan.
+fn check<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    Command::new(jobstream_bin())
+        .args(["run", "--check"])
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("runs")
+}
 
 fn repo_file(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -12,12 +24,10 @@ fn repo_file(path: &str) -> std::path::PathBuf {
 
 #[test]
 fn the_example_config_loads() {
-    let output = Command::new(jobstream_bin())
-        .args(["run", "--check", "--config"])
-        .arg(repo_file("docker/jobstream.toml"))
-        .env_clear()
-        .output()
-        .expect("runs");
+    let output = check([
+        OsStr::new("--config"),
+        repo_file("docker/jobstream.toml").as_os_str(),
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.contains("configuration OK"), "{stdout}");
@@ -34,12 +44,7 @@ fn a_typo_in_a_config_key_is_rejected_with_the_key_named() {
         "[mqtt]\nurl = \"mqtt://h\"\n\n[kafka]\nbrokers = \"k:9092\"\ncompresion = \"zstd\"\n",
     )
     .expect("write");
-    let output = Command::new(jobstream_bin())
-        .args(["run", "--check", "--config"])
-        .arg(&path)
-        .env_clear()
-        .output()
-        .expect("runs");
+    let output = check([OsStr::new("--config"), path.as_os_str()]);
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -54,18 +59,15 @@ fn a_typo_in_a_config_key_is_rejected_with_the_key_named() {
 
 #[test]
 fn flags_override_the_file_and_weakening_durability_is_refused() {
-    let output = Command::new(jobstream_bin())
-        .args(["run", "--check", "--config"])
-        .arg(repo_file("docker/jobstream.toml"))
-        .args([
-            "--mqtt",
-            "mqtt://user:secret@127.0.0.1:1884",
-            "--connections",
-            "4",
-        ])
-        .env_clear()
-        .output()
-        .expect("runs");
+    let config = repo_file("docker/jobstream.toml");
+    let output = check([
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--mqtt"),
+        OsStr::new("mqtt://user:secret@127.0.0.1:1884"),
+        OsStr::new("--connections"),
+        OsStr::new("4"),
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
     assert!(
@@ -78,20 +80,14 @@ fn flags_override_the_file_and_weakening_durability_is_refused() {
         "{stdout}"
     );
 
-    let output = Command::new(jobstream_bin())
-        .args([
-            "run",
-            "--check",
-            "--mqtt",
-            "mqtt://h",
-            "--kafka",
-            "k:9092",
-            "--kafka-option",
-            "acks=1",
-        ])
-        .env_clear()
-        .output()
-        .expect("runs");
+    let output = check([
+        "--mqtt",
+        "mqtt://h",
+        "--kafka",
+        "k:9092",
+        "--kafka-option",
+        "acks=1",
+    ]);
     assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("acks=1"));
 }
@@ -99,12 +95,12 @@ fn flags_override_the_file_and_weakening_durability_is_refused() {
 #[test]
 fn the_plan_without_kafka_shows_parquet_and_no_kafka_settings() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(jobstream_bin())
-        .args(["run", "--check", "--mqtt", "mqtt://h", "--parquet"])
-        .arg(dir.path())
-        .env_clear()
-        .output()
-        .expect("runs");
+    let output = check([
+        OsStr::new("--mqtt"),
+        OsStr::new("mqtt://h"),
+        OsStr::new("--parquet"),
+        dir.path().as_os_str(),
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.contains("directly, no Kafka"), "{stdout}");

@@ -1,6 +1,7 @@
 //! `jobstream replay` and `jobstream generate` as a user runs them.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::support::{jobstream_bin, parquet_files};
@@ -128,25 +129,42 @@ fn replay_counts_every_line_as_a_row_or_a_reject_and_fills_the_dlq() {
     );
 }
 
+/// Whether whoever reads the replay's standard output is still there when it prints.
+enum StdoutReader {
+    Stays,
+    /// Closed before the capture is sent: reading standard input keeps the replay from
+    /// printing before its reader is gone.
+    GoesFirst,
+}
+
+/// `jobstream replay --input - --parquet DIR` fed `capture` on standard input.
+fn replay_from_stdin(parquet: &Path, capture: &[u8], reader: StdoutReader) -> Output {
+    let mut child = Command::new(jobstream_bin())
+        .args(["replay", "--input", "-", "--parquet"])
+        .arg(parquet)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let StdoutReader::GoesFirst = reader {
+        drop(child.stdout.take());
+    }
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(capture)
+        .expect("pipe");
+    child.wait_with_output().expect("wait")
+}
+
 #[test]
 fn replay_reads_standard_input() {
     let dir = tempfile::tempdir().expect("tempdir");
     let capture = run(&["generate", "--events", "300"]);
     assert!(capture.status.success());
-    let mut child = Command::new(jobstream_bin())
-        .args(["replay", "--input", "-", "--parquet"])
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&capture.stdout)
-        .expect("pipe");
-    let output = child.wait_with_output().expect("wait");
+    let output = replay_from_stdin(dir.path(), &capture.stdout, StdoutReader::Stays);
     assert!(output.status.success());
     let summary = stdout(&output);
     let lines = capture.stdout.split(|&b| b == b'\n').count() as u64 - 1;
@@ -159,23 +177,7 @@ fn a_summary_into_a_closed_pipe_neither_panics_nor_fails_the_replay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let capture = run(&["generate", "--events", "300"]);
     assert!(capture.status.success());
-    // Reading standard input keeps the replay from printing before its reader is gone.
-    let mut child = Command::new(jobstream_bin())
-        .args(["replay", "--input", "-", "--parquet"])
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    drop(child.stdout.take());
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&capture.stdout)
-        .expect("pipe");
-    let output = child.wait_with_output().expect("wait");
+    let output = replay_from_stdin(dir.path(), &capture.stdout, StdoutReader::GoesFirst);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
