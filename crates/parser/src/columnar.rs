@@ -430,10 +430,22 @@ impl JobEventsBuilder {
     /// # Errors
     /// Only if Arrow refuses the columns, which would be a bug in this module.
     pub fn finish(&mut self) -> Result<RecordBatch, BatchError> {
+        self.take().into_batch()
+    }
+
+    /// Takes the pending rows as a builder and leaves this one empty, sized as it was: the
+    /// rows can then be made a batch with [`into_batch`](Self::into_batch) on another thread.
+    pub fn take(&mut self) -> Self {
         let rows = self.capacity.max(self.rows);
-        let fresh = JobEventsBuilder::with_capacity(rows);
-        let mut old = std::mem::replace(self, fresh);
-        old.finish_columns()
+        std::mem::replace(self, JobEventsBuilder::with_capacity(rows))
+    }
+
+    /// The rows as a batch.
+    ///
+    /// # Errors
+    /// Only if Arrow refuses the columns, which would be a bug in this module.
+    pub fn into_batch(mut self) -> Result<RecordBatch, BatchError> {
+        self.finish_columns()
     }
 
     fn finish_columns(&mut self) -> Result<RecordBatch, BatchError> {
@@ -571,10 +583,22 @@ impl JobExecutionEventsBuilder {
     /// # Errors
     /// Only if Arrow refuses the columns, which would be a bug in this module.
     pub fn finish(&mut self) -> Result<RecordBatch, BatchError> {
+        self.take().into_batch()
+    }
+
+    /// Takes the pending rows as a builder and leaves this one empty, sized as it was: the
+    /// rows can then be made a batch with [`into_batch`](Self::into_batch) on another thread.
+    pub fn take(&mut self) -> Self {
         let rows = self.capacity.max(self.rows);
-        let fresh = JobExecutionEventsBuilder::with_capacity(rows);
-        let mut old = std::mem::replace(self, fresh);
-        old.finish_columns()
+        std::mem::replace(self, JobExecutionEventsBuilder::with_capacity(rows))
+    }
+
+    /// The rows as a batch.
+    ///
+    /// # Errors
+    /// Only if Arrow refuses the columns, which would be a bug in this module.
+    pub fn into_batch(mut self) -> Result<RecordBatch, BatchError> {
+        self.finish_columns()
     }
 
     fn finish_columns(&mut self) -> Result<RecordBatch, BatchError> {

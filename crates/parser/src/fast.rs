@@ -232,11 +232,13 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     word(a, n - 8) == word(b, n - 8)
 }
 
-/// Scans one payload; `None` means "use the general path".
+/// Scans one payload; `None` means "use the general path". `text` is the payload as text when
+/// the caller already has it so (validated), else it is validated here.
 ///
 /// On success the values are in [`Scratch::found`] and the payload is returned as text.
 pub(crate) fn scan<'p>(
     payload: &'p [u8],
+    text: Option<&'p str>,
     topic: &TopicInfo<'_>,
     scratch: &mut Scratch,
 ) -> Option<&'p str> {
@@ -246,7 +248,10 @@ pub(crate) fn scan<'p>(
     if payload.len() >= DECODED as usize {
         return None;
     }
-    let text = simdutf8::basic::from_utf8(payload).ok()?;
+    let text = match text {
+        Some(text) => text,
+        None => simdutf8::basic::from_utf8(payload).ok()?,
+    };
     scratch.decoded.clear();
     scratch.targets.clear();
     scratch.details.clear();

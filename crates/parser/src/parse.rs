@@ -107,7 +107,19 @@ impl Parser {
         payload: &[u8],
         on_outcome: impl for<'t, 'i> FnOnce(Result<Event<'t, 'i>, Reject>) -> R,
     ) -> R {
-        self.parse_with(topic, payload, true, on_outcome)
+        self.parse_with(topic, payload, None, true, on_outcome)
+    }
+
+    /// [`parse`](Self::parse) for a payload the caller already holds as text, which then is
+    /// not checked for UTF-8 again. A replay's reader checks whole blocks of input at a time,
+    /// on its own thread, and the parsing thread is the one a replay waits for.
+    pub fn parse_str<R>(
+        &mut self,
+        topic: &str,
+        payload: &str,
+        on_outcome: impl for<'t, 'i> FnOnce(Result<Event<'t, 'i>, Reject>) -> R,
+    ) -> R {
+        self.parse_with(topic, payload.as_bytes(), Some(payload), true, on_outcome)
     }
 
     /// [`parse`](Self::parse) without the fast path: simd-json for every message. The two
@@ -119,7 +131,7 @@ impl Parser {
         payload: &[u8],
         on_outcome: impl for<'t, 'i> FnOnce(Result<Event<'t, 'i>, Reject>) -> R,
     ) -> R {
-        self.parse_with(topic, payload, false, on_outcome)
+        self.parse_with(topic, payload, None, false, on_outcome)
     }
 
     /// Whether [`parse`](Self::parse) takes the fast path for this message (for tests).
@@ -129,7 +141,7 @@ impl Parser {
             return false;
         };
         payload.len() <= self.max_payload_bytes
-            && fast::scan(payload, &info, &mut self.fast).is_some()
+            && fast::scan(payload, None, &info, &mut self.fast).is_some()
     }
 
     #[inline]
@@ -137,6 +149,7 @@ impl Parser {
         &mut self,
         topic: &str,
         payload: &[u8],
+        text: Option<&str>,
         try_fast: bool,
         on_outcome: impl for<'t, 'i> FnOnce(Result<Event<'t, 'i>, Reject>) -> R,
     ) -> R {
@@ -155,7 +168,7 @@ impl Parser {
             )));
         }
         if try_fast {
-            if let Some(text) = fast::scan(payload, &info, &mut self.fast) {
+            if let Some(text) = fast::scan(payload, text, &info, &mut self.fast) {
                 return on_outcome(Ok(fast_event(text, &self.fast.found, &self.fast)));
             }
         }

@@ -1,5 +1,6 @@
 //! The fast path and the general simd-json path must give identical outcomes: the same typed
 //! values (and Arrow rows) for accepted events, the same reject kind and message otherwise.
+//! `parse_str`, which trusts that its payload is text, must agree with both.
 //!
 //! Inputs: generated fleets (with and without unknown fields), the spec's examples,
 //! hand-written edge cases around everything the fast path reads in place or gives up on, and
@@ -64,6 +65,8 @@ fn describe(outcome: Result<Event<'_, '_>, jobstream_parser::Reject>) -> String 
 struct Pair {
     fast: Parser,
     general: Parser,
+    /// Given payloads as text (`parse_str`, as a replay does), which it then does not check.
+    text: Parser,
     fast_tables: TableBuilders,
     general_tables: TableBuilders,
     inputs: u64,
@@ -79,7 +82,8 @@ impl Pair {
         };
         Pair {
             fast: Parser::new(config.clone()),
-            general: Parser::new(config),
+            general: Parser::new(config.clone()),
+            text: Parser::new(config),
             fast_tables: TableBuilders::with_capacity(256),
             general_tables: TableBuilders::with_capacity(256),
             inputs: 0,
@@ -115,6 +119,13 @@ impl Pair {
             String::from_utf8_lossy(payload)
         );
         assert_eq!(payload, original.as_slice(), "payload must stay unchanged");
+        if let Ok(text) = std::str::from_utf8(payload) {
+            let from_text = self.text.parse_str(topic, text, describe);
+            assert_eq!(
+                from_text, fast,
+                "parse_str disagrees on topic {topic:?} payload {text:?}"
+            );
+        }
         self.inputs += 1;
         if !fast.starts_with("reject") {
             self.accepted += 1;

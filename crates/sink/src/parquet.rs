@@ -23,8 +23,9 @@
 //!
 //! Background encoding ([`ParquetSink::encode_in_background`]): the caller's thread keeps the
 //! Arrow builders and every decision (which file a row goes to, when a file rolls, its name and
-//! resume point); a second thread owns the Parquet writers, encodes and compresses the batches,
-//! and closes, fsyncs and renames the files, in the order the caller asked. Parsing and encoding
+//! resume point); a second thread owns the Parquet writers, makes each batch's worth of
+//! filled builders a record batch, encodes and compresses it, and closes, fsyncs and renames
+//! the files, in the order the caller asked. Parsing and encoding
 //! then run on two cores. The two threads meet at a bounded queue ([`ENCODER_QUEUE`]) and at a
 //! small shared state (encoded sizes, published files, the first error). The encoder thread
 //! shares each batch's columns with a helper, and hands each row group it flushes to a
@@ -262,6 +263,23 @@ pub(crate) fn parse_final_name(source: &str, name: &str) -> Option<(u64, u64)> {
 enum Rows {
     Jobs(JobEventsBuilder),
     Executions(JobExecutionEventsBuilder),
+}
+
+impl Rows {
+    /// The buffered rows, leaving an empty builder in their place.
+    fn take(&mut self) -> Rows {
+        match self {
+            Rows::Jobs(b) => Rows::Jobs(b.take()),
+            Rows::Executions(b) => Rows::Executions(b.take()),
+        }
+    }
+
+    fn into_batch(self) -> Result<RecordBatch, SinkError> {
+        Ok(match self {
+            Rows::Jobs(b) => b.into_batch()?,
+            Rows::Executions(b) => b.into_batch()?,
+        })
+    }
 }
 
 struct OpenFile {
@@ -876,12 +894,14 @@ fn encode(
     need_size: bool,
 ) -> Result<Option<u64>, SinkError> {
     if pending_rows(&file.rows) > 0 {
-        let batch = match &mut file.rows {
-            Rows::Jobs(b) => b.finish()?,
-            Rows::Executions(b) => b.finish()?,
-        };
+        let rows = file.rows.take();
         match (&mut file.writer, encoder) {
-            (Some(writer), _) => write_batch(writer, &batch, &file.temp_path, row_group_bytes)?,
+            (Some(writer), _) => write_batch(
+                writer,
+                &rows.into_batch()?,
+                &file.temp_path,
+                row_group_bytes,
+            )?,
             (None, Some(encoder)) => {
                 file.sent += 1;
                 let size = if need_size && file.sent > SIZE_LAG_BATCHES {
@@ -889,7 +909,13 @@ fn encode(
                 } else {
                     None
                 };
-                encoder.send(EncoderJob::Write { id: file.id, batch })?;
+                // The encoder makes the batch: assembling the columns (the enumerations'
+                // text, thing names) is a few percent of the parsing thread's time, which
+                // is the one that runs alone when a replay waits.
+                encoder.send(EncoderJob::Write {
+                    id: file.id,
+                    rows: Box::new(rows),
+                })?;
                 return Ok(size);
             }
             (None, None) => return Err(no_writer()),
@@ -915,8 +941,8 @@ fn write_batch(
     Ok(())
 }
 
-/// Jobs queued for the encoder thread at most. A queued batch holds up to `batch_rows` rows of
-/// Arrow arrays (about 4 MB at the defaults), so this bounds the memory between parsing and
+/// Jobs queued for the encoder thread at most. A queued batch holds up to `batch_rows` rows in
+/// Arrow builders (about 4 MB at the defaults), so this bounds the memory between parsing and
 /// encoding to a few batches whatever the input size; more would only help if the parser were
 /// faster than the encoder for long stretches, and it is not.
 pub const ENCODER_QUEUE: usize = 4;
@@ -949,9 +975,10 @@ enum EncoderJob {
         schema: SchemaRef,
         path: PathBuf,
     },
+    /// Encode rows (built into a batch there).
     Write {
         id: u64,
-        batch: RecordBatch,
+        rows: Box<Rows>,
     },
     /// Write out the row group in progress (the file went idle).
     Flush {
@@ -1140,17 +1167,21 @@ fn encoder_thread(queue: Receiver<EncoderJob>, guard: StopGuard, row_group_bytes
                     writers.insert(id, (writer, path.clone()));
                 })
                 .map_err(|source| SinkError::Parquet { path, source }),
-            EncoderJob::Write { id, batch } => match writers.get_mut(&id) {
-                Some((writer, path)) => writer
-                    .write(&batch, row_group_bytes)
+            EncoderJob::Write { id, rows } => match writers.get_mut(&id) {
+                Some((writer, path)) => rows
+                    .into_batch()
+                    .and_then(|batch| {
+                        writer
+                            .write(&batch, row_group_bytes)
+                            .map_err(|source| SinkError::Parquet {
+                                path: path.clone(),
+                                source,
+                            })
+                    })
                     .map(|()| {
                         let size = writer.size();
                         shared.lock().sizes.entry(id).or_default().push_back(size);
                         shared.changed.notify_all();
-                    })
-                    .map_err(|source| SinkError::Parquet {
-                        path: path.clone(),
-                        source,
                     }),
                 None => Err(no_writer()),
             },
