@@ -267,15 +267,14 @@ fn a_write_error_on_the_encoder_thread_exits_with_the_io_code_and_names_the_file
     );
 }
 
-#[test]
-fn demo_runs_on_embedded_defaults() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Runs the demo with `dir` and checks its summary against its Parquet files; the summary.
+fn demo_in(dir: &Path) -> String {
     let output = run(&[
         "demo",
         "--events",
         "2000",
         "--dir",
-        dir.path().to_str().expect("utf8"),
+        dir.to_str().expect("utf8"),
     ]);
     assert!(output.status.success(), "{output:?}");
     let text = stdout(&output);
@@ -287,7 +286,7 @@ fn demo_runs_on_embedded_defaults() {
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no event count in {text}"));
-    let files = parquet_files(&dir.path().join("parquet"));
+    let files = parquet_files(&dir.join("parquet"));
     let rows: i64 = files
         .iter()
         .map(|path| {
@@ -303,5 +302,34 @@ fn demo_runs_on_embedded_defaults() {
     assert!(
         text.contains(&format!("acknowledged {}", events + 2)),
         "{text}"
+    );
+    text
+}
+
+#[test]
+fn demo_runs_on_embedded_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    demo_in(dir.path());
+}
+
+#[test]
+fn a_second_demo_in_the_same_directory_starts_afresh_and_a_foreign_directory_is_refused() {
+    // Each demo has a new Kafka cluster whose offsets start at 0: the first demo's files
+    // (named after offsets) once made the second skip every event and wait out its deadline.
+    let dir = tempfile::tempdir().expect("tempdir");
+    demo_in(dir.path());
+    demo_in(dir.path());
+
+    let foreign = tempfile::tempdir().expect("tempdir");
+    let table = foreign.path().join("parquet").join("job_events");
+    std::fs::create_dir_all(&table).expect("mkdir");
+    std::fs::write(table.join("mine.parquet"), b"not the demo's").expect("write");
+    let output = run(&["demo", "--dir", foreign.path().to_str().expect("utf8")]);
+    assert_eq!(output.status.code(), Some(78), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no demo wrote"), "{stderr}");
+    assert!(
+        table.join("mine.parquet").exists(),
+        "nothing of the user's is removed"
     );
 }

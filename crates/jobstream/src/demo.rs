@@ -7,7 +7,7 @@
 //! would never send show where bad input goes. The demo ends when every message is acknowledged
 //! and every event is in Parquet, and says what went where.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use jobstream_sink::parquet::ParquetConfig;
 use rumqttc::QoS;
 
 use crate::simulate::{publish, PublishSettings};
-use crate::Failure;
+use crate::{Failure, EXIT_CONFIG};
 
 const PREFIX: &str = "demo/aws/events/";
 /// How long the demo may take before it says what it is still waiting for.
@@ -31,7 +31,7 @@ const DEADLINE: Duration = Duration::from_secs(180);
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Where the demo writes its Parquet files.
+    /// Where the demo writes its Parquet files (under `parquet/`; a later demo empties it).
     #[arg(long, default_value = "jobstream-demo")]
     dir: PathBuf,
     /// About how many events the simulated fleet publishes.
@@ -89,10 +89,51 @@ dynamic_filters = true
     Ok(port)
 }
 
-pub fn run(args: DemoArgs) -> Result<(), Failure> {
-    let parquet_root = args.dir.join("parquet");
+/// The file that marks a directory as the demo's own, so a later demo may empty it.
+const MARKER: &str = ".jobstream-demo";
+
+/// The demo's Parquet root under `dir`, empty. Every demo starts a new Kafka cluster, whose
+/// offsets start at 0 again; the files of an earlier demo (named after the offsets they hold)
+/// would make the Parquet stage take each new event for one it had already written, skip it,
+/// and wait for the rest until the deadline. So what an earlier demo wrote (its directory
+/// carries [`MARKER`]) is removed, and a directory with other Parquet files is refused.
+fn fresh_parquet_root(dir: &Path) -> Result<PathBuf, Failure> {
+    let parquet_root = dir.join("parquet");
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        match std::fs::remove_dir_all(&parquet_root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!(
+                        "cannot remove the earlier demo's files in {}",
+                        parquet_root.display()
+                    ))
+                    .into());
+            }
+            _ => {}
+        }
+    } else if std::fs::read_dir(&parquet_root).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Failure::new(
+            EXIT_CONFIG,
+            anyhow::anyhow!(
+                "{} holds files that no demo wrote; give the demo a directory of its own \
+                 with --dir (or remove that one)",
+                parquet_root.display()
+            ),
+        ));
+    }
     std::fs::create_dir_all(&parquet_root)
         .with_context(|| format!("cannot create {}", parquet_root.display()))?;
+    std::fs::write(
+        &marker,
+        "written by `jobstream demo`, which empties parquet/ on each run\n",
+    )
+    .with_context(|| format!("cannot write {}", marker.display()))?;
+    Ok(parquet_root)
+}
+
+pub fn run(args: DemoArgs) -> Result<(), Failure> {
+    let parquet_root = fresh_parquet_root(&args.dir)?;
 
     let mut fleet = Fleet::new(FleetConfig {
         unknown_fields: true,
