@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use jobstream_fleet::{Fleet, FleetConfig};
 use jobstream_parser::{Parser, Provenance, TableBuilders};
-use jobstream_sink::parquet::{writer_properties, ParquetConfig};
+use jobstream_sink::parquet::{writer_properties, Encodings, ParquetConfig};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
@@ -24,6 +24,17 @@ fn current() -> WriterPropertiesBuilder {
     let defaults = ParquetConfig::new(std::env::temp_dir());
     writer_properties(&defaults)
         .expect("the default settings are valid")
+        .into_builder()
+}
+
+/// The sink's settings with `Encodings::Plain`: every column without a dictionary PLAIN.
+fn plain() -> WriterPropertiesBuilder {
+    let config = ParquetConfig {
+        encodings: Encodings::Plain,
+        ..ParquetConfig::new(std::env::temp_dir())
+    };
+    writer_properties(&config)
+        .expect("the plain settings are valid")
         .into_builder()
 }
 
@@ -43,6 +54,22 @@ fn variants() -> Vec<(&'static str, WriterProperties)> {
     let zstd = |level| Compression::ZSTD(ZstdLevel::try_new(level).expect("a zstd level"));
     vec![
         ("current", current().build()),
+        ("plain encodings (--encodings plain)", plain().build()),
+        (
+            "plain, event_id uncompressed",
+            plain()
+                .set_column_compression(ColumnPath::from("event_id"), Compression::UNCOMPRESSED)
+                .build(),
+        ),
+        (
+            "delta event_time",
+            current()
+                .set_column_encoding(
+                    ColumnPath::from("event_time"),
+                    Encoding::DELTA_BINARY_PACKED,
+                )
+                .build(),
+        ),
         (
             "write batch 1024 (parquet's default)",
             current().set_write_batch_size(1024).build(),

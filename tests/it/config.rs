@@ -108,3 +108,26 @@ fn the_plan_without_kafka_shows_parquet_and_no_kafka_settings() {
     assert!(!stdout.contains("kafka "), "no Kafka line: {stdout}");
     assert!(!stdout.contains("worker(s)"), "{stdout}");
 }
+
+#[test]
+fn an_unknown_parquet_encoding_is_refused_with_the_setting_and_the_choices_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("encodings.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mqtt]\nurl = \"mqtt://h\"\n\n[parquet]\ndir = {:?}\nencodings = \"rle\"\n",
+            dir.path().join("out")
+        ),
+    )
+    .expect("write");
+    let output = check([OsStr::new("--config"), path.as_os_str()]);
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("parquet.encodings")
+            && stderr.contains("delta")
+            && stderr.contains("plain"),
+        "{stderr}"
+    );
+}

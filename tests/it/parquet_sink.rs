@@ -10,9 +10,9 @@ use arrow_array::types::TimestampMillisecondType;
 use arrow_array::Array;
 use jobstream_fleet::{Fleet, FleetConfig, Message};
 use jobstream_parser::{Parser, Provenance};
-use jobstream_sink::parquet::{Appended, ParquetConfig, ParquetSink};
+use jobstream_sink::parquet::{Appended, Encodings, ParquetConfig, ParquetSink};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 
 use crate::support::{event_ids, parquet_files};
 
@@ -176,6 +176,98 @@ fn parquet_files_have_millisecond_utc_timestamps_and_zstd() {
                 .all(|t| t.is_some_and(|t| t > 1_700_000_000_000)));
             assert_eq!(times.null_count(), 0);
         }
+    }
+}
+
+/// The rows of every file under `root` by its path below `root` (as one batch), and the
+/// encodings each column path used in any row group of any file.
+fn read_files_and_encodings(
+    root: &Path,
+) -> (
+    std::collections::BTreeMap<std::path::PathBuf, arrow_array::RecordBatch>,
+    std::collections::BTreeMap<String, BTreeSet<Encoding>>,
+) {
+    let mut files = std::collections::BTreeMap::new();
+    let mut encodings = std::collections::BTreeMap::<String, BTreeSet<Encoding>>::new();
+    for path in parquet_files(root) {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).expect("open"))
+            .expect("readable");
+        for row_group in builder.metadata().row_groups() {
+            for column in row_group.columns() {
+                encodings
+                    .entry(column.column_path().string())
+                    .or_default()
+                    .extend(column.encodings());
+            }
+        }
+        let schema = builder.schema().clone();
+        let batches: Vec<_> = builder
+            .build()
+            .expect("reader")
+            .map(|batch| batch.expect("batch"))
+            .collect();
+        let rows = arrow_select::concat::concat_batches(&schema, &batches).expect("concat");
+        let name = path.strip_prefix(root).expect("under root").to_owned();
+        files.insert(name, rows);
+    }
+    (files, encodings)
+}
+
+#[test]
+fn delta_and_plain_encodings_read_back_as_the_same_rows() {
+    let input = messages(40);
+    let mut written = Vec::new();
+    for encodings in [Encodings::Delta, Encodings::Plain] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = ParquetConfig {
+            encodings,
+            ..small_files(dir.path())
+        };
+        let mut sink = ParquetSink::new(config, "cap").expect("sink");
+        write_all(&mut sink, &input, 0);
+        sink.finish().expect("finish");
+        written.push((encodings, read_files_and_encodings(dir.path())));
+    }
+    for (encodings, (_, used)) in &written {
+        for (column, delta) in [
+            ("thing_arn", Encoding::DELTA_BYTE_ARRAY),
+            ("thing_name", Encoding::DELTA_BYTE_ARRAY),
+            ("event_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            (
+                "status_details.key_value.key",
+                Encoding::DELTA_LENGTH_BYTE_ARRAY,
+            ),
+            (
+                "status_details.key_value.value",
+                Encoding::DELTA_LENGTH_BYTE_ARRAY,
+            ),
+        ] {
+            let column_encodings = used.get(column).expect("the column is in the files");
+            assert_eq!(
+                column_encodings.contains(&delta),
+                *encodings == Encodings::Delta,
+                "{encodings:?} {column}: {column_encodings:?}"
+            );
+        }
+        // Dictionaries stay where they were, whatever the delta setting.
+        assert!(
+            used["job_id"].contains(&Encoding::RLE_DICTIONARY),
+            "{used:?}"
+        );
+    }
+    let (delta, plain) = (&written[0].1 .0, &written[1].1 .0);
+    let rows: usize = delta.values().map(arrow_array::RecordBatch::num_rows).sum();
+    assert!(
+        rows > 1000 && delta.len() > 2,
+        "{rows} rows in {} files",
+        delta.len()
+    );
+    assert_eq!(
+        delta.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>()
+    );
+    for (name, rows) in delta {
+        assert_eq!(rows, &plain[name], "{}", name.display());
     }
 }
 

@@ -199,6 +199,14 @@ fn missing_input_and_bad_flags_exit_non_zero_with_a_clear_message() {
         "{stderr}"
     );
 
+    let bad_encodings = run(&["replay", "--input", "-", "--encodings", "rle"]);
+    assert_eq!(bad_encodings.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad_encodings.stderr);
+    assert!(
+        stderr.contains("unknown encodings") && stderr.contains("plain"),
+        "{stderr}"
+    );
+
     let zero_rows = run(&[
         "replay",
         "--input",

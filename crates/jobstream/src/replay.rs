@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jobstream_parser::ParserConfig;
-use jobstream_sink::parquet::{Codec, ParquetConfig};
+use jobstream_sink::parquet::{Codec, Encodings, ParquetConfig};
 use jobstream_sink::replay::{replay, ReplayConfig, ReplayInput, ReplayStats};
 
 use crate::Failure;
@@ -37,6 +37,10 @@ pub struct ReplayArgs {
     /// Parquet compression: zstd, zstd:LEVEL (1-22), snappy, lz4 or none.
     #[arg(long, default_value = "zstd")]
     compression: Codec,
+    /// Page encoding of ids, ARNs and status details: delta (smaller, faster) or plain (for
+    /// readers without the delta encodings, such as Spark before 3.3).
+    #[arg(long, default_value = "delta")]
+    encodings: Encodings,
     /// Publish a Parquet file once it holds this many rows.
     #[arg(long, default_value_t = 5_000_000)]
     max_file_rows: u64,
@@ -66,6 +70,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     };
     let parquet = args.parquet.as_ref().map(|root| ParquetConfig {
         codec: args.compression,
+        encodings: args.encodings,
         max_file_rows: args.max_file_rows,
         max_file_bytes: args.max_file_mib.saturating_mul(1 << 20),
         row_group_bytes: args.row_group_mib.saturating_mul(1 << 20),

@@ -52,6 +52,9 @@ pub struct ParquetSettings {
     pub group_id: Option<String>,
     /// zstd (default), lz4, snappy or none; `zstd:LEVEL` sets the level.
     pub compression: Option<String>,
+    /// Page encoding of ids, ARNs and status details: delta (default) or plain (for readers
+    /// without the delta encodings, such as Spark before 3.3).
+    pub encodings: Option<String>,
     /// A file is published once it holds this many rows…
     pub max_file_rows: Option<u64>,
     /// …or this many bytes…
@@ -412,6 +415,11 @@ fn parquet_config(
         parquet.codec = v
             .parse()
             .map_err(|e| config_error(format!("parquet.compression = {v:?}: {e}")))?;
+    }
+    if let Some(v) = &q.encodings {
+        parquet.encodings = v
+            .parse()
+            .map_err(|e| config_error(format!("parquet.encodings = {v:?}: {e}")))?;
     }
     if let Some(v) = args.max_file_rows.or(q.max_file_rows) {
         parquet.max_file_rows = v;
