@@ -1405,6 +1405,9 @@ pub fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, Sin
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
     }
     if config.encodings == Encodings::Delta {
+        // Prefix sharing only where values share prefixes: ARNs and names of the same fleet
+        // do, random event ids do not, and DELTA_BYTE_ARRAY on them costs more than PLAIN
+        // (encode_settings: 1.12x against 0.89x for DELTA_LENGTH_BYTE_ARRAY).
         for (column, encoding) in [
             ("thing_arn", Encoding::DELTA_BYTE_ARRAY),
             ("thing_name", Encoding::DELTA_BYTE_ARRAY),
