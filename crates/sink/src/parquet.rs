@@ -120,7 +120,7 @@ impl Codec {
 }
 
 /// How the high-cardinality string columns are encoded in the pages, before compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encodings {
     /// `DELTA_BYTE_ARRAY` for thing ARNs and names (each value stores only what differs from
     /// the one before: the ARN prefix is written once per run of the same account and
@@ -129,7 +129,6 @@ pub enum Encodings {
     /// events a quarter less encoding time than `Plain`: zstd has far fewer bytes to search.
     /// Read by every current reader (DuckDB, pyarrow/pandas, polars, Spark 3.3+, Trino and
     /// Athena engine 3).
-    #[default]
     Delta,
     /// `PLAIN` for every column without a dictionary: for readers that predate the delta
     /// encodings (Spark's vectorized reader before 3.3, for one).
@@ -179,8 +178,9 @@ pub struct ParquetConfig {
 }
 
 impl ParquetConfig {
-    /// Defaults for `root`: zstd level 1, 8192-row batches, 8 MiB row groups, files of up to
-    /// 64 MiB or 5 million rows, published after 10 minutes open or 60 seconds idle.
+    /// Defaults for `root`: zstd level 1, delta encodings, 8192-row batches, 8 MiB row groups,
+    /// files of up to 64 MiB or 5 million rows, published after 10 minutes open or 60 seconds
+    /// idle.
     ///
     /// 8 MiB of encoded job executions is about 180,000 rows (DuckDB writes 122,880 to a row
     /// group): a day's file gets several row groups, which readers such as DuckDB scan in
