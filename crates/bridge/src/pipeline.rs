@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crossbeam::channel as xchan;
 use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
 use jobstream_parser::{Family, Parser, ParserConfig, Reject, RejectKind};
-use jobstream_sink::kafka::{KafkaConfig, KafkaSink};
+use jobstream_sink::kafka::{ClientRole, KafkaConfig, KafkaSink};
 use jobstream_sink::parquet::ParquetConfig;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, Notify};
@@ -370,7 +370,17 @@ pub async fn run(
             (Some(writer), None)
         }
         Output::Kafka(kafka) => {
-            jobstream_sink::kafka::ensure_topics(kafka, Duration::from_secs(30)).await?;
+            // A wrong password or an untrusted certificate stops the start here, with what to
+            // fix, instead of a producer that retries forever.
+            let check = kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                jobstream_sink::kafka::check_connection(&check, ClientRole::Producer)
+            })
+            .await
+            .map_err(|e| {
+                jobstream_sink::SinkError::Kafka(format!("the connection check stopped: {e}"))
+            })??;
+            jobstream_sink::kafka::ensure_topics(kafka).await?;
             (None, Some(kafka))
         }
     };

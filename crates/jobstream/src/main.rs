@@ -1,7 +1,7 @@
 //! The `jobstream` command. See `jobstream --help` and the README.
 //!
 //! Exit codes: 0 success; 1 `report --fail-on-mismatch` found disagreeing jobs; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable;
-//! 74 I/O error while running; 75 the drain did not finish in time; 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
+//! 74 I/O error while running; 75 the drain did not finish in time; 77 Kafka refused us (TLS, authentication, ACLs); 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
 
 /// `println!` that never panics: when standard output is gone (`jobstream replay … | head -1`),
 /// the line is dropped and the command carries on to its normal end and exit status, instead of
@@ -46,6 +46,10 @@ use clap::{Parser, Subcommand};
 
 /// Exit code for an input file that cannot be opened (sysexits EX_NOINPUT).
 pub const EXIT_NO_INPUT: u8 = 66;
+/// Exit code when a broker cannot be reached (sysexits EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when Kafka turned us away: TLS, authentication or ACLs (sysexits EX_NOPERM).
+pub const EXIT_REFUSED: u8 = 77;
 /// Exit code for an I/O failure while running (sysexits EX_IOERR).
 pub const EXIT_IO: u8 = 74;
 /// Exit code for an invalid configuration (sysexits EX_CONFIG).
@@ -111,20 +115,26 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// Maps sink errors to exit codes: bad settings are configuration errors, the rest I/O.
+/// The exit code of a sink error: bad settings are configuration errors, Kafka's refusals and
+/// silence have codes of their own, the rest is I/O.
+pub fn sink_exit_code(error: &jobstream_sink::SinkError) -> u8 {
+    match error {
+        jobstream_sink::SinkError::Config { .. } => EXIT_CONFIG,
+        jobstream_sink::SinkError::KafkaRefused { .. } => EXIT_REFUSED,
+        jobstream_sink::SinkError::KafkaUnreachable { .. } => EXIT_UNAVAILABLE,
+        jobstream_sink::SinkError::Io { action, source, .. }
+            if *action == "open capture" && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            EXIT_NO_INPUT
+        }
+        _ => EXIT_IO,
+    }
+}
+
 impl From<jobstream_sink::SinkError> for Failure {
     fn from(error: jobstream_sink::SinkError) -> Self {
-        let code = match &error {
-            jobstream_sink::SinkError::Config { .. } => EXIT_CONFIG,
-            jobstream_sink::SinkError::Io { action, source, .. }
-                if *action == "open capture" && source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                EXIT_NO_INPUT
-            }
-            _ => EXIT_IO,
-        };
         Failure {
-            code,
+            code: sink_exit_code(&error),
             error: error.into(),
         }
     }

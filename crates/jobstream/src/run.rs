@@ -15,12 +15,11 @@ use jobstream_parser::ParserConfig;
 use jobstream_sink::consumer::{StageConfig, StageStats};
 use jobstream_sink::kafka::KafkaConfig;
 use jobstream_sink::parquet::ParquetConfig;
+use jobstream_sink::SinkError;
 use serde::Deserialize;
 
-use crate::{Failure, EXIT_CONFIG};
+use crate::{Failure, EXIT_CONFIG, EXIT_UNAVAILABLE};
 
-/// Exit code when a broker cannot be reached (sysexits EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code when the drain did not finish in time (sysexits EX_TEMPFAIL).
 pub const EXIT_TEMPFAIL: u8 = 75;
 
@@ -121,10 +120,15 @@ pub struct KafkaSettings {
     pub compression: Option<String>,
     /// Partitions of topics created at start.
     pub partitions: Option<i32>,
-    /// Replication factor of topics created at start.
+    /// Replication factor of topics created at start (unset: the broker's
+    /// `default.replication.factor`).
     pub replication: Option<i32>,
+    /// Seconds the first connection may take before `run` gives up.
+    pub connect_timeout_secs: Option<u64>,
     /// Create missing topics at start.
     pub create_topics: Option<bool>,
+    /// Settings of the topics created at start (`min.insync.replicas`, `retention.ms`, …).
+    pub topic_config: BTreeMap<String, String>,
     /// Records librdkafka may queue before producing waits (memory bound).
     pub max_queued: Option<usize>,
     /// librdkafka options passed through as they are.
@@ -254,6 +258,13 @@ pub struct RunArgs {
     /// A librdkafka option KEY=VALUE passed through (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
+    /// SASL user name for Kafka (librdkafka's `sasl.username`).
+    #[arg(long, env = "JOBSTREAM_KAFKA_USERNAME")]
+    kafka_username: Option<String>,
+    /// SASL password for Kafka (`sasl.password`); best from the environment, which `ps` does
+    /// not show.
+    #[arg(long, env = "JOBSTREAM_KAFKA_PASSWORD", hide_env_values = true)]
+    kafka_password: Option<String>,
     /// Parser worker threads (default: one per core). Without Kafka (`--mqtt` with
     /// `--parquet`) one writer thread parses and writes, and this is not used.
     #[arg(long, env = "JOBSTREAM_WORKERS")]
@@ -261,7 +272,7 @@ pub struct RunArgs {
     /// Event ids remembered for duplicate detection (0 disables it).
     #[arg(long, env = "JOBSTREAM_DEDUP_WINDOW")]
     dedup_window: Option<usize>,
-    /// Seconds the first MQTT connection may take before giving up.
+    /// Seconds the first connection to each broker (MQTT, Kafka) may take before giving up.
     #[arg(long, env = "JOBSTREAM_CONNECT_TIMEOUT_SECS")]
     connect_timeout_secs: Option<u64>,
     /// Check the configuration (file, environment, flags), print the effective settings and
@@ -541,17 +552,25 @@ fn kafka_config(args: &RunArgs, k: KafkaSettings, brokers: String) -> Result<Kaf
     if let Some(v) = k.partitions {
         kafka.partitions = v;
     }
-    if let Some(v) = k.replication {
-        kafka.replication = v;
+    kafka.replication = k.replication;
+    if let Some(v) = args.connect_timeout_secs.or(k.connect_timeout_secs) {
+        kafka.connect_timeout = Duration::from_secs(v.max(1));
     }
     if let Some(v) = k.create_topics {
         kafka.create_topics = v;
     }
+    kafka.topic_config = k.topic_config;
     if let Some(v) = k.max_queued {
         kafka.max_queued = v.max(1);
     }
     kafka.options = k.options;
     kafka.options.extend(args.kafka_options.iter().cloned());
+    if let Some(v) = &args.kafka_username {
+        kafka.options.insert("sasl.username".into(), v.clone());
+    }
+    if let Some(v) = &args.kafka_password {
+        kafka.options.insert("sasl.password".into(), v.clone());
+    }
     kafka
         .producer_config()
         .map_err(|e| config_error(e.to_string()))?;
@@ -754,7 +773,11 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     result.map_err(|error| {
         let code = match &error {
             BridgeError::Config(_) => EXIT_CONFIG,
-            BridgeError::Mqtt(_) | BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
+            BridgeError::Mqtt(_) => EXIT_UNAVAILABLE,
+            BridgeError::Kafka(
+                error @ (SinkError::KafkaRefused { .. } | SinkError::Config { .. }),
+            ) => crate::sink_exit_code(error),
+            BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
             BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
             BridgeError::Parquet(_) => crate::EXIT_IO,
         };
@@ -786,8 +809,12 @@ fn print_plan(plan: &Plan) {
                 parquet.codec
             ),
             Output::Kafka(kafka) => outln!(
-                "  kafka       {} → {}, {}, dlq {}",
-                kafka.brokers, kafka.job_topic, kafka.execution_topic, kafka.dlq_topic
+                "  kafka       {} → {}, {}, dlq {} ({})",
+                kafka.brokers,
+                kafka.job_topic,
+                kafka.execution_topic,
+                kafka.dlq_topic,
+                topic_creation(kafka)
             ),
         }
         // Straight to Parquet, one writer thread parses and writes, whatever `workers` says.
@@ -822,6 +849,20 @@ fn print_plan(plan: &Plan) {
             age(stage.parquet.idle_timeout)
         );
     }
+}
+
+/// How missing topics get made, as `run --check` says it.
+fn topic_creation(kafka: &KafkaConfig) -> String {
+    if !kafka.create_topics {
+        return "topics must exist".to_owned();
+    }
+    let factor = kafka
+        .replication
+        .map_or("the broker's default".to_owned(), |r| r.to_string());
+    format!(
+        "missing topics created with {} partitions, replication factor {factor}",
+        kafka.partitions
+    )
 }
 
 fn print_stage_stats(stats: &StageStats, final_line: bool) {

@@ -19,7 +19,8 @@ use jobstream_bridge::MqttConfig;
 use jobstream_fleet::{Fleet, FleetConfig, Message, Tally};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
-use crate::run::{MqttAuthArgs, EXIT_UNAVAILABLE};
+use crate::run::MqttAuthArgs;
+use crate::EXIT_UNAVAILABLE;
 use crate::{Failure, EXIT_CONFIG};
 
 #[derive(Debug, clap::Args)]

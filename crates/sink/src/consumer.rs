@@ -377,6 +377,8 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<(), SinkError> {
     config.parquet.validate()?;
+    // Before joining the group: a refused connection stops the stage with what to fix.
+    crate::kafka::check_connection(&config.kafka, crate::kafka::ClientRole::Consumer)?;
     let writers = Arc::new(Mutex::new(Writers {
         parquet: config.parquet.clone(),
         by_partition: HashMap::new(),

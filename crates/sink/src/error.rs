@@ -32,6 +32,27 @@ pub enum SinkError {
     /// Kafka refused or failed an operation.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// No broker answered within the connect timeout: retrying later may help.
+    #[error("kafka: no broker at {brokers} answered within {timeout:?}: {detail}")]
+    KafkaUnreachable {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// How long the client tried.
+        timeout: std::time::Duration,
+        /// librdkafka's last word on it.
+        detail: String,
+    },
+    /// Kafka turned the client away (TLS, authentication, authorization): retrying with the
+    /// same settings cannot help, so the command stops instead of trying forever.
+    #[error("kafka at {brokers}: {refusal}: {detail}")]
+    KafkaRefused {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// What was refused, with what to check.
+        refusal: Refusal,
+        /// librdkafka's or the broker's own message.
+        detail: String,
+    },
     /// A setting is out of range.
     #[error("invalid setting {setting} = {value}: {reason}")]
     Config {
@@ -56,5 +77,32 @@ impl SinkError {
             path,
             source,
         }
+    }
+}
+
+/// Why Kafka turned a client away; each says what to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The TLS handshake failed, and the broker's certificate was not trusted.
+    UnknownCa,
+    /// The TLS handshake failed, and the broker wanted a client certificate.
+    ClientCertificate,
+    /// The TLS handshake failed for another reason.
+    Tls,
+    /// SASL authentication failed.
+    Authentication,
+    /// The principal may not do what was asked (ACLs).
+    NotAuthorized,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::UnknownCa => "the broker's TLS certificate is not signed by a trusted CA (check ssl.ca.location)",
+            Refusal::ClientCertificate => "the broker requires a client certificate it accepts (check ssl.certificate.location and ssl.key.location)",
+            Refusal::Tls => "the TLS handshake failed (check security.protocol and the ssl.* options, and that the port is the broker's TLS listener)",
+            Refusal::Authentication => "SASL authentication failed (check sasl.username, sasl.password and sasl.mechanisms)",
+            Refusal::NotAuthorized => "not authorized (ACLs)",
+        })
     }
 }

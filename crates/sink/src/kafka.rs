@@ -26,7 +26,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::SinkError;
+use crate::{Refusal, SinkError};
 
 /// Where and how to produce. Its `Debug` output hides secret option values
 /// ([`is_secret_option`]), so a configuration can be logged.
@@ -44,10 +44,17 @@ pub struct KafkaConfig {
     pub compression: String,
     /// Create missing topics at start with this many partitions…
     pub partitions: i32,
-    /// …and this replication factor.
-    pub replication: i32,
+    /// …and this replication factor; `None` takes the broker's `default.replication.factor`
+    /// (a fixed 1 would leave a production cluster's topics on one broker).
+    pub replication: Option<i32>,
     /// Whether to create missing topics at start (Admin API).
     pub create_topics: bool,
+    /// Topic-level settings of the topics it creates (`min.insync.replicas`, `retention.ms`,
+    /// …); existing topics are not changed.
+    pub topic_config: BTreeMap<String, String>,
+    /// How long the first connection may take before the command gives up (also the Admin
+    /// API's timeout when creating topics).
+    pub connect_timeout: Duration,
     /// Records librdkafka may hold before `produce` waits (`queue.buffering.max.messages`):
     /// the bound on memory while Kafka is slow or down.
     pub max_queued: usize,
@@ -90,6 +97,8 @@ impl std::fmt::Debug for KafkaConfig {
             .field("partitions", &self.partitions)
             .field("replication", &self.replication)
             .field("create_topics", &self.create_topics)
+            .field("topic_config", &self.topic_config)
+            .field("connect_timeout", &self.connect_timeout)
             .field("max_queued", &self.max_queued)
             .field("options", &options)
             .finish()
@@ -97,7 +106,8 @@ impl std::fmt::Debug for KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// Defaults: the DESIGN.md topic names, lz4, 3 partitions, replication 1, 100k queued.
+    /// Defaults: the DESIGN.md topic names, lz4, 3 partitions, the broker's replication factor,
+    /// a 30 s connect timeout, 100k queued.
     pub fn new(brokers: impl Into<String>) -> Self {
         KafkaConfig {
             brokers: brokers.into(),
@@ -106,8 +116,10 @@ impl KafkaConfig {
             dlq_topic: "aws-iot-jobs-dlq".to_owned(),
             compression: "lz4".to_owned(),
             partitions: 3,
-            replication: 1,
+            replication: None,
             create_topics: true,
+            topic_config: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(30),
             max_queued: 100_000,
             options: BTreeMap::new(),
         }
@@ -141,6 +153,9 @@ impl KafkaConfig {
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", self.max_queued.to_string())
+            // A metadata request for a missing topic must not make the broker create it with
+            // its own defaults (one partition): topics come from `ensure_topics`.
+            .set("allow.auto.create.topics", "false")
             // Five minutes of retries before a record is reported failed: enough to ride out a
             // broker restart. A failed record is never acknowledged to MQTT.
             .set("message.timeout.ms", "300000");
@@ -308,14 +323,6 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
     /// The configuration in use.
     pub fn config(&self) -> &KafkaConfig {
         &self.config
-    }
-
-    /// Creates the three topics if they are missing (no-op when `create_topics` is off).
-    ///
-    /// # Errors
-    /// The broker cannot be reached within `timeout`, or refuses to create a topic.
-    pub async fn ensure_topics(&self, timeout: Duration) -> Result<(), SinkError> {
-        ensure_topics(&self.config, timeout).await
     }
 
     /// Makes waiting `produce` calls give up (shutdown after a second signal).
@@ -512,11 +519,151 @@ impl KafkaProbe {
     }
 }
 
-/// Creates the configured topics when missing.
+/// Which client a connection check speaks for: the two may carry different options
+/// (`producer.`/`consumer.` prefixed keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRole {
+    /// The bridge's producer (also the DLQ producer of the Parquet stage and replay).
+    Producer,
+    /// The Parquet stage's consumer.
+    Consumer,
+}
+
+/// Records the first error librdkafka reports that retrying cannot cure. librdkafka retries
+/// every connection failure forever, so without this a wrong password or an untrusted CA
+/// would look like a broker that is merely down.
+#[derive(Default)]
+struct RefusalRecorder {
+    first: std::sync::Mutex<Option<(Refusal, String)>>,
+}
+
+impl RefusalRecorder {
+    fn take(&self) -> Option<(Refusal, String)> {
+        self.first.lock().map_or(None, |mut first| first.take())
+    }
+}
+
+impl ClientContext for RefusalRecorder {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "kafka connection check");
+        if let Some(refusal) = classify_refusal(error.rdkafka_error_code(), reason) {
+            if let Ok(mut first) = self.first.lock() {
+                first.get_or_insert_with(|| (refusal, reason.to_owned()));
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RefusalRecorder {}
+
+impl ProducerContext for RefusalRecorder {
+    type DeliveryOpaque = ();
+
+    // The check produces nothing.
+    fn delivery(&self, _: &DeliveryResult<'_>, (): ()) {}
+}
+
+/// What an error librdkafka reports means for a connection, if it is one that retrying with
+/// the same settings cannot cure. librdkafka gives the TLS failures one code (`_SSL`) and
+/// says which in its text (OpenSSL's reason).
+fn classify_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<Refusal> {
+    match code? {
+        RDKafkaErrorCode::Authentication => Some(Refusal::Authentication),
+        RDKafkaErrorCode::SSL => {
+            let reason = reason.to_ascii_lowercase();
+            Some(if reason.contains("certificate verify failed") {
+                Refusal::UnknownCa
+            } else if reason.contains("certificate required")
+                || reason.contains("handshake failure")
+            {
+                Refusal::ClientCertificate
+            } else {
+                Refusal::Tls
+            })
+        }
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed
+        | RDKafkaErrorCode::GroupAuthorizationFailed => Some(Refusal::NotAuthorized),
+        _ => None,
+    }
+}
+
+/// Connects as `role` would and asks for the cluster's metadata, within the configured
+/// `connect_timeout`. Blocks; call it from a blocking context.
 ///
 /// # Errors
-/// The broker cannot be reached within `timeout`, or refuses to create a topic.
-pub async fn ensure_topics(config: &KafkaConfig, timeout: Duration) -> Result<(), SinkError> {
+/// [`SinkError::KafkaRefused`] as soon as the broker turns the client away (TLS,
+/// authentication), [`SinkError::KafkaUnreachable`] when no broker answered in time, and
+/// [`SinkError::Config`] for options librdkafka does not accept.
+pub fn check_connection(config: &KafkaConfig, role: ClientRole) -> Result<(), SinkError> {
+    let client_config = match role {
+        ClientRole::Producer => config.producer_config()?,
+        ClientRole::Consumer => config.consumer_config("jobstream-connection-check")?,
+    };
+    let invalid = |e: KafkaError| SinkError::Config {
+        setting: "kafka",
+        value: config.brokers.clone(),
+        reason: e.to_string(),
+    };
+    // A consumer checks with a consumer's options; it joins no group (nothing subscribes).
+    match role {
+        ClientRole::Producer => {
+            let client: rdkafka::producer::BaseProducer<RefusalRecorder> = client_config
+                .create_with_context(RefusalRecorder::default())
+                .map_err(invalid)?;
+            await_metadata(client.client(), config)
+        }
+        ClientRole::Consumer => {
+            use rdkafka::consumer::Consumer as _;
+            let client: rdkafka::consumer::BaseConsumer<RefusalRecorder> = client_config
+                .create_with_context(RefusalRecorder::default())
+                .map_err(invalid)?;
+            await_metadata(client.client(), config)
+        }
+    }
+}
+
+/// Short metadata requests until one succeeds, the recorder saw a refusal, or the deadline.
+fn await_metadata(
+    client: &rdkafka::client::Client<RefusalRecorder>,
+    config: &KafkaConfig,
+) -> Result<(), SinkError> {
+    let deadline = std::time::Instant::now() + config.connect_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // librdkafka reports a refusal through the error callback while the request waits;
+        // short requests let the check return soon after it.
+        let attempt = client.fetch_metadata(None, left.min(Duration::from_millis(500)));
+        if let Some((refusal, detail)) = client.context().take() {
+            return Err(SinkError::KafkaRefused {
+                brokers: config.brokers.clone(),
+                refusal,
+                detail,
+            });
+        }
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if left.is_zero() => {
+                return Err(SinkError::KafkaUnreachable {
+                    brokers: config.brokers.clone(),
+                    timeout: config.connect_timeout,
+                    detail: e.to_string(),
+                })
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Creates the configured topics that are missing, with `partitions` and `replication`
+/// (the broker's default factor when unset). Topics that exist are left as they are, so a
+/// principal without the right to create topics (ACLs) can run once they exist.
+///
+/// # Errors
+/// The broker cannot be reached within `connect_timeout`, turns the client away, or refuses
+/// to create a topic ([`SinkError::KafkaRefused`] with [`Refusal::NotAuthorized`] when ACLs
+/// forbid it; the message says how to go on).
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
     if !config.create_topics {
         return Ok(());
     }
@@ -527,42 +674,140 @@ pub async fn ensure_topics(config: &KafkaConfig, timeout: Duration) -> Result<()
             admin_config.set(key, value);
         }
     }
-    let admin: AdminClient<DefaultClientContext> =
-        admin_config.create().map_err(|e| SinkError::Config {
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(admin_config.create().map_err(|e| SinkError::Config {
             setting: "kafka",
             value: config.brokers.clone(),
             reason: e.to_string(),
-        })?;
-    let topics: Vec<NewTopic<'_>> = [
+        })?);
+    let wanted = [
         &config.job_topic,
         &config.execution_topic,
         &config.dlq_topic,
-    ]
-    .into_iter()
-    .map(|name| {
-        NewTopic::new(
-            name,
-            config.partitions,
-            TopicReplication::Fixed(config.replication),
-        )
-    })
-    .collect();
+    ];
+    let unreachable = |e: KafkaError| SinkError::KafkaUnreachable {
+        brokers: config.brokers.clone(),
+        timeout: config.connect_timeout,
+        detail: e.to_string(),
+    };
+    // All topics' metadata, not the three by name: a request naming a missing topic may make
+    // a broker with auto.create.topics.enable create it with its own defaults.
+    // librdkafka's metadata call blocks: off the async threads.
+    let metadata = {
+        let (admin, timeout) = (Arc::clone(&admin), config.connect_timeout);
+        tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| SinkError::Kafka(format!("the metadata request stopped: {e}")))?
+            .map_err(unreachable)?
+    };
+    let missing: Vec<&String> = wanted
+        .into_iter()
+        .filter(|name| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == name.as_str() && t.error().is_none())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // -1: the broker's default.replication.factor (KIP-464).
+    let factor = config.replication.unwrap_or(-1);
+    let topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|name| {
+            config.topic_config.iter().fold(
+                NewTopic::new(name, config.partitions, TopicReplication::Fixed(factor)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
     let options = AdminOptions::new()
-        .operation_timeout(Some(timeout))
-        .request_timeout(Some(timeout));
-    let results = admin.create_topics(&topics, &options).await.map_err(|e| {
-        SinkError::Kafka(format!(
-            "cannot reach Kafka at {} to create topics: {e}",
-            config.brokers
-        ))
-    })?;
+        .operation_timeout(Some(config.connect_timeout))
+        .request_timeout(Some(config.connect_timeout));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(unreachable)?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((
+                topic,
+                code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed),
+            )) => {
+                return Err(SinkError::KafkaRefused {
+                    brokers: config.brokers.clone(),
+                    refusal: Refusal::NotAuthorized,
+                    detail: format!(
+                        "creating topic {topic} was refused ({code}): grant this principal CREATE on it, or have an administrator create {} and set kafka.create_topics = false",
+                        missing.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
             Err((topic, code)) => {
-                return Err(SinkError::Kafka(format!("creating topic {topic}: {code}")));
+                let factor = config
+                    .replication
+                    .map_or("the broker's default".to_owned(), |r| r.to_string());
+                return Err(SinkError::Kafka(format!(
+                    "creating topic {topic} ({} partitions, replication factor {factor}): {code}",
+                    config.partitions
+                )));
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_told_apart_by_openssl_s_reason() {
+        // Messages as librdkafka 2.12 words them for each case (seen against Apache Kafka).
+        let ssl = Some(RDKafkaErrorCode::SSL);
+        assert_eq!(
+            classify_refusal(ssl, "127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed (install ca-certificates package) (after 4ms in state SSL_HANDSHAKE)"),
+            Some(Refusal::UnknownCa)
+        );
+        assert_eq!(
+            classify_refusal(ssl, "127.0.0.1:9093/bootstrap: SSL handshake failed: ssl/record/rec_layer_s3.c:1605: error:0A00045C:SSL routines::tlsv13 alert certificate required: SSL alert number 116 (after 9ms in state SSL_HANDSHAKE)"),
+            Some(Refusal::ClientCertificate)
+        );
+        assert_eq!(
+            classify_refusal(ssl, "SSL handshake failed: wrong version number"),
+            Some(Refusal::Tls)
+        );
+    }
+
+    #[test]
+    fn authentication_and_acl_errors_are_refusals_and_transport_errors_are_not() {
+        assert_eq!(
+            classify_refusal(Some(RDKafkaErrorCode::Authentication), "SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512"),
+            Some(Refusal::Authentication)
+        );
+        assert_eq!(
+            classify_refusal(Some(RDKafkaErrorCode::TopicAuthorizationFailed), ""),
+            Some(Refusal::NotAuthorized)
+        );
+        for retried in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::Resolve,
+        ] {
+            assert_eq!(classify_refusal(Some(retried), "Connection refused"), None);
+        }
+        assert_eq!(classify_refusal(None, "anything"), None);
+    }
+
+    #[test]
+    fn the_producer_never_asks_the_broker_to_create_topics_on_its_own() {
+        let config = KafkaConfig::new("127.0.0.1:9092")
+            .producer_config()
+            .expect("valid");
+        assert_eq!(config.get("allow.auto.create.topics"), Some("false"));
+    }
 }

@@ -21,4 +21,4 @@ pub mod replay;
 pub mod seen;
 pub mod time;
 
-pub use error::SinkError;
+pub use error::{Refusal, SinkError};

@@ -294,10 +294,8 @@ pub fn replay(
                     "start a runtime for",
                     "the Kafka admin client",
                 ))?;
-            runtime.block_on(crate::kafka::ensure_topics(
-                &kafka_config,
-                Duration::from_secs(30),
-            ))?;
+            crate::kafka::check_connection(&kafka_config, crate::kafka::ClientRole::Producer)?;
+            runtime.block_on(crate::kafka::ensure_topics(&kafka_config))?;
             let (delivered, failed) = (delivered.clone(), failed.clone());
             Some(KafkaSink::new(kafka_config, move |(): (), result| {
                 let counter = if result.is_ok() { &delivered } else { &failed };
