@@ -8,8 +8,8 @@
 
 Both are timed from process start to exit (group join included for both), interleaved run by
 run so machine noise hits both alike; the report gives median and spread and the ratio of the
-medians. The broker is tansu 0.6 (SQLite storage, with the header index the tests add; see
-tests/python/brokers.py), started here on a free port.
+medians. The broker is Apache Kafka (one KRaft node, tests/python/brokers.py and
+scripts/kafka), started here on a free port.
 
 Usage: .venv/bin/python benches/kafka_to_parquet.py [--events 300000] [--runs 5]
          [--jobstream target/release/jobstream] [--raw target/release/examples/raw_consume]
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
-from brokers import Tansu  # noqa: E402
+from brokers import Kafka  # noqa: E402
 
 TOPICS = ["aws-iot-job-events", "aws-iot-job-execution-events"]
 
@@ -66,25 +66,24 @@ def main():
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="jobstream-k2p-"))
-    tansu = Tansu(work / "tansu").start()
+    kafka = Kafka(work / "kafka").start()
     try:
         capture = work / "capture.tsv"
         subprocess.run([args.jobstream, "generate", "--events", str(args.events), "--output", str(capture)],
                        check=True, capture_output=True)
         events = sum(1 for _ in open(capture, "rb"))
-        elapsed, _ = timed([args.jobstream, "replay", "--input", str(capture), "--kafka", tansu.brokers,
-                            "--kafka-option", "max.in.flight.requests.per.connection=1", "--quiet"])
-        print(f"input: {events} events produced to tansu in {elapsed:.1f} s "
+        elapsed, _ = timed([args.jobstream, "replay", "--input", str(capture), "--kafka", kafka.brokers,
+                            "--quiet"])
+        print(f"input: {events} events produced to Apache Kafka in {elapsed:.1f} s "
               f"({capture.stat().st_size / events:.0f} B/line)")
 
         raw, stage, raw_cpu, stage_cpu = [], [], [], []
         for run in range(args.runs):
-            t, out = timed([args.raw, tansu.brokers, f"raw-{run}", str(events), *TOPICS], raw_cpu)
+            t, out = timed([args.raw, kafka.brokers, f"raw-{run}", str(events), *TOPICS], raw_cpu)
             raw.append(t)
             out_dir = work / f"parquet-{run}"
-            t, out = timed([args.jobstream, "run", "--kafka", tansu.brokers, "--parquet", str(out_dir),
-                            "--group-id", f"stage-{run}", "--stop-at-end", "--stats-every-secs", "0",
-                            "--kafka-option", "max.in.flight.requests.per.connection=1"], stage_cpu)
+            t, out = timed([args.jobstream, "run", "--kafka", kafka.brokers, "--parquet", str(out_dir),
+                            "--group-id", f"stage-{run}", "--stop-at-end", "--stats-every-secs", "0"], stage_cpu)
             stage.append(t)
             published = out.strip().splitlines()[-1]
             assert f"published {events} rows" in published, published
@@ -105,7 +104,7 @@ def main():
                                                    "raw_cpu_s": raw_cpu, "jobstream_cpu_s": stage_cpu,
                                                    "ratio": ratio}, indent=2))
     finally:
-        tansu.stop()
+        kafka.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

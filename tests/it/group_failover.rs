@@ -1,10 +1,10 @@
 //! Two Parquet-stage processes in one consumer group, one killed with SIGKILL and restarted.
 //!
-//! This one fault needs a broker whose group coordinator evicts a dead member: tansu 0.6 (the
-//! test broker of `tests/python/`) keeps handing the dead member its partitions, so the
-//! injection runs against librdkafka's mock cluster, in-process here and reached by the two
-//! `jobstream` processes over TCP like any broker. Everything else about the stage is tested
-//! on tansu. (On the mock cluster the coordinator also refuses the offset commit of a member
+//! The same fault on Apache Kafka is `test_two_members_of_one_group_share_partitions_and_survive_a_kill`
+//! in `tests/python/test_parquet_stage.py`; this one runs against librdkafka's mock cluster,
+//! in-process here and reached by the two `jobstream` processes over TCP like any broker, so
+//! that it needs no JVM and runs with the Rust suite. (On the mock cluster the coordinator
+//! also refuses the offset commit of a member
 //! releasing its partitions mid-rebalance, as Kafka does; the new owner then resumes from the
 //! published files' footers — this test is where that path was found and is exercised.)
 

@@ -1,16 +1,18 @@
-"""Real brokers for the tests: mosquitto (Debian) and tansu (a Kafka-protocol broker), each
-started on a free loopback port with its own data directory, and stopped at the end."""
+"""Real brokers for the tests: mosquitto (Debian) and Apache Kafka (from Maven Central, see
+scripts/kafka), each started on a free loopback port with its own data directory, and stopped
+at the end."""
 
 import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -92,59 +94,101 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
-class Tansu:
-    """tansu with SQLite storage (its memory engine loses records on resumed fetches)."""
+class Kafka:
+    """Apache Kafka itself: one KRaft node (broker and controller in one JVM) from the jars
+    `scripts/kafka fetch` resolved from Maven Central, started by `scripts/kafka start` with a
+    freshly formatted data directory on free loopback ports.
 
-    def __init__(self, workdir: Path):
+    `listeners` adds listeners beside PLAINTEXT (which stays for the tests' own clients and
+    between broker and controller): {"SSL": {...}} or {"SASL_SSL": {...}}, each a dict of
+    server.properties lines for that listener (`listener.name.<name>.…` is written for you).
+    `properties` adds or overrides any other server.properties line."""
+
+    def __init__(self, workdir: Path, listeners: dict | None = None, properties: dict | None = None,
+                 server_properties: dict | None = None, port: int | None = None):
+        """`server_properties` replaces the single-node settings of scripts/kafka whole (the
+        caller then gives the client `port` too)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.controller_port = free_port()
+        self.ports = {name: free_port() for name in (listeners or {})}
+        self.listeners = listeners or {}
+        self.properties = properties or {}
+        self.server_properties = server_properties
+        if port is not None:
+            self.port = port
         self.proc = None
+        self.started_in = None
 
-    def start(self):
-        url = f"tcp://127.0.0.1:{self.port}"
+    def overrides(self) -> dict:
+        props = {}
+        if self.listeners:
+            listeners = [f"PLAINTEXT://127.0.0.1:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
+            listeners += [f"{name}://127.0.0.1:{port}" for name, port in self.ports.items()]
+            props["listeners"] = ",".join(listeners)
+            props["advertised.listeners"] = ",".join(
+                [f"PLAINTEXT://127.0.0.1:{self.port}"]
+                + [f"{name}://127.0.0.1:{port}" for name, port in self.ports.items()])
+            props["listener.security.protocol.map"] = ",".join(
+                ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"] + [f"{n}:{n}" for n in self.ports])
+            for name, settings in self.listeners.items():
+                for key, value in settings.items():
+                    props[f"listener.name.{name.lower()}.{key}"] = value
+        props.update(self.properties)
+        return props
+
+    def start(self, timeout: float = 120.0):
+        script = ROOT / "scripts" / "kafka"
+        overrides = [f"{k}={v}" for k, v in self.overrides().items()]
+        given = []
+        if self.server_properties is not None:
+            path = self.workdir / "given.properties"
+            path.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties.items()))
+            given = ["--properties", str(path)]
+        began = time.monotonic()
         self.proc = subprocess.Popen(
-            [need(os.environ.get("TANSU_BIN", "tansu")), "broker",
-             "--listener-url", url, "--advertised-listener-url", url,
-             # tansu reads the path after sqlite:// relative to its working directory.
-             "--storage-engine", "sqlite://tansu.db"],
-            cwd=self.workdir, stdout=open(self.workdir / "tansu.log", "ab"), stderr=subprocess.STDOUT)
-        wait_port(self.port, what="tansu")
-        self._index_headers()
+            [str(script), "start", "--dir", str(self.workdir), "--port", str(self.port),
+             "--controller-port", str(self.controller_port), *given, "--", *overrides],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = self.workdir / "kafka.log"
+        deadline = began + timeout
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if "Kafka Server started" in text:
+                break
+            code = self.proc.poll()
+            if code is not None:
+                raise AssertionError(f"Apache Kafka exited with {code} before it started; "
+                                     f"{log} ends:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"Apache Kafka did not start within {timeout}s; {log} ends:\n{text[-3000:]}")
+            time.sleep(0.05)
+        self.started_in = time.monotonic() - began
         return self
 
-    def _index_headers(self):
-        """tansu 0.6's SQLite schema has no index on record headers, so every fetched record
-        scans the whole header table: reads of a few thousand records with headers (every
-        jobstream record has five) slow to a crawl and the broker pegs a core. An index on the
-        lookup columns makes fetches linear again; it changes nothing tansu returns."""
-        db_path = self.workdir / "tansu.db"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                db = sqlite3.connect(db_path, timeout=30)
-                try:
-                    db.execute("create index if not exists jobstream_header_lookup"
-                               " on header (topition, offset_id)")
-                    db.commit()
-                    return
-                finally:
-                    db.close()
-            except sqlite3.OperationalError:
-                # The schema is created just after the port opens.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
 
     def stop(self, sig=signal.SIGTERM):
+        """Stops the broker (SIGTERM: a controlled shutdown) and waits until its JVM is gone."""
         if self.proc and self.proc.poll() is None:
+            # A frozen broker (SIGSTOP in a test) cannot act on SIGTERM until it runs again.
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # tansu 0.6 may ignore SIGTERM with clients attached
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=30)
 
     @property
     def brokers(self):
         return f"127.0.0.1:{self.port}"
+
+    def bootstrap(self, listener: str) -> str:
+        return f"127.0.0.1:{self.ports[listener]}"

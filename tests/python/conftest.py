@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers import Mosquitto
+from brokers import Kafka, Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_BELOW = 100_000_000_000
@@ -163,6 +163,24 @@ def capture(tmp_path):
 def mosquitto(tmp_path):
     """A mosquitto of the test's own, on a free port (brokers.Mosquitto)."""
     broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    """One Apache Kafka for the whole run (brokers.Kafka): tests that share it use topics and
+    groups of their own. A test that stops or freezes Kafka takes `own_kafka` instead."""
+    broker = Kafka(tmp_path_factory.mktemp("kafka")).start()
+    print(f"Apache Kafka ready in {broker.started_in:.1f} s, RSS {broker.rss_mb():.0f} MB")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def own_kafka(tmp_path):
+    """An Apache Kafka of the test's own, for tests that stop, freeze or fill it."""
+    broker = Kafka(tmp_path / "kafka").start()
     yield broker
     broker.stop()
 

@@ -1,4 +1,4 @@
-"""MQTT → Kafka on real brokers: mosquitto, tansu, and clients no one here wrote
+"""MQTT → Kafka on real brokers: mosquitto, Apache Kafka, and clients no one here wrote
 (paho-mqtt publishes, confluent-kafka on librdkafka ≥ 2.12 reads)."""
 
 import collections
@@ -16,7 +16,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from brokers import Tansu
 from conftest import jobstream_bin, run, wait_for
 
 BAD_LINES = [
@@ -24,13 +23,6 @@ BAD_LINES = [
     ("$aws/events/jobExecution/j-bad/failed", b'{"eventType":"JOB","eventId":"x","timestamp":1,"operation":"failed","jobId":"j-bad","status":"FAILED"}'),
     ("$aws/events/job/j-bad/completed", b"\xff\xfe"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tansu(tmp_path_factory):
-    broker = Tansu(tmp_path_factory.mktemp("tansu")).start()
-    yield broker
-    broker.stop()
 
 
 def generate(count, tmp_path, name="capture.tsv"):
@@ -44,7 +36,7 @@ def generate(count, tmp_path, name="capture.tsv"):
 
 
 class Bridge:
-    def __init__(self, tmp_path, mosquitto, tansu, pipeline_extra=None, **mqtt_extra):
+    def __init__(self, tmp_path, mosquitto, kafka, pipeline_extra=None, **mqtt_extra):
         self.id = uuid.uuid4().hex[:8]
         self.topics = {k: f"{k}-{self.id}" for k in ("jobs", "executions", "dlq")}
         self.log = tmp_path / f"bridge-{self.id}.log"
@@ -58,16 +50,11 @@ client_id = "test-{self.id}"
 connect_timeout_secs = 20
 {extra}
 [kafka]
-brokers = "{tansu.brokers}"
+brokers = "{kafka.brokers}"
 job_topic = "{self.topics['jobs']}"
 execution_topic = "{self.topics['executions']}"
 dlq_topic = "{self.topics['dlq']}"
 partitions = 3
-
-[kafka.options]
-# tansu 0.6 answers pipelined idempotent produce requests with DuplicateSequenceNumber and the
-# producer stalls; one request in flight per connection keeps the test broker honest.
-"max.in.flight.requests.per.connection" = "1"
 
 [pipeline]
 drain_timeout_secs = 60
@@ -192,14 +179,12 @@ def header(message, key):
     return None
 
 
-def test_published_events_reach_kafka_exactly_once_byte_exact_with_key_headers_and_timestamp(tmp_path, mosquitto, tansu):
+def test_published_events_reach_kafka_exactly_once_byte_exact_with_key_headers_and_timestamp(tmp_path, mosquitto, kafka):
     events = generate(3000, tmp_path)
-    bridge = Bridge(tmp_path, mosquitto, tansu).start()
+    bridge = Bridge(tmp_path, mosquitto, kafka).start()
     publish(mosquitto.port, events + BAD_LINES)
-    # Read Kafka only once the bridge is done: tansu 0.6 stalls producers while a consumer
-    # fetches from the same topics (seen here; real Kafka does not).
-    bridge.wait_acked(len(events) + len(BAD_LINES))
-    reader = KafkaReader(tansu.brokers, bridge.topics.values())
+    # Reading while the bridge produces: the consumer sees records as Kafka takes them.
+    reader = KafkaReader(kafka.brokers, bridge.topics.values())
     records = reader.read_until(lambda r: len(r) >= len(events) + len(BAD_LINES))
     code, out = bridge.stop()
     assert code == 0, out
@@ -235,14 +220,13 @@ def test_published_events_reach_kafka_exactly_once_byte_exact_with_key_headers_a
     assert f"acked {len(events) + len(BAD_LINES)}" in out
 
 
-# The issue's 200k. (Until tansu's header table got an index — see brokers.py — a read-back of
-# more than a few thousand records with headers never finished.)
+# The issue's 200k.
 KILL_TEST_EVENTS = 200_000
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, tansu):
+def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, kafka):
     events = generate(KILL_TEST_EVENTS, tmp_path)
-    bridge = Bridge(tmp_path, mosquitto, tansu).start()
+    bridge = Bridge(tmp_path, mosquitto, kafka).start()
     publisher = threading.Thread(target=publish, args=(mosquitto.port, events))
     publisher.start()
     # A random moment between a tenth and two thirds of the stream.
@@ -256,7 +240,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, tansu
     code, out = bridge.stop()
     assert code == 0, out
 
-    reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    reader = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
     wanted = {json.loads(p)["eventId"]: p for _, p in events}
     seen = {}
 
@@ -274,11 +258,11 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(tmp_path, mosquitto, tansu
           f"({redelivered} redelivered after the crash)")
 
 
-def test_mqtt5_session_outlives_a_kill_9_and_the_broker_redelivers_the_rest(tmp_path, mosquitto, tansu):
+def test_mqtt5_session_outlives_a_kill_9_and_the_broker_redelivers_the_rest(tmp_path, mosquitto, kafka):
     # MQTT 5 ends a session at disconnect unless the client sets a session expiry: without it,
     # everything published while the bridge is down would be gone.
     events = generate(20_000, tmp_path)
-    bridge = Bridge(tmp_path, mosquitto, tansu, version="5").start()
+    bridge = Bridge(tmp_path, mosquitto, kafka, version="5").start()
     publisher = threading.Thread(target=publish, args=(mosquitto.port, events))
     publisher.start()
     bridge.wait_acked(3_000)
@@ -294,13 +278,13 @@ def test_mqtt5_session_outlives_a_kill_9_and_the_broker_redelivers_the_rest(tmp_
     # mosquitto's own account: protocol 5, clean start off, for both connections.
     broker_log = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
     assert broker_log.count(f"as test-{bridge.id} (p5, c0") == 2, broker_log[-2000:]
-    read_back_exactly(tansu, bridge, events)
+    read_back_exactly(kafka, bridge, events)
 
 
-def test_mqtt5_shared_subscription_over_two_connections_takes_each_event_once(tmp_path, mosquitto, tansu):
+def test_mqtt5_shared_subscription_over_two_connections_takes_each_event_once(tmp_path, mosquitto, kafka):
     # mosquitto 2.0.11 shares no `$` topics: the fleet publishes under another prefix.
     events = [(t.replace("$aws/events/", "fleet/aws/events/", 1), p) for t, p in generate(5_000, tmp_path)]
-    bridge = Bridge(tmp_path, mosquitto, tansu, pipeline_extra={"topic_prefix": "fleet/aws/events/"},
+    bridge = Bridge(tmp_path, mosquitto, kafka, pipeline_extra={"topic_prefix": "fleet/aws/events/"},
                     version="5", connections=2,
                     filters=["fleet/aws/events/job/+/+", "fleet/aws/events/jobExecution/+/+"])
     bridge.start()
@@ -315,7 +299,7 @@ def test_mqtt5_shared_subscription_over_two_connections_takes_each_event_once(tm
     broker_log = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
     assert broker_log.count(f"as test-{bridge.id}-0 (p5, c0") == 1
     assert broker_log.count(f"as test-{bridge.id}-1 (p5, c0") == 1
-    records = read_back_exactly(tansu, bridge, events)
+    records = read_back_exactly(kafka, bridge, events)
     assert records == len(events), "no duplicates"
 
 
@@ -335,17 +319,16 @@ def test_invalid_url_missing_cert_and_unreachable_broker_fail_clearly(tmp_path):
     assert "panicked" not in bad_url.stderr + missing.stderr + bad_key.stderr + bad_version.stderr
 
 
-def test_replay_with_kafka_produces_events_and_rejects_to_their_topics(tmp_path, tansu):
+def test_replay_with_kafka_produces_events_and_rejects_to_their_topics(tmp_path, own_kafka):
     capture = tmp_path / "capture.tsv"
     events = generate(500, tmp_path)
     with open(capture, "wb") as f:
         for topic, payload in events + BAD_LINES:
             f.write(topic.encode() + b"\t" + payload + b"\n")
-    result = run("replay", "--input", capture, "--kafka", tansu.brokers, "--quiet",
-                 "--kafka-option", "max.in.flight.requests.per.connection=1")
+    result = run("replay", "--input", capture, "--kafka", own_kafka.brokers, "--quiet")
     assert f"kafka records {len(events) + len(BAD_LINES):>12}".replace(" ", "") in result.stdout.replace(" ", "")
     topics = ["aws-iot-job-events", "aws-iot-job-execution-events", "aws-iot-jobs-dlq"]
-    reader = KafkaReader(tansu.brokers, topics)
+    reader = KafkaReader(own_kafka.brokers, topics)
     records = reader.read_until(lambda r: len(r) >= len(events) + len(BAD_LINES))
     values = sorted(m.value() for m in records if m.topic() != "aws-iot-jobs-dlq")
     assert values == sorted(p for _, p in events)
@@ -357,9 +340,9 @@ def test_replay_with_kafka_produces_events_and_rejects_to_their_topics(tmp_path,
             assert m.key() == json.loads(m.value())["jobId"].encode()
 
 
-def read_back_exactly(tansu, bridge, events, timeout=600):
+def read_back_exactly(kafka, bridge, events, timeout=600):
     """Reads the two event topics until every event is there; returns the record count."""
-    reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    reader = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
     wanted = {json.loads(p)["eventId"]: p for _, p in events}
     seen = {}
     progress = []
@@ -376,13 +359,13 @@ def read_back_exactly(tansu, bridge, events, timeout=600):
     return len(reader.records)
 
 
-def test_kafka_down_for_30_seconds_stalls_acks_then_loses_nothing(tmp_path, mosquitto, tansu):
+def test_kafka_down_for_30_seconds_stalls_acks_then_loses_nothing(tmp_path, mosquitto, own_kafka):
     events = generate(20_000, tmp_path)
-    bridge = Bridge(tmp_path, mosquitto, tansu).start()
+    bridge = Bridge(tmp_path, mosquitto, own_kafka).start()
     publisher = threading.Thread(target=publish, args=(mosquitto.port, events))
     publisher.start()
     bridge.wait_acked(5_000)
-    tansu.proc.send_signal(signal.SIGSTOP)
+    own_kafka.proc.send_signal(signal.SIGSTOP)
     try:
         # Whatever was in flight when Kafka froze may still be confirmed for a moment; after
         # that, not one acknowledgement goes out while Kafka cannot confirm.
@@ -396,20 +379,20 @@ def test_kafka_down_for_30_seconds_stalls_acks_then_loses_nothing(tmp_path, mosq
         print(f"Kafka frozen: acked stayed at {frozen_at}, RSS {rss:.0f} MB")
         assert frozen_at < len(events)
     finally:
-        tansu.proc.send_signal(signal.SIGCONT)
+        own_kafka.proc.send_signal(signal.SIGCONT)
     publisher.join()
     bridge.wait_acked(len(events), timeout=600)
     code, out = bridge.stop()
     assert code == 0, out
     assert "delivery failures 0" in out, out
-    records = read_back_exactly(tansu, bridge, events)
+    records = read_back_exactly(own_kafka, bridge, events)
     assert records == len(events), "the idempotent producer retried without duplicates"
 
 
-def test_mosquitto_restart_mid_stream_the_bridge_reconnects_and_gets_the_queue(tmp_path, mosquitto, tansu):
+def test_mosquitto_restart_mid_stream_the_bridge_reconnects_and_gets_the_queue(tmp_path, mosquitto, kafka):
     events = generate(20_000, tmp_path)
     first, rest = events[:10_000], events[10_000:]
-    bridge = Bridge(tmp_path, mosquitto, tansu).start()
+    bridge = Bridge(tmp_path, mosquitto, kafka).start()
     publish(mosquitto.port, first)
     bridge.wait_acked(2_000)
     mosquitto.stop()  # SIGTERM: mosquitto saves its persistence file
@@ -424,4 +407,4 @@ def test_mosquitto_restart_mid_stream_the_bridge_reconnects_and_gets_the_queue(t
           f"abandoned {bridge.counter('abandoned')}, reconnects {bridge.counter('reconnects')}")
     code, out = bridge.stop()
     assert code == 0, out
-    read_back_exactly(tansu, bridge, events)
+    read_back_exactly(kafka, bridge, events)

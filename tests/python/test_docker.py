@@ -1,18 +1,23 @@
-"""docker/ checked statically (these machines have no Docker engine): the compose file parses
-and hangs together, every file it and the Dockerfile reference exists, the configuration it
-mounts is one jobstream loads, and the commands it runs are ones jobstream accepts."""
+"""docker/ checked (these machines have no Docker engine): the compose file parses and hangs
+together, every file it and the Dockerfile reference exists, the configuration it mounts is one
+jobstream loads, the commands it runs are ones jobstream accepts, and its Kafka service's
+settings, given to the same Apache Kafka the tests run, carry the bridge and the Parquet stage."""
 
+import json
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 import tomllib
-from pathlib import Path
+import uuid
 
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from brokers import Kafka, free_port
+from conftest import ROOT, STARTED, jobstream_bin, run, wait_for
 
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -81,6 +86,11 @@ def test_every_file_the_compose_file_and_dockerfile_reference_exists(compose):
         for source in sources:
             assert source == "." or (ROOT / source).exists(), f"COPY {source}: missing"
     assert "cargo build --release --locked -p jobstream" in dockerfile
+    # The binary links the system OpenSSL (librdkafka's TLS and SASL): the build stage needs
+    # its headers and the runtime stage the library the binary was linked against.
+    linked = subprocess.run(["ldd", jobstream_bin()], capture_output=True, text=True).stdout
+    assert "libssl.so.3" in linked, "librdkafka is built with TLS"
+    assert "libssl-dev" in dockerfile and re.search(r"install .*\blibssl3\b", dockerfile)
     assert (ROOT / "Cargo.lock").is_file(), "--locked needs the lock file"
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
     assert "target/" in ignore and ".git/" in ignore, "the context leaves out build output"
@@ -135,3 +145,85 @@ def test_compose_config_renders_when_the_compose_plugin_is_installed():
     result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def image_properties(environment):
+    """server.properties from KAFKA_* variables, converted as the apache/kafka image does:
+    drop the prefix, lower-case, `___` → `-`, `__` → `_`, `_` → `.`."""
+    props = {}
+    for name, value in environment.items():
+        if not name.startswith("KAFKA_"):
+            continue
+        key = name.removeprefix("KAFKA_").lower()
+        key = key.replace("___", "\0").replace("__", "\1").replace("_", ".")
+        props[key.replace("\0", "-").replace("\1", "_")] = str(value)
+    return props
+
+
+def test_the_kafka_image_tag_is_the_broker_the_tests_run(compose):
+    pom = (ROOT / "scripts" / "kafka-broker" / "pom.xml").read_text()
+    tested = re.search(r"<kafka.version>(.+)</kafka.version>", pom).group(1)
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{tested}"
+
+
+def test_compose_kafka_settings_carry_the_bridge_and_the_parquet_stage(compose, tmp_path, mosquitto):
+    """Apache Kafka started with exactly the compose service's settings (container host names
+    and ports swapped for free loopback ones, the data directory for the test's), then the
+    documented config's bridge and Parquet stage through it, as the jobstream service runs."""
+    props = image_properties(compose["services"]["kafka"]["environment"])
+    ports = {}
+
+    def local(listeners):
+        out = []
+        for listener in listeners.split(","):
+            name, address = listener.split("://")
+            ports.setdefault(name, free_port())
+            out.append(f"{name}://127.0.0.1:{ports[name]}")
+        return ",".join(out)
+
+    props["listeners"] = local(props["listeners"])
+    props["advertised.listeners"] = local(props["advertised.listeners"])
+    voter_id = props["controller.quorum.voters"].split("@")[0]
+    props["controller.quorum.voters"] = f"{voter_id}@127.0.0.1:{ports[props['controller.listener.names']]}"
+    props["log.dirs"] = str(tmp_path / "kafka-data")
+    kafka = Kafka(tmp_path / "kafka", server_properties=props,
+                  port=ports[props["inter.broker.listener.name"]]).start()
+    try:
+        # docker/jobstream.toml as the jobstream service mounts it, pointed at this test's brokers.
+        config = tomllib.loads((DOCKER / "jobstream.toml").read_text())
+        assert config["kafka"]["brokers"] == "kafka:9092", "the service reaches Kafka by its INTERNAL listener"
+        suffix = uuid.uuid4().hex[:6]
+        out = tmp_path / "parquet"
+        lines = (DOCKER / "jobstream.toml").read_text()
+        lines = (lines.replace('"mqtt://mosquitto:1883"', json.dumps(mosquitto.url))
+                 .replace('"kafka:9092"', json.dumps(kafka.brokers))
+                 .replace('"/var/lib/jobstream/parquet"', json.dumps(str(out)))
+                 .replace('"0.0.0.0:9464"', json.dumps(f"127.0.0.1:{free_port()}")))
+        for topic in ("aws-iot-job-events", "aws-iot-job-execution-events", "aws-iot-jobs-dlq"):
+            lines = lines.replace(f'"{topic}"', f'"{topic}-{suffix}"')
+        lines = re.sub(r'(?m)^client_id = .*$', f'client_id = "compose-{suffix}"', lines)
+        path = tmp_path / "jobstream.toml"
+        path.write_text(lines)
+        log = tmp_path / "jobstream.log"
+        proc = subprocess.Popen([jobstream_bin(), "run", "--config", path, "--stats-every-secs", "1"],
+                                stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
+                                env={"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin"})
+        STARTED.append(proc)
+        wait_for(lambda: "subscribed" in log.read_text(errors="replace"), timeout=90, what="the bridge to subscribe")
+        from test_bridge import publish
+        from test_parquet_stage import assert_exactly_once, generate
+        # Events of today: this broker keeps the image's 7-day retention, by record time.
+        events = generate(2000, tmp_path, "--start-epoch-s", int(time.time()) - 3600)
+        publish(mosquitto.port, events)
+
+        def stage_read():
+            reads = re.findall(r"parquet: read (\d+)", log.read_text(errors="replace"))
+            return reads and int(reads[-1]) >= len(events)
+        wait_for(stage_read, timeout=300, what="the Parquet stage to read every event")
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        assert f"acked {len(events)}" in stdout, stdout
+        assert_exactly_once(out, events)
+    finally:
+        kafka.stop()

@@ -14,7 +14,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
-from brokers import Tansu, free_port
+from brokers import free_port
 from conftest import http_get, jobstream_bin, metric_samples, run, wait_for
 from test_bridge import BAD_LINES, Bridge, KafkaReader, generate, header, publish
 
@@ -23,13 +23,6 @@ from test_bridge import BAD_LINES, Bridge, KafkaReader, generate, header, publis
 UNKNOWN_OPERATION = ("$aws/events/job/j-x/exploded",
                      b'{"eventType":"JOB","eventId":"u-1","timestamp":1,"operation":"exploded","jobId":"j-x","status":"IN_PROGRESS"}')
 REJECT_KINDS = {"event_type_mismatch": 1, "not_json": 2, "unknown_operation": 1}
-
-
-@pytest.fixture(scope="module")
-def tansu(tmp_path_factory):
-    broker = Tansu(tmp_path_factory.mktemp("tansu")).start()
-    yield broker
-    broker.stop()
 
 
 def paced_publish(port, messages, per_second):
@@ -57,8 +50,8 @@ def paced_publish(port, messages, per_second):
 class ObservedBridge(Bridge):
     """A bridge with its metrics endpoint on a free port."""
 
-    def __init__(self, tmp_path, mosquitto, tansu, **mqtt_extra):
-        super().__init__(tmp_path, mosquitto, tansu, **mqtt_extra)
+    def __init__(self, tmp_path, mosquitto, kafka, **mqtt_extra):
+        super().__init__(tmp_path, mosquitto, kafka, **mqtt_extra)
         self.metrics_port = free_port()
         self.config.write_text(self.config.read_text()
                                + f'\n[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n')
@@ -80,12 +73,12 @@ class ObservedBridge(Bridge):
         return self.metrics(strict=False).get((name, frozenset(labels.items())))
 
 
-def test_metrics_scraped_during_a_run_match_what_was_sent(tmp_path, mosquitto, tansu):
+def test_metrics_scraped_during_a_run_match_what_was_sent(tmp_path, mosquitto, kafka):
     events = generate(2000, tmp_path)
     duplicates = events[:50]
     bad = BAD_LINES + [UNKNOWN_OPERATION]
     sent = events + duplicates + bad
-    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()
+    bridge = ObservedBridge(tmp_path, mosquitto, kafka).start()
 
     assert bridge.get("/health") == (200, "ok\n")
     ready = wait_for(lambda: bridge.get("/ready")[0] == 200 and bridge.get("/ready"), timeout=30,
@@ -134,8 +127,8 @@ def test_metrics_scraped_during_a_run_match_what_was_sent(tmp_path, mosquitto, t
     assert f"acked {len(sent)}" in out
 
 
-def test_ready_names_the_mqtt_broker_while_it_is_down_and_recovers(tmp_path, mosquitto, tansu):
-    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()
+def test_ready_names_the_mqtt_broker_while_it_is_down_and_recovers(tmp_path, mosquitto, kafka):
+    bridge = ObservedBridge(tmp_path, mosquitto, kafka).start()
     wait_for(lambda: bridge.get("/ready")[0] == 200, timeout=30, what="ready")
     mosquitto.stop()
     status, body = wait_for(lambda: (r := bridge.get("/ready"))[0] == 503 and r, timeout=60,
@@ -149,9 +142,9 @@ def test_ready_names_the_mqtt_broker_while_it_is_down_and_recovers(tmp_path, mos
     assert code == 0, out
 
 
-def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path, mosquitto, tansu):
+def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path, mosquitto, kafka):
     events = generate(5000, tmp_path)
-    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()
+    bridge = ObservedBridge(tmp_path, mosquitto, kafka).start()
     publisher = threading.Thread(target=paced_publish, args=(mosquitto.port, events, 1000))
     publisher.start()
     wait_for(lambda: (bridge.value("jobstream_mqtt_acknowledged_total") or 0) >= 1000, timeout=300,
@@ -171,7 +164,7 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path, mosqu
     code, out = bridge.stop()
     assert code == 0, out
 
-    reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    reader = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
     records = reader.read_until(lambda r: len(r) >= len(events), timeout=300)
     reader.read_until(lambda r: True, timeout=2)  # a late duplicate would show up here
     ids = collections.Counter(header(m, "event_id").decode() for m in records)
@@ -179,11 +172,11 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path, mosqu
     assert max(ids.values()) == 1, "nothing acknowledged twice or produced twice"
 
 
-def test_json_logs_never_show_secrets_and_bad_input_warnings_are_throttled(tmp_path, mosquitto, tansu):
+def test_json_logs_never_show_secrets_and_bad_input_warnings_are_throttled(tmp_path, mosquitto, kafka):
     url = f"mqtt://jobstream:hunter2-mqtt@127.0.0.1:{mosquitto.port}"
-    bridge = ObservedBridge(tmp_path, mosquitto, tansu, url=url)
+    bridge = ObservedBridge(tmp_path, mosquitto, kafka, url=url)
     bridge.config.write_text(bridge.config.read_text().replace(
-        '[kafka.options]', '[kafka.options]\n"sasl.password" = "s3cret-kafka"\n"sasl.username" = "kafka-user"'))
+        '[pipeline]', '[kafka.options]\n"sasl.password" = "s3cret-kafka"\n"sasl.username" = "kafka-user"\n\n[pipeline]'))
     check = run("run", "--check", "--config", bridge.config)
     assert "hunter2" not in check.stdout and "s3cret" not in check.stdout, check.stdout
     assert "sasl.password=***" in check.stdout
@@ -271,16 +264,16 @@ class socket_taken:
         self.sock.close()
 
 
-def test_parquet_stage_metrics_match_its_files_and_sigterm_leaves_only_complete_files(tmp_path, tansu):
+def test_parquet_stage_metrics_match_its_files_and_sigterm_leaves_only_complete_files(tmp_path, kafka):
     # The Parquet stage's helpers (topics, a contract-following producer, the stage process).
     from test_parquet_stage import Sink, Topics, assert_exactly_once, produce
     import pyarrow.parquet as pq
 
     lines = generate(6000, tmp_path)
-    topics = Topics(tansu)
-    produce(tansu, topics, lines)
+    topics = Topics(kafka)
+    produce(kafka, topics, lines)
     out = tmp_path / "out"
-    sink = Sink(tmp_path, tansu, topics, out, f"group-{uuid.uuid4().hex[:6]}", max_file_rows=300)
+    sink = Sink(tmp_path, kafka, topics, out, f"group-{uuid.uuid4().hex[:6]}", max_file_rows=300)
     port = free_port()
     sink.config.write_text(sink.config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
     endpoint = ObservedBridge.__new__(ObservedBridge)
@@ -306,8 +299,8 @@ def test_parquet_stage_metrics_match_its_files_and_sigterm_leaves_only_complete_
         return {(dict(l)["topic"], dict(l)["partition"]): value for (n, l), value in samples.items()
                 if n == "jobstream_consumer_lag_records"}
 
-    # librdkafka reports lag once a second, for the partitions it has fetched from (on tansu an
-    # idle partition may stay unreported): the execution topic's three must show 0.
+    # librdkafka reports lag once a second, for the partitions it has fetched from: the
+    # execution topic's three must show 0.
     def caught_up():
         reported = lags(endpoint.metrics(strict=False))
         executions = [lag for (topic, _), lag in reported.items() if topic == topics.executions]
@@ -331,14 +324,14 @@ def test_parquet_stage_metrics_match_its_files_and_sigterm_leaves_only_complete_
     assert_exactly_once(out, lines)
 
 
-def test_a_drain_past_its_deadline_exits_75_and_names_what_hung(tmp_path, mosquitto, tansu):
+def test_a_drain_past_its_deadline_exits_75_and_names_what_hung(tmp_path, mosquitto, own_kafka):
     events = generate(300, tmp_path)
-    bridge = ObservedBridge(tmp_path, mosquitto, tansu)
+    bridge = ObservedBridge(tmp_path, mosquitto, own_kafka)
     bridge.config.write_text(bridge.config.read_text().replace("drain_timeout_secs = 60", "drain_timeout_secs = 3"))
     bridge.start()
     publish(mosquitto.port, events[:200])
     wait_for(lambda: bridge.value("jobstream_mqtt_acknowledged_total") == 200, timeout=120, what="200 acked")
-    tansu.proc.send_signal(signal.SIGSTOP)  # Kafka stops answering mid-stream
+    own_kafka.proc.send_signal(signal.SIGSTOP)  # Kafka stops answering mid-stream
     try:
         publish(mosquitto.port, events[200:])
         wait_for(lambda: (bridge.value("jobstream_queue_depth", queue="kafka_producer") or 0) > 0,
@@ -348,23 +341,23 @@ def test_a_drain_past_its_deadline_exits_75_and_names_what_hung(tmp_path, mosqui
         out, _ = bridge.proc.communicate(timeout=60)
         took = time.monotonic() - started
     finally:
-        tansu.proc.send_signal(signal.SIGCONT)
+        own_kafka.proc.send_signal(signal.SIGCONT)
     log = bridge.log.read_text()
     assert bridge.proc.returncode == 75, log[-3000:]
     assert took < 30, f"the deadline (3 s) held: exited after {took:.1f}s"
     hung = re.search(r"drain did not finish within 3s: (.*)", log)
     assert hung, log[-3000:]
-    assert re.search(rf"Kafka at {re.escape(tansu.brokers)} had not confirmed \d+ record", hung.group(1)) \
+    assert re.search(rf"Kafka at {re.escape(own_kafka.brokers)} had not confirmed \d+ record", hung.group(1)) \
         or "parser workers were still handing records to Kafka" in hung.group(1), hung.group(1)
     assert "acked 200 " in out, "nothing unconfirmed was acknowledged"
 
 
-def test_a_second_signal_exits_130_at_once_while_a_drain_waits_on_kafka(tmp_path, mosquitto, tansu):
+def test_a_second_signal_exits_130_at_once_while_a_drain_waits_on_kafka(tmp_path, mosquitto, own_kafka):
     events = generate(150, tmp_path)
-    bridge = ObservedBridge(tmp_path, mosquitto, tansu).start()  # drain deadline: 60 s
+    bridge = ObservedBridge(tmp_path, mosquitto, own_kafka).start()  # drain deadline: 60 s
     publish(mosquitto.port, events[:100])
     wait_for(lambda: bridge.value("jobstream_mqtt_acknowledged_total") == 100, timeout=120, what="100 acked")
-    tansu.proc.send_signal(signal.SIGSTOP)
+    own_kafka.proc.send_signal(signal.SIGSTOP)
     try:
         publish(mosquitto.port, events[100:])
         wait_for(lambda: (bridge.value("jobstream_queue_depth", queue="kafka_producer") or 0) > 0,
@@ -377,7 +370,7 @@ def test_a_second_signal_exits_130_at_once_while_a_drain_waits_on_kafka(tmp_path
         bridge.proc.wait(timeout=10)
         took = time.monotonic() - started
     finally:
-        tansu.proc.send_signal(signal.SIGCONT)
+        own_kafka.proc.send_signal(signal.SIGCONT)
     assert bridge.proc.returncode == 130 and took < 5, (bridge.proc.returncode, took)
     assert "second signal" in bridge.log.read_text()
     assert acked == 100, "nothing Kafka had not confirmed was acknowledged"

@@ -1,5 +1,4 @@
-"""Kafka → Parquet with exactly-once files, on a real Kafka-protocol broker (tansu, SQLite
-storage: its offsets and watermarks are right), checked by DuckDB and pyarrow.
+"""Kafka → Parquet with exactly-once files, on Apache Kafka, checked by DuckDB and pyarrow.
 
 Records are produced by confluent-kafka following the Kafka contract of DESIGN.md (value = the
 MQTT payload, key = jobId, event time as timestamp, headers), so the stage is also checked
@@ -16,24 +15,15 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from brokers import Mosquitto, Tansu
+from brokers import Mosquitto
 from conftest import STARTED, expected_row, jobstream_bin, run, wait_for
 from test_bridge import publish
 from test_parquet_readers import normalise
 
 PARTITIONS = 3
-@pytest.fixture
-def tansu(tmp_path):
-    # One broker per test: the crash tests leave groups and members behind.
-    broker = Tansu(tmp_path / "tansu").start()
-    yield broker
-    broker.stop()
-
-
 def generate(count, tmp_path, *extra):
     path = tmp_path / "capture.tsv"
     run("generate", "--events", count, "--output", path, *extra)
@@ -45,24 +35,25 @@ def generate(count, tmp_path, *extra):
 
 
 class Topics:
-    def __init__(self, tansu):
+    def __init__(self, kafka):
         suffix = uuid.uuid4().hex[:8]
+        # Tests share one broker: consumer groups get the same suffix as the topics, so no
+        # test meets another's (or a killed run's) members.
+        self.suffix = suffix
         self.jobs = f"jobs-{suffix}"
         self.executions = f"executions-{suffix}"
         self.dlq = f"dlq-{suffix}"
-        admin = AdminClient({"bootstrap.servers": tansu.brokers})
+        admin = AdminClient({"bootstrap.servers": kafka.brokers})
         futures = admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in (self.jobs, self.executions, self.dlq)])
         for future in futures.values():
             future.result(timeout=30)
 
 
-def produce(tansu, topics, lines, extra_records=()):
+def produce(kafka, topics, lines, extra_records=()):
     """Produces capture lines as the bridge would (DESIGN.md's Kafka contract)."""
     producer = Producer({
-        "bootstrap.servers": tansu.brokers,
+        "bootstrap.servers": kafka.brokers,
         "enable.idempotence": True,
-        # tansu 0.6 answers pipelined idempotent produce requests with DuplicateSequenceNumber.
-        "max.in.flight.requests.per.connection": 1,
         "linger.ms": 5,
     })
     received_at = str(int(time.time() * 1000)).encode()
@@ -89,19 +80,18 @@ def produce(tansu, topics, lines, extra_records=()):
 class Sink:
     """One `jobstream run --kafka --parquet` process (a consumer-group member)."""
 
-    def __init__(self, tmp_path, tansu, topics, out, group, name="sink", max_file_rows=5000, env=None,
+    def __init__(self, tmp_path, kafka, topics, out, group, name="sink", max_file_rows=5000, env=None,
                  instance_id=None):
         self.log = tmp_path / f"{name}.log"
         self.config = tmp_path / f"{name}.toml"
         self.config.write_text(f"""
 [kafka]
-brokers = "{tansu.brokers}"
+brokers = "{kafka.brokers}"
 job_topic = "{topics.jobs}"
 execution_topic = "{topics.executions}"
 dlq_topic = "{topics.dlq}"
 
 [kafka.options]
-"max.in.flight.requests.per.connection" = "1"
 # A killed member is noticed in seconds rather than the default 45.
 "consumer.session.timeout.ms" = "6000"
 "consumer.heartbeat.interval.ms" = "500"
@@ -109,7 +99,7 @@ dlq_topic = "{topics.dlq}"
 
 [parquet]
 dir = "{out}"
-group_id = "{group}"
+group_id = "{group}-{topics.suffix}"
 max_file_rows = {max_file_rows}
 """)
         self.env = {"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin", **(env or {})}
@@ -190,16 +180,16 @@ def assert_exactly_once(out: Path, lines):
     assert not list(out.rglob("*.inprogress")), "a clean stop leaves no temporaries"
 
 
-def test_sink_stage_writes_each_kafka_event_to_parquet_once_and_rejects_to_the_dlq(tmp_path, tansu):
+def test_sink_stage_writes_each_kafka_event_to_parquet_once_and_rejects_to_the_dlq(tmp_path, kafka):
     lines = generate(20_000, tmp_path, "--unknown-fields")
-    topics = Topics(tansu)
+    topics = Topics(kafka)
     bad = [
         ("executions", dict(value=b'{"eventType":', key=b"j", headers=[("mqtt_topic", b"$aws/events/jobExecution/j/failed")])),
         ("jobs", dict(value=lines[0][1], key=b"j")),  # no mqtt_topic header
     ]
-    produce(tansu, topics, lines, bad)
+    produce(kafka, topics, lines, bad)
     out = tmp_path / "out"
-    sink = Sink(tmp_path, tansu, topics, out, group="g1").start()
+    sink = Sink(tmp_path, kafka, topics, out, group="g1").start()
     wait_for(lambda: sink.caught_up(partitions=2 * PARTITIONS), timeout=300, what="the sink to read everything")
     final = sink.stop()
     assert "rejected 2" in final, final
@@ -217,24 +207,24 @@ def test_sink_stage_writes_each_kafka_event_to_parquet_once_and_rejects_to_the_d
         assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), spans
 
     from test_bridge import KafkaReader, header
-    dlq = KafkaReader(tansu.brokers, [topics.dlq]).read_until(lambda r: len(r) >= 2)
+    dlq = KafkaReader(kafka.brokers, [topics.dlq]).read_until(lambda r: len(r) >= 2)
     kinds = sorted(header(m, "error_kind").decode() for m in dlq)
     assert kinds == ["missing_mqtt_topic_header", "not_json"], kinds
 
     # A rerun of the same group finds nothing new: no file is written twice.
     before = sorted(p.name for p in out.rglob("*.parquet"))
-    again = Sink(tmp_path, tansu, topics, out, group="g1", name="again").start()
+    again = Sink(tmp_path, kafka, topics, out, group="g1", name="again").start()
     wait_for(lambda: again.caught_up(partitions=2 * PARTITIONS), timeout=120, what="the rerun to catch up")
     again.stop()
     assert sorted(p.name for p in out.rglob("*.parquet")) == before
 
 
-def test_sink_killed_at_random_moments_still_writes_every_event_exactly_once(tmp_path, tansu):
+def test_sink_killed_at_random_moments_still_writes_every_event_exactly_once(tmp_path, kafka):
     lines = generate(200_000, tmp_path)
-    topics = Topics(tansu)
-    produce(tansu, topics, lines)
+    topics = Topics(kafka)
+    produce(kafka, topics, lines)
     out = tmp_path / "out"
-    sink = Sink(tmp_path, tansu, topics, out, group="g-kill", max_file_rows=4000)
+    sink = Sink(tmp_path, kafka, topics, out, group="g-kill", max_file_rows=4000)
     rng = random.Random(5)
     for _ in range(5):
         sink.start()
@@ -249,13 +239,13 @@ def test_sink_killed_at_random_moments_still_writes_every_event_exactly_once(tmp
     assert_exactly_once(out, lines)
 
 
-def two_members(tmp_path, tansu, interrupt):
+def two_members(tmp_path, kafka, interrupt):
     lines = generate(60_000, tmp_path)
-    topics = Topics(tansu)
-    produce(tansu, topics, lines)
+    topics = Topics(kafka)
+    produce(kafka, topics, lines)
     out = tmp_path / "out"
-    a = Sink(tmp_path, tansu, topics, out, group="g-two", name="a", max_file_rows=3000).start()
-    b = Sink(tmp_path, tansu, topics, out, group="g-two", name="b", max_file_rows=3000).start()
+    a = Sink(tmp_path, kafka, topics, out, group="g-two", name="a", max_file_rows=3000).start()
+    b = Sink(tmp_path, kafka, topics, out, group="g-two", name="b", max_file_rows=3000).start()
     wait_for(lambda: a.assigned() and b.assigned(), timeout=120, what="both members assigned")
     time.sleep(random.uniform(0.5, 2.0))
     interrupt(a)
@@ -278,32 +268,27 @@ def two_members(tmp_path, tansu, interrupt):
     assert len(sources) == 2 * PARTITIONS
 
 
-def test_two_members_of_one_group_share_partitions_across_a_stop_and_restart(tmp_path, tansu):
-    two_members(tmp_path, tansu, Sink.stop)
+def test_two_members_of_one_group_share_partitions_across_a_stop_and_restart(tmp_path, kafka):
+    two_members(tmp_path, kafka, Sink.stop)
 
 
-@pytest.mark.skip(reason="tansu 0.6's group coordinator keeps a killed member's share: after the "
-                         "session timeout it rebalances, but the survivor is handed the same "
-                         "partitions as before and the dead member's are never read again (seen "
-                         "here, also with a 10 s rebalance timeout). Real Kafka reassigns them; the "
-                         "kill is tested against librdkafka's mock cluster in tests/it/group_failover.rs.")
-def test_two_members_of_one_group_share_partitions_and_survive_a_kill(tmp_path, tansu):
-    two_members(tmp_path, tansu, Sink.kill)
+def test_two_members_of_one_group_share_partitions_and_survive_a_kill(tmp_path, kafka):
+    two_members(tmp_path, kafka, Sink.kill)
 
 
-def test_a_crash_between_rename_and_commit_duplicates_nothing(tmp_path, tansu):
+def test_a_crash_between_rename_and_commit_duplicates_nothing(tmp_path, kafka):
     lines = generate(30_000, tmp_path)
-    topics = Topics(tansu)
-    produce(tansu, topics, lines)
+    topics = Topics(kafka)
+    produce(kafka, topics, lines)
     out = tmp_path / "out"
-    crashing = Sink(tmp_path, tansu, topics, out, group="g-crash", name="crashing", max_file_rows=2000,
+    crashing = Sink(tmp_path, kafka, topics, out, group="g-crash", name="crashing", max_file_rows=2000,
                     env={"JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING": "3"}).start()
     crashing.proc.wait(timeout=300)
     assert crashing.proc.returncode == -signal.SIGABRT, crashing.text()[-2000:]
     published_before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
     assert len(published_before) >= 3
 
-    sink = Sink(tmp_path, tansu, topics, out, group="g-crash", name="restarted", max_file_rows=2000).start()
+    sink = Sink(tmp_path, kafka, topics, out, group="g-crash", name="restarted", max_file_rows=2000).start()
     wait_for(lambda: sink.caught_up(partitions=2 * PARTITIONS), timeout=300, what="the restart to catch up")
     final = sink.stop()
     # The restart resumed past the published files although the commit never happened.
@@ -319,11 +304,11 @@ def test_a_crash_between_rename_and_commit_duplicates_nothing(tmp_path, tansu):
     assert_exactly_once(out, lines)
 
 
-def test_events_published_to_mqtt_arrive_in_parquet_exactly_once(tmp_path, tansu):
+def test_events_published_to_mqtt_arrive_in_parquet_exactly_once(tmp_path, kafka):
     mosquitto = Mosquitto(tmp_path / "mosquitto").start()
     try:
         lines = generate(3000, tmp_path)
-        topics = Topics(tansu)
+        topics = Topics(kafka)
         out = tmp_path / "out"
         config = tmp_path / "pipeline.toml"
         config.write_text(f"""
@@ -332,17 +317,14 @@ url = "{mosquitto.url}"
 client_id = "pipeline-{uuid.uuid4().hex[:6]}"
 
 [kafka]
-brokers = "{tansu.brokers}"
+brokers = "{kafka.brokers}"
 job_topic = "{topics.jobs}"
 execution_topic = "{topics.executions}"
 dlq_topic = "{topics.dlq}"
 
-[kafka.options]
-"max.in.flight.requests.per.connection" = "1"
-
 [parquet]
 dir = "{out}"
-group_id = "pipeline"
+group_id = "pipeline-{topics.suffix}"
 """)
         log = tmp_path / "pipeline.log"
         proc = subprocess.Popen([jobstream_bin(), "run", "--config", config, "--stats-every-secs", "1"],

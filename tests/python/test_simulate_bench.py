@@ -1,5 +1,5 @@
 """`jobstream simulate` checked by a raw paho subscriber, and a small `jobstream bench` on real
-brokers (mosquitto, tansu) checked for the structure of its result and for a lossless jobstream.
+brokers (mosquitto, Apache Kafka) checked for the structure of its result and for a lossless jobstream.
 Speed is never asserted here: that is the benchmark's job."""
 
 import collections
@@ -9,12 +9,11 @@ import shutil
 import sys
 import threading
 import uuid
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import run, wait_for
+from conftest import ROOT, run, wait_for
 
 FILTERS = ["$aws/events/job/+/+", "$aws/events/jobExecution/+/+"]
 OUTCOMES = {"succeeded", "failed", "timed_out", "rejected", "removed"}
@@ -130,9 +129,6 @@ def test_simulate_refuses_bad_flags_and_an_absent_broker_with_clear_messages(tmp
 
 def need(binary):
     path = shutil.which(binary) or os.environ.get(binary.upper() + "_BIN")
-    if path is None and binary == "tansu":
-        candidate = Path.home() / ".cargo" / "bin" / "tansu"
-        path = str(candidate) if candidate.exists() else None
     if path is None:
         pytest.fail(f"{binary} is not installed; run scripts/test-env (scripts/test does)")
     return path
@@ -142,7 +138,8 @@ def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_dupli
     result_path, chart_path = tmp_path / "result.json", tmp_path / "rate.svg"
     bench = run("bench", "--events", 3000, "--repetitions", 1, "--scaling", "1,2",
                 "--latency-events", 300, "--latency-rate", 1000,
-                "--python", sys.executable, "--mosquitto", need("mosquitto"), "--tansu", need("tansu"),
+                "--python", sys.executable, "--mosquitto", need("mosquitto"),
+                "--kafka-script", ROOT / "scripts" / "kafka",
                 "--mosquitto-sub", need("mosquitto_sub"), "--workdir", tmp_path / "work",
                 "--output", result_path, "--chart", chart_path, timeout=900)
     result = json.loads(result_path.read_text())
@@ -151,11 +148,10 @@ def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_dupli
     assert [s["contender"] for s in result["summary"]] == labels
     for label in labels:
         assert label in bench.stdout
-    assert {"cpu", "cores", "mosquitto", "tansu"} <= result["machine"].keys()
+    assert {"cpu", "cores", "mosquitto", "kafka"} <= result["machine"].keys()
     assert result["settings"]["qos"] == 1 and result["settings"]["average_payload_bytes"] > 100
-    # An explicit --tansu under the default --kafka-storage auto keeps SQLite (with the index).
-    assert result["settings"]["kafka_broker"]["storage"] == "sqlite"
-    assert result["settings"]["kafka_broker"]["sqlite_header_index"] is True
+    assert result["settings"]["kafka_broker"]["started_by_bench"] is True
+    assert result["settings"]["kafka_broker"]["version"].startswith("Apache Kafka 4.")
 
     runs = {r["contender"]: r for r in result["runs"]}
     assert set(runs) == set(labels)

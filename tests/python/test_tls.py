@@ -8,7 +8,7 @@ import pytest
 
 from brokers import Mosquitto
 from conftest import run, wait_for
-from test_bridge import Bridge, KafkaReader, generate, publish, tansu  # noqa: F401 (fixture)
+from test_bridge import Bridge, KafkaReader, generate, publish
 
 
 def openssl(*args, cwd):
@@ -42,41 +42,41 @@ def start_mosquitto(tmp_path, certs, require_certificate):
         "require_certificate": require_certificate}).start()
 
 
-def deliver_through(tmp_path, mosquitto, tansu, **tls):
+def deliver_through(tmp_path, mosquitto, kafka, **tls):
     events = generate(200, tmp_path)
-    bridge = Bridge(tmp_path, mosquitto, tansu, url=f"mqtts://127.0.0.1:{mosquitto.tls_port}",
+    bridge = Bridge(tmp_path, mosquitto, kafka, url=f"mqtts://127.0.0.1:{mosquitto.tls_port}",
                     **{k: str(v) for k, v in tls.items()}).start()
     publish(mosquitto.port, events)
     bridge.wait_acked(len(events))
-    reader = KafkaReader(tansu.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    reader = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
     records = reader.read_until(lambda r: len(r) >= len(events))
     code, out = bridge.stop()
     assert code == 0, out
     assert sorted(m.value() for m in records) == sorted(p for _, p in events)
 
 
-def test_tls_connection_verifies_the_server_with_the_given_ca(tmp_path, certs, tansu):
+def test_tls_connection_verifies_the_server_with_the_given_ca(tmp_path, certs, kafka):
     mosquitto = start_mosquitto(tmp_path, certs, require_certificate=False)
     try:
-        deliver_through(tmp_path, mosquitto, tansu, ca=certs / "ca.pem")
+        deliver_through(tmp_path, mosquitto, kafka, ca=certs / "ca.pem")
     finally:
         mosquitto.stop()
 
 
 @pytest.mark.parametrize("key", ["client.key", "client-pkcs1.key"])
-def test_mutual_tls_works_with_pkcs8_and_pkcs1_keys(tmp_path, certs, tansu, key):
+def test_mutual_tls_works_with_pkcs8_and_pkcs1_keys(tmp_path, certs, kafka, key):
     mosquitto = start_mosquitto(tmp_path, certs, require_certificate=True)
     try:
-        deliver_through(tmp_path, mosquitto, tansu, ca=certs / "ca.pem", cert=certs / "client.pem",
+        deliver_through(tmp_path, mosquitto, kafka, ca=certs / "ca.pem", cert=certs / "client.pem",
                         key=certs / key)
     finally:
         mosquitto.stop()
 
 
-def test_mutual_tls_without_a_client_certificate_fails_clearly(tmp_path, certs, tansu):
+def test_mutual_tls_without_a_client_certificate_fails_clearly(tmp_path, certs, kafka):
     mosquitto = start_mosquitto(tmp_path, certs, require_certificate=True)
     try:
-        result = run("run", "--mqtt", f"mqtts://127.0.0.1:{mosquitto.tls_port}", "--kafka", tansu.brokers,
+        result = run("run", "--mqtt", f"mqtts://127.0.0.1:{mosquitto.tls_port}", "--kafka", kafka.brokers,
                      "--mqtt-ca", certs / "ca.pem", "--connect-timeout-secs", "3", check=False, timeout=60)
         assert result.returncode == 69, result.stderr
         assert f"127.0.0.1:{mosquitto.tls_port}" in result.stderr
