@@ -36,9 +36,14 @@ def generate(count, tmp_path, name="capture.tsv"):
 
 
 class Bridge:
-    def __init__(self, tmp_path, mosquitto, kafka, pipeline_extra=None, **mqtt_extra):
+    def __init__(self, tmp_path, mosquitto, kafka, pipeline_extra=None, brokers=None,
+                 kafka_options=None, env=None, topic_prefix="", **mqtt_extra):
+        """`brokers` and `kafka_options` reach Kafka through another listener (TLS, SASL);
+        `env` adds to the bridge's environment (credentials)."""
         self.id = uuid.uuid4().hex[:8]
-        self.topics = {k: f"{k}-{self.id}" for k in ("jobs", "executions", "dlq")}
+        self.topics = {k: f"{topic_prefix}{k}-{self.id}" for k in ("jobs", "executions", "dlq")}
+        self.env = {"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin", **(env or {})}
+        options = "".join(f'{json.dumps(k)} = {json.dumps(v)}\n' for k, v in (kafka_options or {}).items())
         self.log = tmp_path / f"bridge-{self.id}.log"
         self.config = tmp_path / f"bridge-{self.id}.toml"
         url = mqtt_extra.pop("url", None) or mosquitto.url
@@ -50,12 +55,14 @@ client_id = "test-{self.id}"
 connect_timeout_secs = 20
 {extra}
 [kafka]
-brokers = "{kafka.brokers}"
+brokers = "{brokers or kafka.brokers}"
 job_topic = "{self.topics['jobs']}"
 execution_topic = "{self.topics['executions']}"
 dlq_topic = "{self.topics['dlq']}"
 partitions = 3
 
+[kafka.options]
+{options}
 [pipeline]
 drain_timeout_secs = 60
 {"".join(f'{k} = {json.dumps(v)}' + chr(10) for k, v in (pipeline_extra or {}).items())}""")
@@ -66,8 +73,7 @@ drain_timeout_secs = 60
         self.starts += 1
         self.proc = subprocess.Popen(
             [jobstream_bin(), "run", "--config", self.config, "--stats-every-secs", "1"],
-            stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True,
-            env={"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin"})
+            stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True, env=self.env)
         wait_for(lambda: self.log.read_text(errors="replace").count("subscribed") >= self.starts,
                  timeout=60, what="the bridge to subscribe")
         return self

@@ -50,8 +50,8 @@ def paced_publish(port, messages, per_second):
 class ObservedBridge(Bridge):
     """A bridge with its metrics endpoint on a free port."""
 
-    def __init__(self, tmp_path, mosquitto, kafka, **mqtt_extra):
-        super().__init__(tmp_path, mosquitto, kafka, **mqtt_extra)
+    def __init__(self, tmp_path, mosquitto, kafka, **extra):
+        super().__init__(tmp_path, mosquitto, kafka, **extra)
         self.metrics_port = free_port()
         self.config.write_text(self.config.read_text()
                                + f'\n[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n')
@@ -174,9 +174,8 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path, mosqu
 
 def test_json_logs_never_show_secrets_and_bad_input_warnings_are_throttled(tmp_path, mosquitto, kafka):
     url = f"mqtt://jobstream:hunter2-mqtt@127.0.0.1:{mosquitto.port}"
-    bridge = ObservedBridge(tmp_path, mosquitto, kafka, url=url)
-    bridge.config.write_text(bridge.config.read_text().replace(
-        '[pipeline]', '[kafka.options]\n"sasl.password" = "s3cret-kafka"\n"sasl.username" = "kafka-user"\n\n[pipeline]'))
+    bridge = ObservedBridge(tmp_path, mosquitto, kafka, url=url,
+                            kafka_options={"sasl.password": "s3cret-kafka", "sasl.username": "kafka-user"})
     check = run("run", "--check", "--config", bridge.config)
     assert "hunter2" not in check.stdout and "s3cret" not in check.stdout, check.stdout
     assert "sasl.password=***" in check.stdout

@@ -81,12 +81,12 @@ class Sink:
     """One `jobstream run --kafka --parquet` process (a consumer-group member)."""
 
     def __init__(self, tmp_path, kafka, topics, out, group, name="sink", max_file_rows=5000, env=None,
-                 instance_id=None):
+                 instance_id=None, brokers=None, kafka_options=None):
         self.log = tmp_path / f"{name}.log"
         self.config = tmp_path / f"{name}.toml"
         self.config.write_text(f"""
 [kafka]
-brokers = "{kafka.brokers}"
+brokers = "{brokers or kafka.brokers}"
 job_topic = "{topics.jobs}"
 execution_topic = "{topics.executions}"
 dlq_topic = "{topics.dlq}"
@@ -96,7 +96,7 @@ dlq_topic = "{topics.dlq}"
 "consumer.session.timeout.ms" = "6000"
 "consumer.heartbeat.interval.ms" = "500"
 {f'"consumer.group.instance.id" = "{instance_id}"' if instance_id else ""}
-
+{"".join(f'{json.dumps(k)} = {json.dumps(v)}' + chr(10) for k, v in (kafka_options or {}).items())}
 [parquet]
 dir = "{out}"
 group_id = "{group}-{topics.suffix}"
@@ -317,7 +317,7 @@ url = "{mosquitto.url}"
 client_id = "pipeline-{uuid.uuid4().hex[:6]}"
 
 [kafka]
-brokers = "{kafka.brokers}"
+brokers = "{brokers or kafka.brokers}"
 job_topic = "{topics.jobs}"
 execution_topic = "{topics.executions}"
 dlq_topic = "{topics.dlq}"

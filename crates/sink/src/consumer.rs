@@ -36,15 +36,16 @@ use jobstream_parser::columnar::Provenance;
 use jobstream_parser::{Family, Parser, ParserConfig};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::ClientContext;
 
 use crate::kafka::{KafkaConfig, KafkaSink};
 use crate::parquet::{Appended, ParquetConfig, ParquetSink, PublishedFile};
-use crate::SinkError;
+use crate::{Refusal, SinkError};
 
 /// DLQ kind for a record without the `mqtt_topic` header: the parser needs the topic.
 pub const MISSING_TOPIC_HEADER: &str = "missing_mqtt_topic_header";
@@ -177,6 +178,38 @@ impl Writers {
 struct StageContext {
     writers: Arc<Mutex<Writers>>,
     stats: Arc<StageStats>,
+    /// What an ACL refusal names: the brokers, the group and the topics the stage needs.
+    grants: Grants,
+}
+
+struct Grants {
+    brokers: String,
+    group_id: String,
+    topics: [String; 3],
+}
+
+impl Grants {
+    /// A refusal that ends the stage: the group and topics stay forbidden however long it
+    /// retries, and a stage that reads nothing looks healthy from outside.
+    fn refused(&self, reason: &str) -> SinkError {
+        let [jobs, executions, dlq] = &self.topics;
+        SinkError::KafkaRefused {
+            brokers: self.brokers.clone(),
+            refusal: Refusal::NotAuthorized,
+            detail: format!(
+                "{reason}; the Parquet stage needs Read on group {}, Read and Describe on topics \
+                 {jobs} and {executions}, and Write and Describe on {dlq}",
+                self.group_id
+            ),
+        }
+    }
+}
+
+fn is_not_authorized(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        crate::kafka::classify_refusal(code, ""),
+        Some(Refusal::NotAuthorized)
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,6 +219,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ClientContext for StageContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_not_authorized(error.rdkafka_error_code()) {
+            lock(&self.writers)
+                .failed
+                .get_or_insert(self.grants.refused(reason));
+        } else {
+            tracing::error!(%error, reason, "kafka consumer");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let mut highs = lock(&self.stats.high_watermarks);
         for (topic, t) in statistics.topics {
@@ -378,7 +421,26 @@ pub fn run(
 ) -> Result<(), SinkError> {
     config.parquet.validate()?;
     // Before joining the group: a refused connection stops the stage with what to fix.
-    crate::kafka::check_connection(&config.kafka, crate::kafka::ClientRole::Consumer)?;
+    let grants = Grants {
+        brokers: config.kafka.brokers.clone(),
+        group_id: config.group_id.clone(),
+        topics: [
+            config.kafka.job_topic.clone(),
+            config.kafka.execution_topic.clone(),
+            config.kafka.dlq_topic.clone(),
+        ],
+    };
+    let role = crate::kafka::ClientRole::Consumer {
+        group_id: &config.group_id,
+    };
+    crate::kafka::check_connection(&config.kafka, role).map_err(|e| match e {
+        SinkError::KafkaRefused {
+            refusal: Refusal::NotAuthorized,
+            detail,
+            ..
+        } => grants.refused(&detail),
+        other => other,
+    })?;
     let writers = Arc::new(Mutex::new(Writers {
         parquet: config.parquet.clone(),
         by_partition: HashMap::new(),
@@ -390,6 +452,7 @@ pub fn run(
     let context = StageContext {
         writers: writers.clone(),
         stats: stats.clone(),
+        grants,
     };
     let consumer: BaseConsumer<StageContext> = config
         .kafka
@@ -426,6 +489,9 @@ pub fn run(
         }
         match polled {
             None => {}
+            Some(Err(e)) if is_not_authorized(e.rdkafka_error_code()) => {
+                break Err(consumer.context().grants.refused(&e.to_string()));
+            }
             Some(Err(e)) => {
                 // Transport errors are retried inside librdkafka; they are worth a line only.
                 tracing::warn!(error = %e, "kafka consumer");

@@ -522,11 +522,15 @@ impl KafkaProbe {
 /// Which client a connection check speaks for: the two may carry different options
 /// (`producer.`/`consumer.` prefixed keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientRole {
+pub enum ClientRole<'a> {
     /// The bridge's producer (also the DLQ producer of the Parquet stage and replay).
     Producer,
-    /// The Parquet stage's consumer.
-    Consumer,
+    /// The Parquet stage's consumer, as a member of this group: librdkafka looks up the
+    /// group's coordinator at once, so the check also learns whether ACLs allow the group.
+    Consumer {
+        /// The consumer group the stage joins.
+        group_id: &'a str,
+    },
 }
 
 /// Records the first error librdkafka reports that retrying cannot cure. librdkafka retries
@@ -566,20 +570,35 @@ impl ProducerContext for RefusalRecorder {
 /// What an error librdkafka reports means for a connection, if it is one that retrying with
 /// the same settings cannot cure. librdkafka gives the TLS failures one code (`_SSL`) and
 /// says which in its text (OpenSSL's reason).
-fn classify_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<Refusal> {
+pub(crate) fn classify_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<Refusal> {
+    let tls_alert = |reason: &str| {
+        let reason = reason.to_ascii_lowercase();
+        // The broker ended the handshake with an alert about the client's certificate:
+        // "bad certificate" (42), "unknown ca" (48), TLS 1.3's "certificate required" (116).
+        [
+            "alert bad certificate",
+            "alert unknown ca",
+            "alert certificate required",
+        ]
+        .iter()
+        .any(|alert| reason.contains(alert))
+    };
     match code? {
         RDKafkaErrorCode::Authentication => Some(Refusal::Authentication),
         RDKafkaErrorCode::SSL => {
-            let reason = reason.to_ascii_lowercase();
-            Some(if reason.contains("certificate verify failed") {
+            let lower = reason.to_ascii_lowercase();
+            Some(if lower.contains("certificate verify failed") {
                 Refusal::UnknownCa
-            } else if reason.contains("certificate required")
-                || reason.contains("handshake failure")
-            {
+            } else if tls_alert(reason) || lower.contains("handshake failure") {
                 Refusal::ClientCertificate
             } else {
                 Refusal::Tls
             })
+        }
+        // The alert reaches librdkafka as a failed read after its side of the handshake, so
+        // it is reported as a transport failure, unlike a connection that merely dropped.
+        RDKafkaErrorCode::BrokerTransportFailure if tls_alert(reason) => {
+            Some(Refusal::ClientCertificate)
         }
         RDKafkaErrorCode::TopicAuthorizationFailed
         | RDKafkaErrorCode::ClusterAuthorizationFailed
@@ -595,10 +614,10 @@ fn classify_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<Refu
 /// [`SinkError::KafkaRefused`] as soon as the broker turns the client away (TLS,
 /// authentication), [`SinkError::KafkaUnreachable`] when no broker answered in time, and
 /// [`SinkError::Config`] for options librdkafka does not accept.
-pub fn check_connection(config: &KafkaConfig, role: ClientRole) -> Result<(), SinkError> {
+pub fn check_connection(config: &KafkaConfig, role: ClientRole<'_>) -> Result<(), SinkError> {
     let client_config = match role {
         ClientRole::Producer => config.producer_config()?,
-        ClientRole::Consumer => config.consumer_config("jobstream-connection-check")?,
+        ClientRole::Consumer { group_id } => config.consumer_config(group_id)?,
     };
     let invalid = |e: KafkaError| SinkError::Config {
         setting: "kafka",
@@ -611,29 +630,38 @@ pub fn check_connection(config: &KafkaConfig, role: ClientRole) -> Result<(), Si
             let client: rdkafka::producer::BaseProducer<RefusalRecorder> = client_config
                 .create_with_context(RefusalRecorder::default())
                 .map_err(invalid)?;
-            await_metadata(client.client(), config)
+            await_metadata(client.client(), config, || {
+                client.poll(Duration::ZERO);
+            })
         }
-        ClientRole::Consumer => {
+        ClientRole::Consumer { .. } => {
             use rdkafka::consumer::Consumer as _;
             let client: rdkafka::consumer::BaseConsumer<RefusalRecorder> = client_config
                 .create_with_context(RefusalRecorder::default())
                 .map_err(invalid)?;
-            await_metadata(client.client(), config)
+            await_metadata(client.client(), config, || {
+                // Nothing is subscribed: a poll only serves the error callbacks.
+                let _ = client.poll(Duration::ZERO);
+            })
         }
     }
 }
 
 /// Short metadata requests until one succeeds, the recorder saw a refusal, or the deadline.
+/// librdkafka queues its error events until the client is polled: `serve` polls it, so the
+/// recorder hears of a refusal between two requests.
 fn await_metadata(
     client: &rdkafka::client::Client<RefusalRecorder>,
     config: &KafkaConfig,
+    serve: impl Fn(),
 ) -> Result<(), SinkError> {
     let deadline = std::time::Instant::now() + config.connect_timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         // librdkafka reports a refusal through the error callback while the request waits;
         // short requests let the check return soon after it.
-        let attempt = client.fetch_metadata(None, left.min(Duration::from_millis(500)));
+        let attempt = client.fetch_metadata(None, left.min(Duration::from_millis(250)));
+        serve();
         if let Some((refusal, detail)) = client.context().take() {
             return Err(SinkError::KafkaRefused {
                 brokers: config.brokers.clone(),
@@ -792,6 +820,10 @@ mod tests {
         assert_eq!(
             classify_refusal(Some(RDKafkaErrorCode::TopicAuthorizationFailed), ""),
             Some(Refusal::NotAuthorized)
+        );
+        assert_eq!(
+            classify_refusal(Some(RDKafkaErrorCode::BrokerTransportFailure), "ssl://127.0.0.1:57719/bootstrap: Receive failed: ../ssl/record/rec_layer_s3.c:1601:ssl3_read_bytes error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42 (after 0ms in state APIVERSION_QUERY)"),
+            Some(Refusal::ClientCertificate)
         );
         for retried in [
             RDKafkaErrorCode::BrokerTransportFailure,
