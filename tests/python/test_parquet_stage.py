@@ -317,7 +317,7 @@ url = "{mosquitto.url}"
 client_id = "pipeline-{uuid.uuid4().hex[:6]}"
 
 [kafka]
-brokers = "{brokers or kafka.brokers}"
+brokers = "{kafka.brokers}"
 job_topic = "{topics.jobs}"
 execution_topic = "{topics.executions}"
 dlq_topic = "{topics.dlq}"
