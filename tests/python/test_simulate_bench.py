@@ -134,8 +134,22 @@ def need(binary):
     return path
 
 
+def test_bench_refuses_an_output_it_cannot_write_before_measuring_anything(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for flag in ("--output", "--chart"):
+        # The Kafka script does not exist: had bench started measuring, it would fail on that
+        # instead, with another message.
+        refused = run("bench", flag, blocker / "result", "--python", sys.executable,
+                      "--kafka-script", tmp_path / "no-such-script", check=False, timeout=60)
+        assert refused.returncode == 74, refused.stderr
+        assert f"{flag} {blocker / 'result'}: cannot be written" in refused.stderr, refused.stderr
+        assert "panicked" not in refused.stderr
+
+
 def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_duplicates_nothing(tmp_path):
-    result_path, chart_path = tmp_path / "result.json", tmp_path / "rate.svg"
+    # A folder that does not exist yet: bench makes it (before measuring, not after).
+    result_path, chart_path = tmp_path / "results" / "result.json", tmp_path / "charts" / "rate.svg"
     bench = run("bench", "--events", 3000, "--repetitions", 1, "--scaling", "1,2",
                 "--latency-events", 300, "--latency-rate", 1000,
                 "--python", sys.executable, "--mosquitto", need("mosquitto"),

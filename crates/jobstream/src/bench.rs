@@ -1510,6 +1510,40 @@ fn sum_opt(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
     any.then_some(total)
 }
 
+/// Creates the folder `path` is to be written in and checks that the file can be written
+/// there, leaving no empty file behind.
+fn prepare_output(flag: &str, path: &Path) -> Result<(), Failure> {
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let existed = path.exists();
+    std::fs::create_dir_all(folder)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map(drop)
+        })
+        .and_then(|()| {
+            if existed {
+                Ok(())
+            } else {
+                std::fs::remove_file(path)
+            }
+        })
+        .map_err(|e| {
+            Failure::new(
+                crate::EXIT_IO,
+                anyhow::anyhow!(
+                    "{flag} {}: cannot be written ({e}); name a file in a writable folder",
+                    path.display()
+                ),
+            )
+        })
+}
+
 pub fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.events == 0 || args.repetitions == 0 {
         return Err(config_error(
@@ -1533,6 +1567,11 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     if args.partitions < 1 {
         return Err(config_error("--partitions must be at least 1"));
+    }
+    // Checked before minutes of measuring, not after them: a result that cannot be written is
+    // a whole run lost.
+    for (flag, path) in [("--output", &args.output), ("--chart", &args.chart)] {
+        prepare_output(flag, path)?;
     }
     let needs_python = args.contenders.iter().any(|c| {
         matches!(
