@@ -346,6 +346,19 @@ def test_replay_with_kafka_produces_events_and_rejects_to_their_topics(tmp_path,
             assert m.key() == json.loads(m.value())["jobId"].encode()
 
 
+def deliver_and_read_back(bridge, mosquitto, kafka, events):
+    """Publishes `events` to `mosquitto`, waits until `bridge` acknowledged every one, reads the
+    two event topics back from `kafka` and stops the bridge: exit 0, each payload once,
+    byte-exact."""
+    publish(mosquitto.port, events)
+    bridge.wait_acked(len(events))
+    reader = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    records = reader.read_until(lambda r: len(r) >= len(events))
+    code, out = bridge.stop()
+    assert code == 0, out
+    assert sorted(m.value() for m in records) == sorted(p for _, p in events)
+
+
 def read_back_exactly(kafka, bridge, events, timeout=600):
     """Reads the two event topics until every event is there; returns the record count."""
     reader = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])

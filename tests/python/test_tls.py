@@ -8,7 +8,7 @@ import pytest
 
 from brokers import Mosquitto
 from conftest import run, wait_for
-from test_bridge import Bridge, KafkaReader, generate, publish
+from test_bridge import Bridge, deliver_and_read_back, generate
 
 
 def openssl(*args, cwd):
@@ -46,13 +46,7 @@ def deliver_through(tmp_path, mosquitto, kafka, **tls):
     events = generate(200, tmp_path)
     bridge = Bridge(tmp_path, mosquitto, kafka, url=f"mqtts://127.0.0.1:{mosquitto.tls_port}",
                     **{k: str(v) for k, v in tls.items()}).start()
-    publish(mosquitto.port, events)
-    bridge.wait_acked(len(events))
-    reader = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
-    records = reader.read_until(lambda r: len(r) >= len(events))
-    code, out = bridge.stop()
-    assert code == 0, out
-    assert sorted(m.value() for m in records) == sorted(p for _, p in events)
+    deliver_and_read_back(bridge, mosquitto, kafka, events)
 
 
 def test_tls_connection_verifies_the_server_with_the_given_ca(tmp_path, certs, kafka):

@@ -571,35 +571,29 @@ impl ProducerContext for RefusalRecorder {
 /// the same settings cannot cure. librdkafka gives the TLS failures one code (`_SSL`) and
 /// says which in its text (OpenSSL's reason).
 pub(crate) fn classify_refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<Refusal> {
-    let tls_alert = |reason: &str| {
-        let reason = reason.to_ascii_lowercase();
-        // The broker ended the handshake with an alert about the client's certificate:
-        // "bad certificate" (42), "unknown ca" (48), TLS 1.3's "certificate required" (116).
-        [
-            "alert bad certificate",
-            "alert unknown ca",
-            "alert certificate required",
-        ]
-        .iter()
-        .any(|alert| reason.contains(alert))
-    };
-    match code? {
+    let code = code?;
+    let reason = reason.to_ascii_lowercase();
+    // The broker ended the handshake with an alert about the client's certificate:
+    // "bad certificate" (42), "unknown ca" (48), TLS 1.3's "certificate required" (116).
+    let tls_alert = [
+        "alert bad certificate",
+        "alert unknown ca",
+        "alert certificate required",
+    ]
+    .iter()
+    .any(|alert| reason.contains(alert));
+    match code {
         RDKafkaErrorCode::Authentication => Some(Refusal::Authentication),
-        RDKafkaErrorCode::SSL => {
-            let lower = reason.to_ascii_lowercase();
-            Some(if lower.contains("certificate verify failed") {
-                Refusal::UnknownCa
-            } else if tls_alert(reason) || lower.contains("handshake failure") {
-                Refusal::ClientCertificate
-            } else {
-                Refusal::Tls
-            })
-        }
+        RDKafkaErrorCode::SSL => Some(if reason.contains("certificate verify failed") {
+            Refusal::UnknownCa
+        } else if tls_alert || reason.contains("handshake failure") {
+            Refusal::ClientCertificate
+        } else {
+            Refusal::Tls
+        }),
         // The alert reaches librdkafka as a failed read after its side of the handshake, so
         // it is reported as a transport failure, unlike a connection that merely dropped.
-        RDKafkaErrorCode::BrokerTransportFailure if tls_alert(reason) => {
-            Some(Refusal::ClientCertificate)
-        }
+        RDKafkaErrorCode::BrokerTransportFailure if tls_alert => Some(Refusal::ClientCertificate),
         RDKafkaErrorCode::TopicAuthorizationFailed
         | RDKafkaErrorCode::ClusterAuthorizationFailed
         | RDKafkaErrorCode::GroupAuthorizationFailed => Some(Refusal::NotAuthorized),
@@ -658,8 +652,7 @@ fn await_metadata(
     let deadline = std::time::Instant::now() + config.connect_timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        // librdkafka reports a refusal through the error callback while the request waits;
-        // short requests let the check return soon after it.
+        // Short requests: the error callback runs only in `serve`, between two of them.
         let attempt = client.fetch_metadata(None, left.min(Duration::from_millis(250)));
         serve();
         if let Some((refusal, detail)) = client.context().take() {
