@@ -42,7 +42,9 @@ def need(binary: str) -> str:
 class Mosquitto:
     """A mosquitto with persistence, unlimited in-flight window and queue, like docker/."""
 
-    def __init__(self, workdir: Path, tls: dict | None = None):
+    def __init__(self, workdir: Path, tls: dict | None = None, max_packet_size: int = 1048576):
+        """`max_packet_size`: the largest packet mosquitto takes from a publisher (and so
+        forwards); the oversized-message tests raise it."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -62,7 +64,7 @@ class Mosquitto:
             "user root",
             "max_inflight_messages 0",
             "max_queued_messages 0",
-            "max_packet_size 1048576",
+            f"max_packet_size {max_packet_size}",
             # $SYS/broker/store/messages/count every second: the tests wait on it to know
             # every message was acknowledged.
             "sys_interval 1",

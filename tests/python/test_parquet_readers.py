@@ -303,3 +303,32 @@ def test_kill_9_mid_file_leaves_no_partial_file_and_rerun_writes_the_same_files(
         f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{out}/*/*/*.parquet')"
     ).fetchone()
     assert count == distinct == data.count(b"\n")
+
+
+def test_replay_writes_each_event_id_once_when_the_capture_holds_copies(tmp_path):
+    source = tmp_path / "source.tsv"
+    run("generate", "--events", 5000, "--output", source)
+    lines = source.read_bytes().split(b"\n")[:-1]
+    # Every 7th line again, up to 500 lines later, as a redelivery would land in a capture.
+    keyed = [(i, line) for i, line in enumerate(lines)]
+    keyed += [(i + 0.5 + (i * 37) % 500, lines[i]) for i in range(0, len(lines), 7)]
+    capture = tmp_path / "with-copies.tsv"
+    capture.write_bytes(b"".join(line + b"\n" for _, line in sorted(keyed, key=lambda k: k[0])))
+    copies = len(keyed) - len(lines)
+
+    out = tmp_path / "deduplicated"
+    summary = replay(capture, out)
+    assert f"duplicates dropped {copies} " in " ".join(summary.split()), summary
+    for table in ("job_events", "job_execution_events"):
+        total, distinct = duckdb.sql(
+            f"select count(*), count(distinct event_id) from read_parquet('{glob(out, table)}')").fetchall()[0]
+        assert total == distinct, table
+    rows = sum(duckdb.sql(f"select count(*) from read_parquet('{glob(out, t)}')").fetchall()[0][0]
+               for t in ("job_events", "job_execution_events"))
+    assert rows == len(lines)
+
+    kept = tmp_path / "every-copy"
+    replay(capture, kept, "--dedup-window", 0)
+    rows = sum(duckdb.sql(f"select count(*) from read_parquet('{glob(kept, t)}')").fetchall()[0][0]
+               for t in ("job_events", "job_execution_events"))
+    assert rows == len(keyed), "with the window off, every copy is a row"

@@ -81,7 +81,7 @@ class Sink:
     """One `jobstream run --kafka --parquet` process (a consumer-group member)."""
 
     def __init__(self, tmp_path, kafka, topics, out, group, name="sink", max_file_rows=5000, env=None,
-                 instance_id=None, brokers=None, kafka_options=None):
+                 instance_id=None, brokers=None, kafka_options=None, parquet_extra=None):
         self.log = tmp_path / f"{name}.log"
         self.config = tmp_path / f"{name}.toml"
         self.config.write_text(f"""
@@ -101,7 +101,7 @@ dlq_topic = "{topics.dlq}"
 dir = "{out}"
 group_id = "{group}-{topics.suffix}"
 max_file_rows = {max_file_rows}
-""")
+{"".join(f'{k} = {json.dumps(v)}' + chr(10) for k, v in (parquet_extra or {}).items())}""")
         self.env = {"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin", **(env or {})}
         self.proc = None
         self.offset = 0
@@ -237,6 +237,48 @@ def test_sink_killed_at_random_moments_still_writes_every_event_exactly_once(tmp
     sink.stop()
     assert temporaries, "at least one kill landed while a file was being written"
     assert_exactly_once(out, lines)
+
+
+def test_copies_of_an_event_at_other_offsets_become_one_row_and_a_kill_changes_no_file(tmp_path, kafka):
+    lines = generate(30_000, tmp_path)
+    # Every 10th event again, from right behind it (an AWS duplicate) to 3000 events later (a
+    # bridge's redelivery after a crash): copies share the jobId, so they share a partition.
+    rng = random.Random(11)
+    keyed = [(i, line) for i, line in enumerate(lines)]
+    keyed += [(i + rng.uniform(0.5, 3000), lines[i]) for i in range(0, len(lines), 10)]
+    with_copies = [line for _, line in sorted(keyed, key=lambda k: k[0])]
+    topics = Topics(kafka)
+    produce(kafka, topics, with_copies)
+    # Files roll on rows only, so that a run's files are a function of what it wrote.
+    steady = {"max_file_age_secs": 3600, "idle_timeout_secs": 3600}
+
+    reference = tmp_path / "reference"
+    sink = Sink(tmp_path, kafka, topics, reference, group="g-ref", name="ref", max_file_rows=2000,
+                parquet_extra=steady).start()
+    wait_for(lambda: sink.caught_up(partitions=2 * PARTITIONS), timeout=300, what="the reference run")
+    final = sink.stop()
+    assert f"duplicates {len(with_copies) - len(lines)} " in final, final
+
+    out = tmp_path / "out"
+    crashing = Sink(tmp_path, kafka, topics, out, group="g-killed", name="crashing", max_file_rows=2000,
+                    parquet_extra=steady, env={"JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING": "4"}).start()
+    crashing.proc.wait(timeout=300)
+    assert crashing.proc.returncode == -signal.SIGABRT, crashing.text()[-2000:]
+    sink = Sink(tmp_path, kafka, topics, out, group="g-killed", name="killed", max_file_rows=2000,
+                parquet_extra=steady)
+    for _ in range(3):
+        sink.start()
+        wait_for(sink.assigned, timeout=120, what="an assignment")
+        time.sleep(rng.uniform(0.5, 2.0))
+        sink.kill()
+    sink.start()
+    wait_for(lambda: sink.caught_up(partitions=2 * PARTITIONS), timeout=300, what="the last run to catch up")
+    sink.stop()
+
+    for run_out in (reference, out):
+        assert_exactly_once(run_out, lines)
+    names = lambda root: sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet"))
+    assert names(out) == names(reference), "the same files as a run without crashes"
 
 
 def two_members(tmp_path, kafka, interrupt):

@@ -8,11 +8,17 @@ use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
 use crate::BridgeError;
 
-/// Largest MQTT packet the client accepts by default. AWS IoT Core caps payloads at 128 KiB;
-/// the limit here is higher so that an oversized payload reaches the parser, which counts it
-/// and sends it to the DLQ (`payload_too_large`) instead of the client refusing it — a refused
-/// packet would drop the connection and come back with every redelivery.
+/// Largest MQTT payload kept whole by default. AWS IoT Core caps payloads at 128 KiB; the
+/// parser's own cap (`max_payload_bytes`) sends larger ones to the DLQ whole. A payload above
+/// this limit is cut to its first 64 KiB as soon as it arrives and goes to the DLQ
+/// (`payload_too_large`, with its size), so that no queue holds more of it.
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// The largest packet MQTT can express (a 4-byte remaining length) plus its fixed header:
+/// what the client reads at most. Refusing a packet instead would drop the connection, and the
+/// broker would redeliver the same message at every reconnect, blocking the session forever;
+/// and an MQTT 5 broker silently discards messages above the size a client announces.
+pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455 + 5;
 
 /// How long an MQTT 5 broker keeps a session (and its unacknowledged messages) after the
 /// connection drops: a week, the longest AWS IoT Core allows. MQTT 3.1.1 has no such setting;
@@ -98,7 +104,10 @@ pub struct MqttConfig {
     pub qos: u8,
     /// Keep-alive interval.
     pub keep_alive: Duration,
-    /// Largest packet accepted; larger ones are refused by the client and logged.
+    /// Largest payload kept whole; larger ones are cut to their first 64 KiB on arrival and
+    /// go to the DLQ (`payload_too_large`), acknowledged like any reject. Every packet is read
+    /// (up to MQTT's 256 MiB), so memory briefly holds one such packet per connection; cap it
+    /// at the broker (mosquitto's `max_packet_size`, AWS's 128 KiB).
     pub max_packet_bytes: usize,
     /// Requests queued to the client (acks, subscribes) before `ack` waits.
     pub request_capacity: usize,
@@ -198,7 +207,7 @@ impl MqttConfig {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(self.keep_alive)
-            .set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes)
+            .set_max_packet_size(MQTT_MAX_PACKET_BYTES, self.max_packet_bytes)
             .set_request_channel_capacity(self.request_capacity)
             .set_inflight(u16::MAX);
         if let Some((user, password)) = connection.credentials {
@@ -214,9 +223,9 @@ impl MqttConfig {
     /// session expiry set) and the largest receive maximum, so the broker may keep as many
     /// QoS 1 messages in flight as 3.1.1 allows.
     ///
-    /// MQTT 5 announces `max_packet_bytes` to the broker as its Maximum Packet Size, and a
-    /// broker discards larger messages instead of sending them (the protocol says so); keep
-    /// it well above the payload cap, so that oversized events still reach the DLQ.
+    /// The Maximum Packet Size announced is MQTT's largest: a broker discards messages above
+    /// the announced size instead of sending them (the protocol says so), and those would be
+    /// lost without a trace; oversized messages reach the DLQ instead (`max_packet_bytes`).
     ///
     /// # Errors
     /// A malformed URL or unreadable TLS files, named in the message.
@@ -224,7 +233,7 @@ impl MqttConfig {
         let connection = self.connection(index)?;
         let mut options =
             rumqttc::v5::MqttOptions::new(connection.client_id, connection.host, connection.port);
-        let max_packet = u32::try_from(self.max_packet_bytes).unwrap_or(u32::MAX);
+        let max_packet = u32::try_from(MQTT_MAX_PACKET_BYTES).unwrap_or(u32::MAX);
         let expiry = u32::try_from(self.session_expiry.as_secs()).unwrap_or(u32::MAX);
         options
             .set_clean_start(false)
@@ -503,7 +512,8 @@ mod tests {
         assert_eq!(options.receive_maximum(), Some(u16::MAX));
         assert_eq!(
             options.max_packet_size(),
-            Some(DEFAULT_MAX_PACKET_BYTES as u32)
+            Some(MQTT_MAX_PACKET_BYTES as u32),
+            "a broker discards what exceeds the announced size: announce MQTT's largest"
         );
         assert!(options.manual_acks());
         assert_eq!(options.client_id(), "jobstream-1");

@@ -34,7 +34,7 @@ use jobstream_sink::SinkError;
 use tokio::sync::mpsc;
 
 use crate::dedup::DedupWindow;
-use crate::pipeline::{note_reject, BridgeStats, Completion, Inbound, Token};
+use crate::pipeline::{note_reject, oversized_reject, BridgeStats, Completion, Inbound, Token};
 use crate::BridgeError;
 
 /// How often the writer publishes due files and releases acknowledgements when no message
@@ -117,6 +117,24 @@ impl DirectWriter {
                         let position = self.next;
                         self.next += 1;
                         let (sink, dlq) = (&mut self.sink, &mut self.dlq);
+                        if let Some(size) = message.oversized {
+                            let reject = oversized_reject(size, message.payload.len());
+                            note_reject(stats, throttle, &message.topic, &reject, "DLQ file");
+                            dlq.write(&DlqRecord::new(
+                                &message.topic,
+                                &message.payload,
+                                reject.kind.as_str(),
+                                &reject.message,
+                                None,
+                            ))
+                            .map_err(BridgeError::Parquet)?;
+                            unsynced_rejects += 1;
+                            sink.mark_consumed(position + 1);
+                            if let Some(token) = message.token {
+                                pending.push_back((position, token));
+                            }
+                            continue;
+                        }
                         let result =
                             parser.parse(
                                 &message.topic,

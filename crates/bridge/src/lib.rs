@@ -1,7 +1,8 @@
 //! The MQTT → Kafka bridge.
 //!
 //! ```text
-//!  MQTT broker ──▶ connection task (one per connection; only polls rumqttc's event loop)
+//!  MQTT broker ──▶ connection task (one per connection; polls rumqttc's event loop and never
+//!                     │               waits with it: parks messages while the batcher is behind)
 //!                     │ tokio mpsc (bounded: batch_size × 4)
 //!                     ▼
 //!                  batcher ──(crossbeam bounded queue of batches)──▶ parser workers (threads)
@@ -12,13 +13,20 @@
 //!  MQTT broker ◀── PUBACK (contiguous runs, arrival order) ◀── acker ◀┘ (per connection)
 //! ```
 //!
-//! * A QoS 1 message is acknowledged only after Kafka confirmed it (or its reject reached the
-//!   DLQ topic, or it was a duplicate of an event already taken). Acknowledgements leave in
-//!   the order the messages arrived on their connection ([`acks::AckOrder`]).
+//! * A QoS 1 message is acknowledged only once an event with its `eventId` is confirmed in
+//!   Kafka, by this copy or an earlier one, or its reject is confirmed in the DLQ topic
+//!   ([`dedup`] holds ids in flight and the copies waiting on them). A failed delivery leaves
+//!   the message unacknowledged and reopens the session, so the broker redelivers it; a record
+//!   Kafka refuses for good goes to the DLQ on redelivery. Acknowledgements leave in the order
+//!   the messages arrived on their connection ([`acks::AckOrder`]).
+//! * The connection task keeps polling while Kafka is slow, so PUBACKs and keep-alives never
+//!   wait behind the backlog; the broker's in-flight window bounds what it parks. Payloads
+//!   above `max_packet_bytes` are cut on arrival and go to the DLQ (`payload_too_large`).
 //! * Sessions are persistent (stable client id, clean session off), so whatever was not
 //!   acknowledged when the process died is redelivered to the next run.
 //! * Every queue is bounded; when Kafka slows down the producer queue fills, the workers wait,
-//!   the batch queue fills, and the connection tasks stop reading: TCP pushes back on the broker.
+//!   the batch queue fills, and the broker stops sending once its in-flight window of
+//!   unacknowledged messages is full.
 //! * Without Kafka ([`Output::Parquet`]), one writer thread takes the workers'
 //!   place and writes Parquet itself; a message is acknowledged once its file is published
 //!   (see `direct.rs`).

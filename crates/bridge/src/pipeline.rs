@@ -9,14 +9,15 @@ use bytes::Bytes;
 use crossbeam::channel as xchan;
 use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
 use jobstream_parser::{Family, Parser, ParserConfig, Reject, RejectKind};
-use jobstream_sink::kafka::{ClientRole, KafkaConfig, KafkaSink};
+use jobstream_sink::kafka::{ClientRole, KafkaConfig, KafkaSink, DLQ_PREFIX_BYTES};
 use jobstream_sink::parquet::ParquetConfig;
+use jobstream_sink::SinkError;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, Notify};
 
 use crate::acks::AckOrder;
 use crate::config::{redact, MqttConfig};
-use crate::dedup::DedupWindow;
+use crate::dedup::{Claim, DedupWindow, Settled};
 use crate::direct::DirectWriter;
 use crate::mqtt::{self, Client, EventLoop, NetEvent};
 use crate::BridgeError;
@@ -308,6 +309,8 @@ pub(crate) struct Token {
 struct Delivery {
     token: Option<Token>,
     family: Option<Family>,
+    /// The event id whose claim in the dedup window this record settles.
+    event_id: Option<Box<str>>,
     /// When the record was handed to the producer, for the delivery latency histogram.
     sent: Instant,
 }
@@ -321,7 +324,10 @@ pub(crate) enum Completion {
 pub(crate) struct Inbound {
     pub(crate) token: Option<Token>,
     pub(crate) topic: String,
+    /// The payload, or only its first bytes when `oversized`.
     pub(crate) payload: Bytes,
+    /// The payload was larger than `max_packet_bytes`: its full size. It goes to the DLQ.
+    pub(crate) oversized: Option<usize>,
     pub(crate) received_at_ms: i64,
 }
 
@@ -357,7 +363,10 @@ pub async fn run(
     for index in 0..connections {
         clients.push(mqtt::connect(&config.mqtt, index)?);
     }
-    let dedup = Arc::new(DedupWindow::new(config.dedup_window));
+    // Direct Parquet acknowledges in input order, so its window confirms at once; Kafka
+    // confirms out of order, so its window holds ids in flight and the copies waiting on them.
+    let dedup: Arc<DedupWindow> = Arc::new(DedupWindow::new(config.dedup_window));
+    let claims: Arc<DedupWindow<Option<Token>>> = Arc::new(DedupWindow::new(config.dedup_window));
     let (direct, kafka) = match &config.output {
         Output::Parquet(parquet) => {
             let writer = DirectWriter::open(
@@ -392,6 +401,7 @@ pub async fn run(
     let throttle = Arc::new(Throttle::new(WARNING_INTERVAL));
     let sink = kafka.map(|kafka| {
         let completion_tx = Arc::clone(&completion_tx);
+        let dedup_for_delivery = Arc::clone(&claims);
         let stats = Arc::clone(&stats);
         let throttle = Arc::clone(&throttle);
         KafkaSink::new(
@@ -416,7 +426,28 @@ pub async fn run(
                         stats.delivery_failures.fetch_add(1, Ordering::Relaxed)
                     }
                 };
-                if let Some(token) = delivery.token {
+                // The copies that waited for this record share its outcome.
+                let waiters = match &delivery.event_id {
+                    Some(id) => {
+                        let outcome = match &result {
+                            Ok(()) => Settled::Confirmed,
+                            Err(error) => match jobstream_sink::kafka::refused_for_good(error) {
+                                Some(reason) => Settled::Refused(reason.into()),
+                                None => Settled::Failed,
+                            },
+                        };
+                        dedup_for_delivery.settle(id, outcome)
+                    }
+                    None => Vec::new(),
+                };
+                if result.is_err() {
+                    // Copies that waited on a failed record stay unacknowledged too (the broker
+                    // redelivers them); counted so that received = acked + abandoned + failures.
+                    stats
+                        .abandoned
+                        .fetch_add(waiters.iter().flatten().count() as u64, Ordering::Relaxed);
+                }
+                for token in delivery.token.into_iter().chain(waiters.into_iter().flatten()) {
                     let completion = match result {
                         Ok(()) => Completion::Done(token),
                         Err(_) => Completion::Failed(token),
@@ -484,7 +515,7 @@ pub async fn run(
     {
         let batch_rx = batch_rx.clone();
         let sink = Arc::clone(sink);
-        let dedup = Arc::clone(&dedup);
+        let dedup = Arc::clone(&claims);
         let stats = Arc::clone(&stats);
         let completion_tx = Arc::clone(&completion_tx);
         let throttle = Arc::clone(&throttle);
@@ -555,6 +586,7 @@ pub async fn run(
             acker,
             inflight: stats.inflight.get(index).cloned().unwrap_or_default(),
             inbound_depth: stats.inbound_queue.get(index).cloned().unwrap_or_default(),
+            max_packet_bytes: config.mqtt.max_packet_bytes,
         })));
     }
     drop(batch_tx);
@@ -792,7 +824,7 @@ fn worker(
     parser_config: ParserConfig,
     batches: &xchan::Receiver<Vec<Inbound>>,
     sink: &KafkaSink<Delivery>,
-    dedup: &DedupWindow,
+    dedup: &DedupWindow<Option<Token>>,
     stats: &BridgeStats,
     completions: &[mpsc::Sender<Completion>],
     throttle: &Throttle,
@@ -804,63 +836,129 @@ fn worker(
         };
         let _ = completions[conn].blocking_send(completion);
     };
+    let reject_to_dlq = |message: &Inbound, reject: &Reject, event_id: Option<&str>, token| {
+        note_reject(stats, throttle, &message.topic, reject, "DLQ");
+        stats.kafka_pending.inc();
+        sink.produce_reject(
+            &message.topic,
+            &message.payload,
+            message.oversized,
+            reject.kind.as_str(),
+            &reject.message,
+            Delivery {
+                token,
+                family: None,
+                event_id: event_id.map(Into::into),
+                sent: Instant::now(),
+            },
+        )
+        .inspect_err(|_| stats.kafka_pending.dec())
+    };
     for batch in batches.iter() {
         stats.handoff_queue.set(batches.len() as i64);
         for message in batch {
             let token = message.token;
-            let result = parser.parse(&message.topic, &message.payload, |outcome| match outcome {
-                Ok(event) => {
-                    stats.event(event.family());
-                    if !dedup.first_time(event.common().event_id) {
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        if let Some(token) = token {
-                            complete(Completion::Done(token));
-                        }
-                        return Ok(());
+            // The id whose claim this record holds, to be released if it cannot be produced.
+            let mut claimed: Option<Box<str>> = None;
+            let result = match message.oversized {
+                Some(size) => reject_to_dlq(
+                    &message,
+                    &oversized_reject(size, message.payload.len()),
+                    None,
+                    token,
+                ),
+                None => parser.parse(&message.topic, &message.payload, |outcome| match outcome {
+                    Ok(event) => {
+                        stats.event(event.family());
+                        let event_id = event.common().event_id;
+                        let reroute = match dedup.claim(event_id, token) {
+                            Claim::Produce => None,
+                            Claim::Reroute(reason) => Some(reason),
+                            Claim::Duplicate(token) => {
+                                stats.duplicates.inc();
+                                if let Some(token) = token {
+                                    complete(Completion::Done(token));
+                                }
+                                return Ok(());
+                            }
+                            // Acknowledged when the copy in flight is confirmed.
+                            Claim::Waiting => {
+                                stats.duplicates.inc();
+                                return Ok(());
+                            }
+                        };
+                        claimed = Some(event_id.into());
+                        let refused = match reroute {
+                            Some(reason) => reason.to_string(),
+                            None => {
+                                stats.kafka_pending.inc();
+                                let produced = sink.produce_event(
+                                    &event,
+                                    &message.topic,
+                                    &message.payload,
+                                    Some(message.received_at_ms),
+                                    Delivery {
+                                        token,
+                                        family: Some(event.family()),
+                                        event_id: Some(event_id.into()),
+                                        sent: Instant::now(),
+                                    },
+                                );
+                                match produced {
+                                    Ok(()) => return Ok(()),
+                                    Err(SinkError::RecordRefused(reason)) => {
+                                        stats.kafka_pending.dec();
+                                        reason
+                                    }
+                                    Err(error) => {
+                                        stats.kafka_pending.dec();
+                                        return Err(error);
+                                    }
+                                }
+                            }
+                        };
+                        reject_to_dlq(
+                            &message,
+                            &Reject::new(RejectKind::KafkaRefused, refused),
+                            Some(event_id),
+                            token,
+                        )
                     }
-                    let family = Some(event.family());
-                    stats.kafka_pending.inc();
-                    sink.produce_event(
-                        &event,
-                        &message.topic,
-                        &message.payload,
-                        Some(message.received_at_ms),
-                        Delivery {
-                            token,
-                            family,
-                            sent: Instant::now(),
-                        },
-                    )
-                    .inspect_err(|_| stats.kafka_pending.dec())
-                }
-                Err(reject) => {
-                    note_reject(stats, throttle, &message.topic, &reject, "DLQ");
-                    stats.kafka_pending.inc();
-                    sink.produce_reject(
-                        &message.topic,
-                        &message.payload,
-                        reject.kind.as_str(),
-                        &reject.message,
-                        Delivery {
-                            token,
-                            family: None,
-                            sent: Instant::now(),
-                        },
-                    )
-                    .inspect_err(|_| stats.kafka_pending.dec())
-                }
-            });
+                    Err(reject) => reject_to_dlq(&message, &reject, None, token),
+                }),
+            };
             if let Err(error) = result {
                 if let Some(suppressed) = throttle.allow("kafka_produce") {
                     tracing::error!(%error, topic = %message.topic, similar_since_last = suppressed, "could not hand a record to Kafka; it stays unacknowledged");
                 }
                 stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(token) = token {
+                let mut failed: Vec<Token> = token.into_iter().collect();
+                if let Some(id) = claimed {
+                    let waiters: Vec<Token> = dedup
+                        .settle(&id, Settled::Failed)
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    stats
+                        .abandoned
+                        .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+                    failed.extend(waiters);
+                }
+                for token in failed {
                     complete(Completion::Failed(token));
                 }
             }
         }
     }
+}
+
+/// The reject of a message larger than `max_packet_bytes`, of which the connection task kept
+/// the first `kept` bytes.
+pub(crate) fn oversized_reject(size: usize, kept: usize) -> Reject {
+    Reject::new(
+        RejectKind::PayloadTooLarge,
+        format!("the payload of {size} bytes is larger than mqtt.max_packet_bytes; its first {kept} bytes are kept"),
+    )
 }
 
 /// Counts a reject and logs it, at most one line per kind per interval: a flood of bad input
@@ -896,6 +994,7 @@ async fn acker(
 ) {
     let mut order = AckOrder::new();
     let mut order_epoch = 0u32;
+    let mut disconnected_epoch = None;
     let mut ready = Vec::new();
     while let Some(completion) = completions.recv().await {
         let (token, failed) = match completion {
@@ -920,8 +1019,12 @@ async fn acker(
         }
         if failed {
             // The gap would hold back every later PUBACK; a new session makes the broker
-            // redeliver all unacknowledged messages instead.
-            let _ = client.disconnect().await;
+            // redeliver all unacknowledged messages instead. Once per session: a second
+            // DISCONNECT would wait in the client's queue and end the *next* session too.
+            if disconnected_epoch != Some(order_epoch) {
+                disconnected_epoch = Some(order_epoch);
+                let _ = client.disconnect().await;
+            }
             continue;
         }
         order.complete(token.seq, token.pkid, &mut ready);
@@ -959,6 +1062,68 @@ struct ConnectionTask {
     acker: tokio::task::JoinHandle<()>,
     inflight: Gauge,
     inbound_depth: Gauge,
+    /// Payloads above this are cut to their first bytes here and go to the DLQ.
+    max_packet_bytes: usize,
+}
+
+/// Messages a connection task parks while its batcher is behind, so that it keeps polling the
+/// event loop — PUBACKs, pings and the broker's pings go out and in — instead of waiting with
+/// them. The broker's in-flight window (mosquitto's `max_inflight_messages`, AWS IoT Core's
+/// 100, MQTT 5's receive maximum) bounds QoS 1 messages well below this; past either bound
+/// (a QoS 0 flood) the task stops polling until the batcher catches up, and TCP pushes back.
+const PARKED_MESSAGES: usize = 65_536;
+
+/// …and the bytes of their payloads.
+const PARKED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Messages waiting in a connection task for room in its inbound queue.
+#[derive(Default)]
+struct Parked {
+    messages: std::collections::VecDeque<Inbound>,
+    bytes: usize,
+}
+
+impl Parked {
+    fn push(&mut self, message: Inbound) {
+        self.bytes += message.payload.len();
+        self.messages.push_back(message);
+    }
+
+    fn pop(&mut self) -> Option<Inbound> {
+        let message = self.messages.pop_front()?;
+        self.bytes -= message.payload.len();
+        Some(message)
+    }
+
+    fn full(&self) -> bool {
+        self.messages.len() >= PARKED_MESSAGES || self.bytes >= PARKED_BYTES
+    }
+}
+
+/// The next event of `eventloop`, handing parked messages to `inbound` while waiting for it.
+/// The poll future lives across hand-offs (it is never dropped half-way).
+async fn poll_and_hand_on(
+    eventloop: &mut EventLoop,
+    parked: &mut Parked,
+    inbound: &mpsc::Sender<Inbound>,
+) -> Result<NetEvent, String> {
+    let poll = eventloop.poll();
+    tokio::pin!(poll);
+    loop {
+        tokio::select! {
+            biased;
+            event = &mut poll => return event,
+            permit = inbound.reserve(), if !parked.messages.is_empty() => match permit {
+                Ok(permit) => {
+                    if let Some(message) = parked.pop() {
+                        permit.send(message);
+                    }
+                }
+                // The batcher is gone (drain): parked messages stay unacknowledged.
+                Err(_) => *parked = Parked::default(),
+            },
+        }
+    }
 }
 
 async fn connection(mut task: ConnectionTask) {
@@ -966,8 +1131,28 @@ async fn connection(mut task: ConnectionTask) {
     let mut seq = 0u64;
     let mut backoff = Duration::from_millis(100);
     let mut up = false;
+    let mut parked = Parked::default();
     loop {
-        match task.eventloop.poll().await {
+        while parked.full() {
+            // Past the bound: stop polling until the batcher takes some (see PARKED_MESSAGES).
+            match parked.pop() {
+                Some(message) => {
+                    if task.inbound.send(message).await.is_err() {
+                        parked = Parked::default();
+                    }
+                }
+                None => break,
+            }
+        }
+        let event = if parked.messages.is_empty() {
+            task.eventloop.poll().await
+        } else {
+            poll_and_hand_on(&mut task.eventloop, &mut parked, &task.inbound).await
+        };
+        task.inbound_depth.set(
+            (task.inbound.max_capacity() - task.inbound.capacity() + parked.messages.len()) as i64,
+        );
+        match event {
             Ok(NetEvent::Connected { session_present }) => {
                 let epoch = task.epoch.fetch_add(1, Ordering::SeqCst) + 1;
                 seq = 0;
@@ -1011,17 +1196,34 @@ async fn connection(mut task: ConnectionTask) {
                     task.inflight.inc();
                     token
                 });
+                // Cut here, so that no queue holds more than max_packet_bytes of it.
+                let (payload, oversized) = if payload.len() > task.max_packet_bytes {
+                    let kept = DLQ_PREFIX_BYTES.min(task.max_packet_bytes);
+                    (
+                        Bytes::copy_from_slice(&payload[..kept]),
+                        Some(payload.len()),
+                    )
+                } else {
+                    (payload, None)
+                };
                 let message = Inbound {
                     token,
                     topic,
                     payload,
+                    oversized,
                     received_at_ms: now_ms(),
                 };
-                // Awaiting here is the backpressure: while the workers are behind, this
-                // connection stops reading and TCP slows the broker down.
-                let _ = task.inbound.send(message).await;
-                task.inbound_depth
-                    .set((task.inbound.max_capacity() - task.inbound.capacity()) as i64);
+                // Never wait here with the event loop: park the message (in order) while the
+                // batcher is behind; the in-flight window bounds the parked messages.
+                if parked.messages.is_empty() {
+                    match task.inbound.try_send(message) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(message)) => parked.push(message),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                } else {
+                    parked.push(message);
+                }
             }
             Ok(NetEvent::Subscribed { refused }) => {
                 if refused > 0 {

@@ -274,6 +274,12 @@ impl Telemetry {
             |s| &s.already_published,
         );
         counter(
+            "jobstream_consumer_duplicates_dropped_total",
+            "Records not written because an earlier copy of the event (same eventId) sits within the dedup window of their partition.",
+            &[],
+            |s| &s.duplicates,
+        );
+        counter(
             "jobstream_consumer_rejects_total",
             "Records the Parquet stage sent to the DLQ.",
             &[],

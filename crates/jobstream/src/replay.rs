@@ -34,6 +34,10 @@ pub struct ReplayArgs {
     /// Payloads larger than this many bytes are rejected (AWS IoT's limit is 128 KiB).
     #[arg(long, default_value_t = jobstream_parser::DEFAULT_MAX_PAYLOAD_BYTES)]
     max_payload_bytes: usize,
+    /// Lines looked back at for an earlier copy of an event (same eventId), which is then
+    /// neither written nor produced; 0 keeps every copy.
+    #[arg(long, default_value_t = jobstream_sink::recent::DEFAULT_WINDOW)]
+    dedup_window: u64,
     /// Parquet compression: zstd, zstd:LEVEL (1-22), snappy, lz4 or none.
     #[arg(long, default_value = "zstd")]
     compression: Codec,
@@ -112,6 +116,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
             topic_prefix: args.topic_prefix,
             max_payload_bytes: args.max_payload_bytes,
         },
+        dedup_window: args.dedup_window,
     };
     let stats = replay(config, &mut |stats: &ReplayStats| {
         if let Some(bar) = &bar {
@@ -142,6 +147,12 @@ fn print_summary(stats: &ReplayStats) {
     outln!("  lines read               {:>12}", stats.lines);
     outln!("  job_events rows          {:>12}", stats.job_rows);
     outln!("  job_execution_events rows{:>12}", stats.execution_rows);
+    if stats.duplicates > 0 {
+        outln!(
+            "  duplicates dropped       {:>12}  (same eventId within the dedup window)",
+            stats.duplicates
+        );
+    }
     if stats.already_published > 0 {
         outln!(
             "  already published        {:>12}  (in files from an earlier run)",

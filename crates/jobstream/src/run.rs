@@ -64,6 +64,9 @@ pub struct ParquetSettings {
     pub idle_timeout_secs: Option<u64>,
     /// Encoded bytes buffered before a row group is flushed (memory per open file).
     pub row_group_bytes: Option<usize>,
+    /// Offsets per partition looked back at for an earlier copy of an event (same eventId);
+    /// a copy found there is not written. 0 writes every copy.
+    pub dedup_window: Option<u64>,
 }
 
 /// `[mqtt]`.
@@ -88,6 +91,8 @@ pub struct MqttSettings {
     pub qos: Option<u8>,
     /// Keep-alive, seconds.
     pub keep_alive_secs: Option<u64>,
+    /// Largest payload kept whole; larger ones go to the DLQ cut to their first 64 KiB.
+    pub max_packet_bytes: Option<usize>,
     /// How long the first connection may take, seconds.
     pub connect_timeout_secs: Option<u64>,
     /// User name.
@@ -225,6 +230,10 @@ pub struct RunArgs {
     /// Publish a Parquet file once it holds this many rows.
     #[arg(long, env = "JOBSTREAM_MAX_FILE_ROWS")]
     max_file_rows: Option<u64>,
+    /// Parquet stage: offsets per partition looked back at for an earlier copy of an event
+    /// (same eventId), which is then not written (default 100000; 0 writes every copy).
+    #[arg(long, env = "JOBSTREAM_PARQUET_DEDUP_WINDOW")]
+    parquet_dedup_window: Option<u64>,
     /// Parquet stage alone: stop once every partition is read to the end it had at start
     /// (a backfill of what Kafka holds), publishing and committing everything.
     #[arg(long)]
@@ -236,6 +245,10 @@ pub struct RunArgs {
     /// disconnect, seconds (default a week).
     #[arg(long, env = "JOBSTREAM_MQTT_SESSION_EXPIRY_SECS")]
     mqtt_session_expiry_secs: Option<u64>,
+    /// Largest MQTT payload kept whole (default 1 MiB); a larger message goes to the DLQ as
+    /// payload_too_large with its first 64 KiB and its size, and is acknowledged.
+    #[arg(long, env = "JOBSTREAM_MQTT_MAX_PACKET_BYTES")]
+    mqtt_max_packet_bytes: Option<usize>,
     /// Stable MQTT client id.
     #[arg(long, env = "JOBSTREAM_MQTT_CLIENT_ID")]
     client_id: Option<String>,
@@ -398,6 +411,9 @@ fn stage_config(
     }
     stage.parser = parser;
     stage.stop_at_end = args.stop_at_end;
+    if let Some(v) = args.parquet_dedup_window.or(q.dedup_window) {
+        stage.dedup_window = v;
+    }
     stage.abort_after_publishing = test_abort_after_publishing();
     stage
         .kafka
@@ -497,6 +513,14 @@ fn bridge_config(
     }
     if let Some(v) = args.qos.or(m.qos) {
         mqtt.qos = v;
+    }
+    if let Some(v) = args.mqtt_max_packet_bytes.or(m.max_packet_bytes) {
+        if v < 1024 {
+            return Err(config_error(format!(
+                "mqtt.max_packet_bytes / --mqtt-max-packet-bytes = {v}: must be at least 1024 (AWS IoT Core sends up to 131072)"
+            )));
+        }
+        mqtt.max_packet_bytes = v;
     }
     if let Some(v) = m.keep_alive_secs {
         mqtt.keep_alive = Duration::from_secs(v.max(5));
@@ -868,11 +892,12 @@ fn topic_creation(kafka: &KafkaConfig) -> String {
 fn print_stage_stats(stats: &StageStats, final_line: bool) {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let line = format!(
-        "parquet: read {} | rows job {} execution {} | already published {} | rejected {} | published {} rows in {} files ({} bytes) | commits {} | partitions {} | lag {}",
+        "parquet: read {} | rows job {} execution {} | already published {} | duplicates {} | rejected {} | published {} rows in {} files ({} bytes) | commits {} | partitions {} | lag {}",
         get(&stats.records),
         get(&stats.job_rows),
         get(&stats.execution_rows),
         get(&stats.already_published),
+        get(&stats.duplicates),
         get(&stats.rejected),
         get(&stats.published_rows),
         get(&stats.files),

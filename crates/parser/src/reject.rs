@@ -33,11 +33,14 @@ pub enum RejectKind {
     TargetsNotStrings,
     /// A `statusDetails` value is not a string.
     StatusDetailsNotStrings,
+    /// Kafka refused the valid event for good (larger than the topic's `max.message.bytes`,
+    /// invalid): never raised by the parser; the bridge sends such an event to the DLQ.
+    KafkaRefused,
 }
 
 impl RejectKind {
     /// Every kind, in declaration order (for metrics and summaries).
-    pub const ALL: [RejectKind; 13] = [
+    pub const ALL: [RejectKind; 14] = [
         RejectKind::UnknownTopic,
         RejectKind::UnknownOperation,
         RejectKind::PayloadTooLarge,
@@ -51,6 +54,7 @@ impl RejectKind {
         RejectKind::StatusMismatch,
         RejectKind::TargetsNotStrings,
         RejectKind::StatusDetailsNotStrings,
+        RejectKind::KafkaRefused,
     ];
 
     /// The stable snake_case label written to DLQ records.
@@ -69,6 +73,7 @@ impl RejectKind {
             RejectKind::StatusMismatch => "status_mismatch",
             RejectKind::TargetsNotStrings => "targets_not_strings",
             RejectKind::StatusDetailsNotStrings => "status_details_not_strings",
+            RejectKind::KafkaRefused => "kafka_refused",
         }
     }
 }
@@ -93,7 +98,7 @@ pub struct Reject {
 }
 
 impl Reject {
-    pub(crate) fn new(kind: RejectKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: RejectKind, message: impl Into<String>) -> Self {
         Reject {
             kind,
             message: message.into(),

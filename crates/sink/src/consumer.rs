@@ -45,6 +45,7 @@ use rdkafka::ClientContext;
 
 use crate::kafka::{KafkaConfig, KafkaSink};
 use crate::parquet::{Appended, ParquetConfig, ParquetSink, PublishedFile};
+use crate::recent::RecentIds;
 use crate::{Refusal, SinkError};
 
 /// DLQ kind for a record without the `mqtt_topic` header: the parser needs the topic.
@@ -75,6 +76,9 @@ pub struct StageConfig {
     /// were published and before their offsets are committed.
     #[doc(hidden)]
     pub abort_after_publishing: Option<u64>,
+    /// Offsets per partition looked back at for an earlier copy of an event (same `eventId`);
+    /// a copy found there is not written ([`crate::recent`]). 0 writes every copy.
+    pub dedup_window: u64,
 }
 
 impl StageConfig {
@@ -88,6 +92,7 @@ impl StageConfig {
             tick: Duration::from_secs(1),
             stop_at_end: false,
             abort_after_publishing: None,
+            dedup_window: crate::recent::DEFAULT_WINDOW,
         }
     }
 }
@@ -103,6 +108,9 @@ pub struct StageStats {
     pub execution_rows: AtomicU64,
     /// Records skipped because a published file already holds them (after a crash).
     pub already_published: AtomicU64,
+    /// Records not written because an earlier copy of the event (same `eventId`) sits within
+    /// the dedup window of their partition.
+    pub duplicates: AtomicU64,
     /// Records sent to the DLQ.
     pub rejected: AtomicU64,
     /// Parquet files published.
@@ -142,6 +150,8 @@ struct PartitionWriter {
     committed: Option<u64>,
     /// With `stop_at_end`: the partition's high watermark when it was assigned.
     end: Option<u64>,
+    /// The event ids of the partition's last `dedup_window` offsets.
+    recent: RecentIds,
 }
 
 impl PartitionWriter {
@@ -161,6 +171,15 @@ struct Writers {
     files_published: u64,
     abort_after_publishing: Option<u64>,
     stop_at_end: bool,
+    /// What re-reading a partition's recent records needs (see [`crate::recent::prime`]).
+    recent: RecentSettings,
+}
+
+struct RecentSettings {
+    kafka: KafkaConfig,
+    group_id: String,
+    parser: ParserConfig,
+    window: u64,
 }
 
 impl Writers {
@@ -331,6 +350,17 @@ fn assign(
         } else {
             None
         };
+        let start = resume.or(committed).unwrap_or(0);
+        let settings = &writers.recent;
+        let recent = crate::recent::prime(
+            &settings.kafka,
+            &settings.group_id,
+            &settings.parser,
+            &key.0,
+            key.1,
+            start,
+            settings.window,
+        )?;
         if let Some(resume) = resume {
             tpl.set_partition_offset(&key.0, key.1, Offset::Offset(resume as i64))
                 .map_err(|e| SinkError::Kafka(format!("setting the start offset: {e}")))?;
@@ -348,9 +378,10 @@ fn assign(
                 sink,
                 // Before the first record arrives, where reading starts: the resume point,
                 // else the committed offset (a partition with neither starts at its beginning).
-                next: resume.or(committed).unwrap_or(0),
+                next: start,
                 committed,
                 end,
+                recent,
             },
         );
     }
@@ -448,6 +479,12 @@ pub fn run(
         files_published: 0,
         abort_after_publishing: config.abort_after_publishing,
         stop_at_end: config.stop_at_end,
+        recent: RecentSettings {
+            kafka: config.kafka.clone(),
+            group_id: config.group_id.clone(),
+            parser: config.parser.clone(),
+            window: config.dedup_window,
+        },
     }));
     let context = StageContext {
         writers: writers.clone(),
@@ -587,21 +624,26 @@ fn handle(
         mqtt_topic: Some(topic),
         received_at_ms,
     };
-    let sink = &mut writer.sink;
+    let (sink, recent) = (&mut writer.sink, &mut writer.recent);
     let outcome = parser.parse(topic, payload, |outcome| match outcome {
+        Ok(event) if recent.seen_before(event.common().event_id, position) => Ok(Ok(None)),
         Ok(event) => sink
             .append(&event, &provenance, position)
-            .map(|appended| Ok((event.family(), appended))),
+            .map(|appended| Ok(Some((event.family(), appended)))),
         Err(reject) => Ok(Err(reject)),
     })?;
     match outcome {
-        Ok((_, Appended::AlreadyPublished)) => {
+        Ok(None) => {
+            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            writer.sink.mark_consumed(position + 1);
+        }
+        Ok(Some((_, Appended::AlreadyPublished))) => {
             stats.already_published.fetch_add(1, Ordering::Relaxed);
         }
-        Ok((Family::Job, Appended::Written)) => {
+        Ok(Some((Family::Job, Appended::Written))) => {
             stats.job_rows.fetch_add(1, Ordering::Relaxed);
         }
-        Ok((Family::Execution, Appended::Written)) => {
+        Ok(Some((Family::Execution, Appended::Written))) => {
             stats.execution_rows.fetch_add(1, Ordering::Relaxed);
         }
         Err(r) => {
@@ -622,7 +664,7 @@ fn reject(
     error: &str,
 ) -> Result<(), SinkError> {
     stats.rejected.fetch_add(1, Ordering::Relaxed);
-    dlq.produce_reject(topic, payload, kind, error, ())?;
+    dlq.produce_reject(topic, payload, None, kind, error, ())?;
     // Rejects are rare here (the bridge validated the same bytes), so waiting for each one
     // keeps the rule simple: nothing past an undelivered reject is ever committed.
     dlq.flush(DLQ_DELIVERY_TIMEOUT)

@@ -32,6 +32,10 @@ pub enum SinkError {
     /// Kafka refused or failed an operation.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// Kafka will never take this record as it is (too large, invalid); the reason says why.
+    /// Retrying cannot help: the record belongs in the DLQ.
+    #[error("{0}")]
+    RecordRefused(String),
     /// No broker answered within the connect timeout: retrying later may help.
     #[error("kafka: no broker at {brokers} answered within {timeout:?}: {detail}")]
     KafkaUnreachable {

@@ -343,9 +343,29 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
                     record = back;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((error, _)) => return Err(SinkError::Kafka(error.to_string())),
+                Err((error, _)) => {
+                    return Err(match refused_for_good(&error) {
+                        Some(reason) => SinkError::RecordRefused(reason),
+                        None => SinkError::Kafka(error.to_string()),
+                    })
+                }
             }
         }
+    }
+
+    /// The largest payload a DLQ record carries whole: the producer's `message.max.bytes`
+    /// less room for the key and headers. Larger payloads keep their first
+    /// [`DLQ_PREFIX_BYTES`] and say their size in the `payload_bytes` header.
+    pub fn dlq_payload_limit(&self) -> usize {
+        let max = self
+            .config
+            .options
+            .get("message.max.bytes")
+            .or_else(|| self.config.options.get("producer.message.max.bytes"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        max.saturating_sub(RECORD_OVERHEAD_BYTES)
+            .max(DLQ_PREFIX_BYTES)
     }
 
     /// Produces a valid event to its family's topic; waits while librdkafka's queue is full.
@@ -398,7 +418,11 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
         self.send(record)
     }
 
-    /// Produces a rejected message to the DLQ topic, payload byte for byte.
+    /// Produces a rejected message to the DLQ topic, payload byte for byte — or, when the
+    /// payload is larger than a record can carry ([`KafkaSink::dlq_payload_limit`]), or
+    /// `payload` is already only the first bytes of a larger one (`original_bytes`), its first
+    /// [`DLQ_PREFIX_BYTES`] with the headers `payload_bytes` (the full size) and
+    /// `payload_truncated: true`.
     ///
     /// # Errors
     /// librdkafka refused the record for a reason other than a full queue.
@@ -406,11 +430,18 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
         &self,
         mqtt_topic: &str,
         payload: &[u8],
+        original_bytes: Option<usize>,
         error_kind: &str,
         error: &str,
         token: T,
     ) -> Result<(), SinkError> {
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let (payload, original_bytes) = if payload.len() > self.dlq_payload_limit() {
+            (&payload[..DLQ_PREFIX_BYTES], Some(payload.len()))
+        } else {
+            (payload, original_bytes)
+        };
+        let size = original_bytes.map(|n| n.to_string());
+        let mut headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header {
                 key: "mqtt_topic",
                 value: Some(mqtt_topic),
@@ -423,6 +454,17 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
                 key: "error",
                 value: Some(error),
             });
+        if let Some(size) = &size {
+            headers = headers
+                .insert(Header {
+                    key: "payload_bytes",
+                    value: Some(size.as_str()),
+                })
+                .insert(Header {
+                    key: "payload_truncated",
+                    value: Some("true"),
+                });
+        }
         let record = BaseRecord::with_opaque_to(&self.config.dlq_topic, Box::new(token))
             .key(mqtt_topic.as_bytes())
             .payload(payload)
@@ -462,6 +504,34 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
                 ))
             })
     }
+}
+
+/// librdkafka's default `message.max.bytes`: the largest record the producer sends.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room left in a DLQ record for its key, headers and framing.
+const RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
+
+/// What a DLQ record keeps of a payload too large to carry whole: enough to see what it was.
+pub const DLQ_PREFIX_BYTES: usize = 64 * 1024;
+
+/// Kafka's verdict when it will never take a record as it is — larger than the topic's
+/// `max.message.bytes` or the producer's `message.max.bytes`, or invalid — as a reason for
+/// the DLQ; `None` for failures that retrying (a redelivery) can overcome.
+pub fn refused_for_good(error: &KafkaError) -> Option<String> {
+    let code = error.rdkafka_error_code()?;
+    let what = match code {
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => {
+            "the record is larger than the topic's max.message.bytes (or the producer's message.max.bytes)"
+        }
+        RDKafkaErrorCode::InvalidMessageSize | RDKafkaErrorCode::InvalidRecord => {
+            "the broker refused the record as invalid"
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "Kafka refused the record for good: {what} ({error})"
+    ))
 }
 
 /// A client that only asks for metadata: a readiness probe for stages that hold no producer

@@ -17,6 +17,7 @@ pub mod dlq;
 mod error;
 pub mod kafka;
 pub mod parquet;
+pub mod recent;
 pub mod replay;
 pub mod seen;
 pub mod time;

@@ -69,6 +69,9 @@ pub struct ReplayConfig {
     pub kafka: Option<KafkaConfig>,
     /// Topic prefix and payload cap.
     pub parser: ParserConfig,
+    /// Lines looked back at for an earlier copy of an event (same `eventId`); a copy found
+    /// there is neither written nor produced ([`crate::recent`]). 0 keeps every copy.
+    pub dedup_window: u64,
 }
 
 /// Counters of a replay, reported as it goes and at the end.
@@ -84,6 +87,8 @@ pub struct ReplayStats {
     pub execution_rows: u64,
     /// Valid events skipped because an earlier run already published them.
     pub already_published: u64,
+    /// Valid events dropped because a copy (same `eventId`) came within the dedup window.
+    pub duplicates: u64,
     /// Rejected lines by kind.
     pub rejects: BTreeMap<&'static str, u64>,
     /// Published Parquet files.
@@ -306,6 +311,7 @@ pub fn replay(
     };
     let mut parser = Parser::new(config.parser);
     let mut stats = ReplayStats::default();
+    let mut recent = crate::recent::RecentIds::new(config.dedup_window);
 
     let (block_tx, block_rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
     let (recycle_tx, recycle_rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
@@ -375,6 +381,7 @@ pub fn replay(
                 received_at_ms: None,
             };
             let on_outcome = |outcome: Result<Event<'_, '_>, Reject>| match outcome {
+                Ok(event) if recent.seen_before(event.common().event_id, line_no) => Ok(Ok(None)),
                 Ok(event) => {
                     let family = event.family();
                     if let Some(kafka) = kafka.as_ref() {
@@ -384,7 +391,7 @@ pub fn replay(
                         Some(sink) => sink.append(&event, &provenance, line_no)?,
                         None => Appended::Written,
                     };
-                    Ok(Ok((family, appended)))
+                    Ok(Ok(Some((family, appended))))
                 }
                 Err(reject) => Ok::<_, SinkError>(Err(reject)),
             };
@@ -393,14 +400,16 @@ pub fn replay(
                 None => parser.parse(topic, payload, on_outcome),
             }?;
             match outcome {
-                Ok((_, Appended::AlreadyPublished)) => stats.already_published += 1,
-                Ok((Family::Job, Appended::Written)) => stats.job_rows += 1,
-                Ok((Family::Execution, Appended::Written)) => stats.execution_rows += 1,
+                Ok(None) => stats.duplicates += 1,
+                Ok(Some((_, Appended::AlreadyPublished))) => stats.already_published += 1,
+                Ok(Some((Family::Job, Appended::Written))) => stats.job_rows += 1,
+                Ok(Some((Family::Execution, Appended::Written))) => stats.execution_rows += 1,
                 Err(reject) => {
                     if let Some(kafka) = kafka.as_ref() {
                         kafka.produce_reject(
                             topic,
                             payload,
+                            None,
                             reject.kind.as_str(),
                             &reject.message,
                             (),
