@@ -371,11 +371,12 @@ fn every_reject_kind_has_a_triggering_input() {
         );
     }
     let covered: std::collections::BTreeSet<_> = cases.iter().map(|c| c.0).collect();
-    assert_eq!(
-        covered.len(),
-        RejectKind::ALL.len(),
-        "a kind has no test input"
-    );
+    // kafka_refused is the bridge's, for a valid event Kafka would not take.
+    let parser_kinds = RejectKind::ALL
+        .iter()
+        .filter(|k| **k != RejectKind::KafkaRefused)
+        .count();
+    assert_eq!(covered.len(), parser_kinds, "a kind has no test input");
 }
 
 #[test]

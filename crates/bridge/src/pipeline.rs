@@ -223,7 +223,7 @@ impl BridgeStats {
             files_published,
             duplicates: registry.counter(
                 "jobstream_duplicates_dropped_total",
-                "Events dropped because their eventId was seen within the dedup window.",
+                "Copies not produced: their eventId was confirmed within the dedup window, or is in flight (they wait for its outcome).",
             ),
             acknowledged: registry.counter(
                 "jobstream_mqtt_acknowledged_total",

@@ -1,7 +1,8 @@
 //! The bridge against librdkafka's mock cluster with produce errors injected, and a real
 //! mosquitto in front: a record whose delivery fails is left unacknowledged, the broker
 //! redelivers it, and that copy reaches Kafka — it is not taken for a duplicate of the copy
-//! that failed. Needs `mosquitto` on PATH (scripts/test-env installs it).
+//! that failed. Needs `mosquitto` on PATH (scripts/test-env installs it). librdkafka's mock
+//! cluster is here for what Apache Kafka cannot be made to do on cue: fail a produce request.
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
