@@ -1110,9 +1110,10 @@ async fn poll_and_hand_on(
     let poll = eventloop.poll();
     tokio::pin!(poll);
     loop {
+        // Handing on first: parked messages leave as soon as there is room, so the parking
+        // lot stays as small as the batcher allows; the poll only waits for the network.
         tokio::select! {
             biased;
-            event = &mut poll => return event,
             permit = inbound.reserve(), if !parked.messages.is_empty() => match permit {
                 Ok(permit) => {
                     if let Some(message) = parked.pop() {
@@ -1122,6 +1123,7 @@ async fn poll_and_hand_on(
                 // The batcher is gone (drain): parked messages stay unacknowledged.
                 Err(_) => *parked = Parked::default(),
             },
+            event = &mut poll => return event,
         }
     }
 }

@@ -11,7 +11,7 @@
 //! `[o - window, o)`: [`prime`] re-reads them from Kafka (what retention deleted cannot hold
 //! a copy anyway, as long as retention keeps more than `window` records).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jobstream_parser::{Parser, ParserConfig};
@@ -30,14 +30,102 @@ pub const DEFAULT_WINDOW: u64 = 100_000;
 /// How long re-reading a partition's recent records may take at assignment.
 const PRIME_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// An event id as a key: AWS's ids are UUIDs, kept as their 128 bits (no allocation, and
+/// exact: the canonical text and the number map one to one); anything else as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Uuid(u128),
+    Text(Box<str>),
+}
+
+impl Key {
+    fn of(event_id: &str) -> Key {
+        parse_uuid(event_id).map_or_else(|| Key::Text(event_id.into()), Key::Uuid)
+    }
+}
+
+/// The 128 bits of a UUID in canonical lowercase form (`8-4-4-4-12` hex digits); `None` for
+/// any other text, including uppercase, so that two different texts never share a key.
+fn parse_uuid(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 36 {
+        return None;
+    }
+    if bytes[8] != b'-' || bytes[13] != b'-' || bytes[18] != b'-' || bytes[23] != b'-' {
+        return None;
+    }
+    let mut value = 0u128;
+    let mut bad = 0u8;
+    for &b in bytes[..8]
+        .iter()
+        .chain(&bytes[9..13])
+        .chain(&bytes[14..18])
+        .chain(&bytes[19..23])
+        .chain(&bytes[24..])
+    {
+        let digit = HEX[usize::from(b)];
+        bad |= digit;
+        value = (value << 4) | u128::from(digit & 0x0f);
+    }
+    // One test for all 32 digits: a byte that is not a lowercase hex digit maps to 0x10.
+    (bad & 0x10 == 0).then_some(value)
+}
+
+/// Hex digit values by byte; 0x10 marks a byte that is not a lowercase hex digit.
+const HEX: [u8; 256] = {
+    let mut table = [0x10u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// A hasher for [`Key`]s: UUIDs are random already, so their bits are the hash; text gets
+/// FNV-1a. No protection against chosen collisions is needed: AWS picks the ids.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= (value as u64) ^ ((value >> 64) as u64);
+    }
+}
+
+type KeyMap = HashMap<Key, u64, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// The event ids at the last `window` offsets of one partition.
 ///
-/// Bound: one entry per offset in the window (about 100 bytes each).
+/// Two generations of `window` offsets each: the current one, `[g·window, (g+1)·window)`,
+/// and the one before it, which together always cover `[o - window, o)`. Moving to the next
+/// generation drops the oldest whole, so no id is ever removed one by one (hash tables pay
+/// for single removals with tombstones and rehashing).
+///
+/// Bound: at most two generations of `window` ids (about 50 bytes each for UUIDs).
 #[derive(Debug)]
 pub struct RecentIds {
     window: u64,
-    latest: HashMap<Box<str>, u64>,
-    order: VecDeque<(u64, Box<str>)>,
+    generation: u64,
+    current: KeyMap,
+    previous: KeyMap,
 }
 
 impl RecentIds {
@@ -45,8 +133,9 @@ impl RecentIds {
     pub fn new(window: u64) -> Self {
         RecentIds {
             window,
-            latest: HashMap::new(),
-            order: VecDeque::new(),
+            generation: 0,
+            current: KeyMap::default(),
+            previous: KeyMap::default(),
         }
     }
 
@@ -56,25 +145,21 @@ impl RecentIds {
         if self.window == 0 {
             return false;
         }
-        let floor = offset.saturating_sub(self.window);
-        while let Some((oldest, _)) = self.order.front() {
-            if *oldest >= floor {
-                break;
+        let generation = offset / self.window;
+        if generation != self.generation {
+            if generation == self.generation + 1 {
+                std::mem::swap(&mut self.previous, &mut self.current);
+            } else {
+                self.previous.clear();
             }
-            if let Some((oldest, id)) = self.order.pop_front() {
-                if self.latest.get(&id) == Some(&oldest) {
-                    self.latest.remove(&id);
-                }
-            }
+            self.current.clear();
+            self.generation = generation;
         }
-        let duplicate = self
-            .latest
-            .get(event_id)
-            .is_some_and(|&at| at >= floor && at < offset);
-        let id: Box<str> = event_id.into();
-        self.latest.insert(id.clone(), offset);
-        self.order.push_back((offset, id));
-        duplicate
+        let floor = offset.saturating_sub(self.window);
+        let key = Key::of(event_id);
+        let in_previous = self.previous.get(&key).copied();
+        let earlier = self.current.insert(key, offset).or(in_previous);
+        earlier.is_some_and(|at| at >= floor && at < offset)
     }
 }
 
@@ -171,6 +256,29 @@ pub fn prime(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_become_their_bits_and_other_text_stays_text() {
+        assert_eq!(
+            parse_uuid("568d2ade-2e9c-46e6-a115-18afa1286b06"),
+            Some(0x568d2ade_2e9c_46e6_a115_18afa1286b06)
+        );
+        for other in [
+            "568D2ADE-2E9C-46E6-A115-18AFA1286B06",
+            "568d2ade2e9c46e6a11518afa1286b06",
+            "568d2ade-2e9c-46e6-a115-18afa1286b0g",
+            "event-1",
+        ] {
+            assert_eq!(parse_uuid(other), None, "{other}");
+        }
+        let mut recent = RecentIds::new(10);
+        assert!(!recent.seen_before("568d2ade-2e9c-46e6-a115-18afa1286b06", 0));
+        assert!(
+            !recent.seen_before("568D2ADE-2E9C-46E6-A115-18AFA1286B06", 1),
+            "another text is another id"
+        );
+        assert!(recent.seen_before("568d2ade-2e9c-46e6-a115-18afa1286b06", 2));
+    }
 
     #[test]
     fn a_copy_within_the_window_is_dropped_and_one_beyond_it_is_kept() {
