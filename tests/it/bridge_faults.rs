@@ -19,6 +19,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 
+use crate::support::wait_for;
+
 struct Mosquitto(Child);
 
 impl Drop for Mosquitto {
@@ -31,17 +33,6 @@ impl Drop for Mosquitto {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
     listener.local_addr().expect("bound").port()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn mosquitto(dir: &std::path::Path) -> (Mosquitto, u16) {
@@ -60,7 +51,7 @@ fn mosquitto(dir: &std::path::Path) -> (Mosquitto, u16) {
         .spawn()
         .expect("mosquitto on PATH (scripts/test-env installs it)");
     let guard = Mosquitto(child);
-    wait_until("mosquitto to listen", Duration::from_secs(20), || {
+    wait_for("mosquitto to listen", Duration::from_secs(20), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     (guard, port)
@@ -133,7 +124,7 @@ async fn a_record_whose_delivery_failed_is_redelivered_and_reaches_kafka() {
     }));
     let subscribed = Arc::clone(&stats);
     tokio::task::spawn_blocking(move || {
-        wait_until("the bridge to connect", Duration::from_secs(30), || {
+        wait_for("the bridge to connect", Duration::from_secs(30), || {
             subscribed.connected.get() > 0
         });
     })
@@ -147,7 +138,7 @@ async fn a_record_whose_delivery_failed_is_redelivered_and_reaches_kafka() {
     let watched = Arc::clone(&stats);
     let total = messages.len() as u64;
     tokio::task::spawn_blocking(move || {
-        wait_until(
+        wait_for(
             "every message acknowledged",
             Duration::from_secs(120),
             || watched.acknowledged.load(Ordering::Relaxed) >= total,

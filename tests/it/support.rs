@@ -1,6 +1,7 @@
 //! Helpers shared by the test modules.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use jobstream_parser::{Event, Parser, Reject};
 
@@ -84,4 +85,16 @@ pub fn event_ids(root: &Path) -> Vec<String> {
         }
     }
     ids
+}
+
+/// Polls `condition` until it holds; fails the test naming `what` once `timeout` passed.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

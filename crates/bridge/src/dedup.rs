@@ -147,15 +147,14 @@ impl<W> DedupWindow<W> {
     /// redelivered.
     pub fn settle(&self, event_id: &str, outcome: Settled) -> Vec<W> {
         let mut shard = self.shard(event_id);
-        let waiters = match shard.entries.remove(event_id) {
-            Some(Entry::InFlight(waiters)) => waiters,
-            // Settled already, or never claimed (deduplication off).
-            Some(other) => {
-                shard.entries.insert(event_id.into(), other);
-                return Vec::new();
-            }
+        let waiters = match shard.entries.get_mut(event_id) {
+            Some(Entry::InFlight(waiters)) => std::mem::take(waiters),
+            // Settled already.
+            Some(_) => return Vec::new(),
+            // Never claimed (deduplication off).
             None => Vec::new(),
         };
+        shard.entries.remove(event_id);
         let keep = match outcome {
             Settled::Failed => return waiters,
             Settled::Confirmed if self.per_shard == 0 => return waiters,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel as xchan;
 use jobstream_metrics::Throttle;
 use jobstream_parser::columnar::Provenance;
-use jobstream_parser::{Family, Parser, ParserConfig};
+use jobstream_parser::{Family, Parser, ParserConfig, Reject};
 use jobstream_sink::dlq::DlqRecord;
 use jobstream_sink::parquet::{ParquetConfig, ParquetSink};
 use jobstream_sink::SinkError;
@@ -117,29 +117,20 @@ impl DirectWriter {
                         let position = self.next;
                         self.next += 1;
                         let (sink, dlq) = (&mut self.sink, &mut self.dlq);
-                        if let Some(size) = message.oversized {
-                            let reject = oversized_reject(size, message.payload.len());
-                            note_reject(stats, throttle, &message.topic, &reject, "DLQ file");
-                            dlq.write(&DlqRecord::new(
-                                &message.topic,
-                                &message.payload,
-                                reject.kind.as_str(),
-                                &reject.message,
-                                None,
-                            ))
-                            .map_err(BridgeError::Parquet)?;
-                            unsynced_rejects += 1;
-                            sink.mark_consumed(position + 1);
-                            if let Some(token) = message.token {
-                                pending.push_back((position, token));
-                            }
-                            continue;
-                        }
-                        let result =
-                            parser.parse(
-                                &message.topic,
-                                &message.payload,
-                                |outcome| match outcome {
+                        let result = match message.oversized {
+                            Some(size) => write_reject(
+                                dlq,
+                                stats,
+                                throttle,
+                                &message,
+                                &oversized_reject(size, message.payload.len()),
+                            )
+                            .map(|()| {
+                                unsynced_rejects += 1;
+                                sink.mark_consumed(position + 1);
+                            }),
+                            None => parser.parse(&message.topic, &message.payload, |outcome| {
+                                match outcome {
                                     Ok(event) => {
                                         stats.event(event.family());
                                         if !dedup.first_time(event.common().event_id) {
@@ -154,26 +145,14 @@ impl DirectWriter {
                                         sink.append(&event, &provenance, position).map(|_| ())
                                     }
                                     Err(reject) => {
-                                        note_reject(
-                                            stats,
-                                            throttle,
-                                            &message.topic,
-                                            &reject,
-                                            "DLQ file",
-                                        );
-                                        dlq.write(&DlqRecord::new(
-                                            &message.topic,
-                                            &message.payload,
-                                            reject.kind.as_str(),
-                                            &reject.message,
-                                            None,
-                                        ))?;
+                                        write_reject(dlq, stats, throttle, &message, &reject)?;
                                         unsynced_rejects += 1;
                                         sink.mark_consumed(position + 1);
                                         Ok(())
                                     }
-                                },
-                            );
+                                }
+                            }),
+                        };
                         result.map_err(BridgeError::Parquet)?;
                         if let Some(token) = message.token {
                             pending.push_back((position, token));
@@ -273,6 +252,25 @@ fn release(
 
 /// The append-only DLQ file of this mode: one JSON object per reject (the replay DLQ's shape),
 /// fsynced before the reject is acknowledged.
+/// Counts `reject`, logs it (throttled) and appends it to the DLQ file (fsynced later, before
+/// its acknowledgement).
+fn write_reject(
+    dlq: &mut DlqLog,
+    stats: &BridgeStats,
+    throttle: &Throttle,
+    message: &Inbound,
+    reject: &Reject,
+) -> Result<(), SinkError> {
+    note_reject(stats, throttle, &message.topic, reject, "DLQ file");
+    dlq.write(&DlqRecord::new(
+        &message.topic,
+        &message.payload,
+        reject.kind.as_str(),
+        &reject.message,
+        None,
+    ))
+}
+
 struct DlqLog {
     path: PathBuf,
     out: BufWriter<File>,

@@ -277,6 +277,8 @@ impl<T: Send + Sync + 'static> ProducerContext for Context<T> {
 pub struct KafkaSink<T: Send + Sync + 'static> {
     producer: ThreadedProducer<Context<T>>,
     config: KafkaConfig,
+    /// See [`KafkaSink::dlq_payload_limit`]; fixed by the options, so computed once.
+    dlq_payload_limit: usize,
     stopping: Arc<AtomicBool>,
 }
 
@@ -313,8 +315,17 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
                 value: config.brokers.clone(),
                 reason: e.to_string(),
             })?;
+        let max = config
+            .options
+            .get("message.max.bytes")
+            .or_else(|| config.options.get("producer.message.max.bytes"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         Ok(KafkaSink {
             producer,
+            dlq_payload_limit: max
+                .saturating_sub(RECORD_OVERHEAD_BYTES)
+                .max(DLQ_PREFIX_BYTES),
             config,
             stopping: Arc::new(AtomicBool::new(false)),
         })
@@ -357,15 +368,7 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
     /// less room for the key and headers. Larger payloads keep their first
     /// [`DLQ_PREFIX_BYTES`] and say their size in the `payload_bytes` header.
     pub fn dlq_payload_limit(&self) -> usize {
-        let max = self
-            .config
-            .options
-            .get("message.max.bytes")
-            .or_else(|| self.config.options.get("producer.message.max.bytes"))
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
-        max.saturating_sub(RECORD_OVERHEAD_BYTES)
-            .max(DLQ_PREFIX_BYTES)
+        self.dlq_payload_limit
     }
 
     /// Produces a valid event to its family's topic; waits while librdkafka's queue is full.
@@ -435,7 +438,7 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
         error: &str,
         token: T,
     ) -> Result<(), SinkError> {
-        let (payload, original_bytes) = if payload.len() > self.dlq_payload_limit() {
+        let (payload, original_bytes) = if payload.len() > self.dlq_payload_limit {
             (&payload[..DLQ_PREFIX_BYTES], Some(payload.len()))
         } else {
             (payload, original_bytes)
