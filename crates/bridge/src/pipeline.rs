@@ -858,7 +858,8 @@ fn worker(
         stats.handoff_queue.set(batches.len() as i64);
         for message in batch {
             let token = message.token;
-            // The id whose claim this record holds, to be released if it cannot be produced.
+            // The id whose claim this record holds, when it could not be produced: its claim
+            // is released below (kept only on failure, so the hot path copies the id once).
             let mut claimed: Option<Box<str>> = None;
             let result = match message.oversized {
                 Some(size) => reject_to_dlq(
@@ -887,7 +888,6 @@ fn worker(
                                 return Ok(());
                             }
                         };
-                        claimed = Some(event_id.into());
                         let refused = match reroute {
                             Some(reason) => reason.to_string(),
                             None => {
@@ -912,6 +912,7 @@ fn worker(
                                     }
                                     Err(error) => {
                                         stats.kafka_pending.dec();
+                                        claimed = Some(event_id.into());
                                         return Err(error);
                                     }
                                 }
@@ -923,6 +924,7 @@ fn worker(
                             Some(event_id),
                             token,
                         )
+                        .inspect_err(|_| claimed = Some(event_id.into()))
                     }
                     Err(reject) => reject_to_dlq(&message, &reject, None, token),
                 }),
