@@ -107,9 +107,10 @@ class Kafka:
     `properties` adds or overrides any other server.properties line."""
 
     def __init__(self, workdir: Path, listeners: dict | None = None, properties: dict | None = None,
-                 server_properties: dict | None = None, port: int | None = None):
+                 server_properties: dict | None = None, port: int | None = None,
+                 cluster_id: str | None = None):
         """`server_properties` replaces the single-node settings of scripts/kafka whole (the
-        caller then gives the client `port` too)."""
+        caller then gives the client `port` too); `cluster_id` is drawn at random unless given."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -120,6 +121,7 @@ class Kafka:
         self.server_properties = server_properties
         if port is not None:
             self.port = port
+        self.cluster_id = cluster_id
         self.proc = None
         self.started_in = None
 
@@ -148,6 +150,8 @@ class Kafka:
             path = self.workdir / "given.properties"
             path.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties.items()))
             given = ["--properties", str(path)]
+        if self.cluster_id is not None:
+            given += ["--cluster-id", self.cluster_id]
         began = time.monotonic()
         self.proc = subprocess.Popen(
             [str(script), "start", "--dir", str(self.workdir), "--port", str(self.port),
