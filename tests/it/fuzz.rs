@@ -3,7 +3,8 @@
 //! Seeds are the spec's examples and generated events; mutations flip, insert, delete and
 //! duplicate bytes, splice seeds together, and substitute JSON fragments at random offsets
 //! (deep nesting, huge numbers, wrong types, invalid UTF-8, lone surrogates). Accepted events
-//! are appended to Arrow builders, and their `extra` JSON must parse.
+//! are appended to Arrow builders, and their `extra` JSON must parse, as must the JSON text kept
+//! for a non-string `statusDetails` value or `targets` element (an anomaly, not a reject).
 //!
 //! By default it runs a fixed number of iterations (deterministic seed); set
 //! `JOBSTREAM_FUZZ_SECS` to run for that long instead (the 10-minute runs recorded in the issue
@@ -34,6 +35,10 @@ const FRAGMENTS: &[&[u8]] = &[
     b"\"status\":",
     b"\"targets\":[1]",
     b"\"statusDetails\":{\"a\":1}",
+    b"\"statusDetails\":{\"n\":120,\"b\":true,\"o\":{\"x\":[1,\"\\u00e9\"]}}",
+    b"\"status\":\"SUCCEEDED\"",
+    b"\"status\":\"PAUSED\"",
+    b"\"description\":7",
     b"\"jobProcessDetails\":{\"numberOfFailedThings\":-3}",
     b"\xff\xfe",
     b"\"timestamp\":1e3",
@@ -118,7 +123,7 @@ fn parser_survives_mutated_inputs_without_panicking() {
     });
     let mut tables = TableBuilders::with_capacity(1024);
     let started = Instant::now();
-    let (mut runs, mut accepted) = (0u64, 0u64);
+    let (mut runs, mut accepted, mut anomalous) = (0u64, 0u64, 0u64);
     let mut input = Vec::new();
     let mut extra = Vec::new();
     loop {
@@ -138,6 +143,10 @@ fn parser_survives_mutated_inputs_without_panicking() {
         parser.parse(&topic, &input, |outcome| {
             if let Ok(event) = outcome {
                 accepted += 1;
+                if !event.common().anomalies.is_empty() {
+                    anomalous += 1;
+                }
+                check_kept_json(&event);
                 extra.clear();
                 if event.common().extra.write_json(event.family(), &mut extra) {
                     // serde_json stops at 128 levels of nesting; deeper `extra` is still JSON.
@@ -167,11 +176,42 @@ fn parser_survives_mutated_inputs_without_panicking() {
         runs += 1;
     }
     eprintln!(
-        "fuzz: {runs} inputs ({accepted} accepted) in {:.1} s, seed {seed}",
+        "fuzz: {runs} inputs ({accepted} accepted, {anomalous} with anomalies) in {:.1} s, seed {seed}",
         started.elapsed().as_secs_f64()
     );
+    assert!(anomalous > 0, "mutations should reach the anomaly paths");
     assert!(
         accepted > 0 && accepted < runs,
         "mutations should both keep and break events"
     );
+}
+
+/// Every value kept as JSON text (not a string in the payload) is JSON.
+fn check_kept_json(event: &jobstream_parser::Event<'_, '_>) {
+    let texts: Vec<jobstream_parser::Text<'_, '_>> = match event {
+        jobstream_parser::Event::Job(j) => j
+            .targets
+            .iter()
+            .flat_map(|t| t.iter())
+            .chain(
+                [j.description, j.comment, j.target_selection]
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect(),
+        jobstream_parser::Event::Execution(e) => e
+            .status_details
+            .iter()
+            .flat_map(|d| d.iter().map(|(_, v)| v))
+            .collect(),
+    };
+    for text in texts.into_iter().filter(|t| t.as_str().is_none()) {
+        let json = text.to_text();
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&json) {
+            assert!(
+                e.to_string().contains("recursion limit"),
+                "kept text is not JSON ({e}): {json}"
+            );
+        }
+    }
 }

@@ -94,6 +94,56 @@ def ms(value):
     return value * 1000 if value < SECONDS_BELOW else value
 
 
+# The status each operation produces, as AWS documents it (the spec file); `deleted` executions
+# may carry any status. Anything else is kept and flagged.
+JOB_STATUS = {
+    "completed": "COMPLETED", "canceled": "CANCELED", "deleted": "DELETED",
+    "cancellation_in_progress": "CANCELLATION_IN_PROGRESS",
+    "deletion_in_progress": "DELETION_IN_PROGRESS",
+}
+EXECUTION_STATUSES = {"QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "CANCELED",
+                      "REMOVED", "TIMED_OUT", "DELETED"}
+ANOMALY_ORDER = ["status_not_expected_for_operation", "status_unknown",
+                 "status_details_value_not_string", "target_not_string", "field_not_string"]
+
+
+def item_text(value):
+    """A list element's or map value's text: a string as given, anything else (null too) as
+    compact JSON text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def as_text(value):
+    """An optional string field's value: absent or null stays null."""
+    return None if value is None else item_text(value)
+
+
+def expected_anomalies(payload: dict) -> list:
+    job = payload["eventType"] == "JOB"
+    operation, status = payload["operation"], payload["status"]
+    found = set()
+    if job:
+        if status not in JOB_STATUS.values():
+            found.add("status_unknown")
+        elif JOB_STATUS[operation] != status:
+            found.add("status_not_expected_for_operation")
+        if any(not isinstance(t, str) for t in payload.get("targets") or []):
+            found.add("target_not_string")
+        if any(payload.get(k) is not None and not isinstance(payload[k], str)
+               for k in ("targetSelection", "description", "comment")):
+            found.add("field_not_string")
+    else:
+        if status not in EXECUTION_STATUSES:
+            found.add("status_unknown")
+        elif operation != "deleted" and operation.upper() != status:
+            found.add("status_not_expected_for_operation")
+        if any(not isinstance(v, str) for v in (payload.get("statusDetails") or {}).values()):
+            found.add("status_details_value_not_string")
+    return [a for a in ANOMALY_ORDER if a in found]
+
+
 def expected_row(topic: str, payload: dict) -> dict:
     """The row the Parquet contract promises for one accepted event (without received_at)."""
     job = payload["eventType"] == "JOB"
@@ -111,15 +161,17 @@ def expected_row(topic: str, payload: dict) -> dict:
         "job_id": payload["jobId"],
         "status": payload["status"],
         "event_time": ms(payload["timestamp"]),
+        "anomalies": expected_anomalies(payload),
         "extra": extra or None,
         "mqtt_topic": topic,
     }
     if job:
+        targets = payload.get("targets")
         row.update(
-            target_selection=payload.get("targetSelection"),
-            targets=payload.get("targets"),
-            description=payload.get("description"),
-            comment=payload.get("comment"),
+            target_selection=as_text(payload.get("targetSelection")),
+            targets=None if targets is None else [item_text(t) for t in targets],
+            description=as_text(payload.get("description")),
+            comment=as_text(payload.get("comment")),
             created_at=ms(payload.get("createdAt")),
             last_updated_at=ms(payload.get("lastUpdatedAt")),
             completed_at=ms(payload.get("completedAt")),
@@ -128,10 +180,12 @@ def expected_row(topic: str, payload: dict) -> dict:
             row[column] = details.get(key)
     else:
         arn = payload["thingArn"]
+        status_details = payload.get("statusDetails")
         row.update(
             thing_arn=arn,
             thing_name=arn.rsplit("/", 1)[-1],
-            status_details=payload.get("statusDetails"),
+            status_details=None if status_details is None
+            else {k: item_text(v) for k, v in status_details.items()},
         )
     return row
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import ROOT, read_capture, run
+from conftest import ROOT, expected_anomalies, read_capture, run
 
 DOC = ROOT / "docs" / "queries.md"
 UNSUCCESSFUL = ("failed", "rejected", "timed_out")
@@ -136,6 +136,14 @@ def dataset(tmp_path_factory):
                   eventId="00000000-0000-4000-8000-0000000000aa",
                   statusDetails={"reason": "flaky link, retrying"})
     kept.append((success_topic.replace("/succeeded", "/failed"), failed))  # after `completed`
+    # Events AWS is known to send that are unusual, kept with anomalies (issue 22): a
+    # statusDetails number on a retried thing's earlier attempt, an undocumented status.
+    odd = dict(failed, eventId="00000000-0000-4000-8000-0000000000ab", timestamp=failed["timestamp"] - 5,
+               statusDetails={"reason": "link down", "retryCount": 2})
+    kept.append((success_topic.replace("/succeeded", "/failed"), odd))
+    unknown = dict(failed, eventId="00000000-0000-4000-8000-0000000000ac", timestamp=failed["timestamp"] - 10,
+                   status="FAILED_BY_WATCHDOG", statusDetails=None)
+    kept.append((success_topic.replace("/succeeded", "/failed"), unknown))
     captures[0] = (captures[0][0], kept)
 
     out = base / "out"
@@ -269,6 +277,15 @@ def truth_reconciliation(data):
     return rows
 
 
+def truth_anomalies(data):
+    counts = Counter()
+    for _, p in data.events():
+        family = "jobExecution" if is_execution(p) else "job"
+        for code in expected_anomalies(p):
+            counts[(event_date(p), family, code)] += 1
+    return [{"date": d, "family": f, "code": c, "events": n} for (d, f, c), n in sorted(counts.items())]
+
+
 # --- the tests ----------------------------------------------------------------------------
 
 
@@ -280,6 +297,7 @@ CHECKED = {
     "Rollout duration",
     "Daily volume by operation",
     "Jobs whose AWS counters disagree with the events received",
+    "Events kept with an anomaly",
 }
 
 
@@ -414,3 +432,10 @@ def test_report_reads_files_another_writer_wrote_without_dictionaries(dataset, t
         return report["jobs"], report["summary"]
 
     assert jobs(copy) == jobs(dataset.root / "out")
+
+
+def test_anomalies_are_counted_once_per_event_by_code_and_day(dataset, duck):
+    truth = truth_anomalies(dataset)
+    codes = {r["code"] for r in truth}
+    assert codes == {"status_details_value_not_string", "status_unknown"}, truth
+    assert query(duck, "Events kept with an anomaly") == truth

@@ -132,7 +132,7 @@ impl DirectWriter {
                             None => parser.parse(&message.topic, &message.payload, |outcome| {
                                 match outcome {
                                     Ok(event) => {
-                                        stats.event(event.family());
+                                        stats.event(&event);
                                         if !dedup.first_time(event.common().event_id) {
                                             stats.duplicates.fetch_add(1, Ordering::Relaxed);
                                             sink.mark_consumed(position + 1);

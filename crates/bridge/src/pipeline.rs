@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam::channel as xchan;
 use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
-use jobstream_parser::{Family, Parser, ParserConfig, Reject, RejectKind};
+use jobstream_parser::{Anomaly, Event, Family, Parser, ParserConfig, Reject, RejectKind};
 use jobstream_sink::kafka::{ClientRole, KafkaConfig, KafkaSink, DLQ_PREFIX_BYTES};
 use jobstream_sink::parquet::ParquetConfig;
 use jobstream_sink::SinkError;
@@ -120,6 +120,8 @@ pub struct BridgeStats {
     pub events: [Counter; 2],
     /// Rejects by kind, in [`RejectKind::ALL`] order.
     pub rejects: [Counter; RejectKind::ALL.len()],
+    /// Valid events with an anomaly, by code, in [`Anomaly::ALL`] order (duplicates included).
+    pub anomalies: [Counter; Anomaly::ALL.len()],
     /// Time from handing a record to librdkafka to its delivery report, seconds.
     pub delivery_latency: Histogram,
     /// Per connection: QoS 1 messages received and not yet acknowledged in the current session.
@@ -250,6 +252,13 @@ impl BridgeStats {
                     &[("kind", kind.as_str())],
                 )
             }),
+            anomalies: Anomaly::ALL.map(|anomaly| {
+                registry.counter_with(
+                    "jobstream_anomalies_total",
+                    "Valid events kept with an anomaly (a status that does not fit the operation, a non-string where AWS documents a string), by code; duplicates included.",
+                    &[("code", anomaly.as_str())],
+                )
+            }),
             delivery_latency,
             inflight: per_connection(
                 "jobstream_mqtt_inflight_messages",
@@ -276,13 +285,21 @@ impl BridgeStats {
         }
     }
 
-    /// Counts a valid event of `family`.
-    pub(crate) fn event(&self, family: Family) {
-        let index = match family {
+    /// Counts a valid event, by family and by each of its anomalies.
+    pub(crate) fn event(&self, event: &Event<'_, '_>) {
+        let index = match event.family() {
             Family::Job => 0,
             Family::Execution => 1,
         };
         self.events[index].inc();
+        let anomalies = event.common().anomalies;
+        if !anomalies.is_empty() {
+            for (counter, anomaly) in self.anomalies.iter().zip(Anomaly::ALL) {
+                if anomalies.contains(anomaly) {
+                    counter.inc();
+                }
+            }
+        }
     }
 
     /// Counts a reject of `kind`.
@@ -870,7 +887,7 @@ fn worker(
                 ),
                 None => parser.parse(&message.topic, &message.payload, |outcome| match outcome {
                     Ok(event) => {
-                        stats.event(event.family());
+                        stats.event(&event);
                         let event_id = event.common().event_id;
                         let reroute = match dedup.claim(event_id, token) {
                             Claim::Produce => None,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use jobstream_metrics::{Health, MetricsServer, Registry};
+use jobstream_parser::Anomaly;
 use jobstream_sink::consumer::{StageConfig, StageStats};
 use jobstream_sink::kafka::KafkaProbe;
 use serde::Deserialize;
@@ -285,6 +286,18 @@ impl Telemetry {
             &[],
             |s| &s.rejected,
         );
+        for (index, anomaly) in Anomaly::ALL.into_iter().enumerate() {
+            let weak: Weak<StageStats> = Arc::downgrade(stats);
+            registry.counter_fn(
+                "jobstream_consumer_anomalies_total",
+                "Rows written with an anomaly (kept, not rejected), by code.",
+                &[("code", anomaly.as_str())],
+                move || {
+                    weak.upgrade()
+                        .and_then(|s| s.anomalies.get(index).map(|c| c.load(Ordering::Relaxed)))
+                },
+            );
+        }
         counter(
             "jobstream_consumer_commits_total",
             "Offset commits, each after the files holding the offsets were published.",

@@ -171,6 +171,9 @@ const JOB_COLUMNS: [&str; 8] = [
     "last_updated_at",
     "completed_at",
 ];
+/// Columns added after the first files were written: a file without one is read as if every
+/// row had it empty.
+const LATER_COLUMNS: [&str; 1] = ["anomalies"];
 const EXECUTION_COLUMNS: [&str; 6] = [
     "event_id",
     "operation",
@@ -403,7 +406,7 @@ fn read_table(
                 .filter(|(_, c)| c.path().parts().first().is_some_and(|p| p == name))
                 .map(|(i, _)| i)
                 .collect();
-            if found.is_empty() {
+            if found.is_empty() && !LATER_COLUMNS.contains(name) {
                 bail!(
                     "{} has no column {name:?}: is it a jobstream table?",
                     path.display()
@@ -839,6 +842,8 @@ struct Aggregate {
     executions: u64,
     duplicates: u64,
     unknown_operations: u64,
+    /// Events kept with an anomaly (counted like any other event too).
+    anomalous: u64,
 }
 
 impl Aggregate {
@@ -880,6 +885,15 @@ fn job_of(
     })
 }
 
+/// The `anomalies` column, absent in files written before it existed.
+fn anomaly_lists(batch: &RecordBatch) -> Option<&arrow_array::ListArray> {
+    batch.column_by_name("anomalies")?.as_list_opt::<i32>()
+}
+
+fn has_anomalies(anomalies: Option<&arrow_array::ListArray>, row: usize) -> bool {
+    anomalies.is_some_and(|lists| lists.is_valid(row) && lists.value_length(row) > 0)
+}
+
 fn add_job_events(
     agg: &mut Aggregate,
     seen: &mut Seen,
@@ -894,6 +908,7 @@ fn add_job_events(
     let created = times(batch, "created_at")?;
     let updated = times(batch, "last_updated_at")?;
     let completed = times(batch, "completed_at")?;
+    let anomalies = anomaly_lists(batch);
     let counters = COUNTER_COLUMNS
         .iter()
         .map(|c| int64s(batch, c))
@@ -912,6 +927,7 @@ fn add_job_events(
             continue;
         }
         agg.job_events += 1;
+        agg.anomalous += u64::from(has_anomalies(anomalies, i));
         let state = &mut agg.jobs[j as usize].1;
         state.saw(t);
         if selection.is_valid(i) {
@@ -957,6 +973,7 @@ fn add_executions(
     let job_id = Keyed::of(batch, "job_id")?;
     let thing_name = strings(batch, "thing_name")?;
     let event_time = times(batch, "event_time")?;
+    let anomalies = anomaly_lists(batch);
     let details: &MapArray = column(batch, "status_details")?
         .as_map_opt()
         .ok_or_else(|| anyhow!("column \"status_details\" is not a MAP"))?;
@@ -984,6 +1001,7 @@ fn add_executions(
             continue;
         }
         agg.executions += 1;
+        agg.anomalous += u64::from(has_anomalies(anomalies, i));
         let outcome = operation
             .key(i)
             .and_then(|k| outcomes.get(k, || outcome_index(operation.text(k))));
@@ -1252,6 +1270,8 @@ struct Summary {
     executions: u64,
     duplicates: u64,
     unknown_operations: u64,
+    /// Events kept with an anomaly; they count in every other number as well.
+    anomalous: u64,
     mismatched: u64,
     /// Executions AWS counted that never arrived, over the mismatched jobs.
     missing: u64,
@@ -1354,6 +1374,12 @@ fn summary_lines(summary: &Summary) -> Vec<String> {
             summary.job_events, summary.executions, summary.duplicates
         ),
     ];
+    if summary.anomalous > 0 {
+        lines.push(format!(
+            "{} of them kept with an anomaly (counted by their operation like any other; see the anomalies column)",
+            summary.anomalous
+        ));
+    }
     if summary.unknown_operations > 0 {
         lines.push(format!(
             "{} events with an operation the report does not know were ignored",
@@ -1553,6 +1579,7 @@ fn write_json(
             "execution_events": summary.executions,
             "duplicates_ignored": summary.duplicates,
             "unknown_operations": summary.unknown_operations,
+            "events_with_anomalies": summary.anomalous,
             "mismatched_jobs": summary.mismatched,
             "missing_executions": summary.missing,
         },
@@ -1621,7 +1648,7 @@ pub fn run(args: ReportArgs) -> Result<(), Failure> {
     let mut dedup = Dedup::new(&job_files);
     read_table(
         &job_files,
-        &[&JOB_COLUMNS[..], &COUNTER_COLUMNS[..]].concat(),
+        &[&JOB_COLUMNS[..], &COUNTER_COLUMNS[..], &LATER_COLUMNS[..]].concat(),
         window,
         &mut stats,
         |path, batch| add_job_events(&mut agg, dedup.scope(path), &filter, batch),
@@ -1630,7 +1657,7 @@ pub fn run(args: ReportArgs) -> Result<(), Failure> {
     let mut dedup = Dedup::new(&execution_files);
     read_table(
         &execution_files,
-        &EXECUTION_COLUMNS,
+        &[&EXECUTION_COLUMNS[..], &LATER_COLUMNS[..]].concat(),
         window,
         &mut stats,
         |path, batch| {
@@ -1645,14 +1672,16 @@ pub fn run(args: ReportArgs) -> Result<(), Failure> {
     )?;
     drop(dedup);
 
-    let (job_events, executions, duplicates, unknown) = (
+    let (job_events, executions, duplicates, unknown, anomalous) = (
         agg.job_events,
         agg.executions,
         agg.duplicates,
         agg.unknown_operations,
+        agg.anomalous,
     );
     let mut reports = finish(agg, window, args.reasons);
-    let summary = summarise(&reports, job_events, executions, duplicates, unknown);
+    let mut summary = summarise(&reports, job_events, executions, duplicates, unknown);
+    summary.anomalous = anomalous;
     if args.mismatched_only {
         reports.retain(|j| matches!(j.reconciliation, Reconciliation::Mismatch(_)));
     }

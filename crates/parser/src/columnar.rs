@@ -10,9 +10,10 @@ use arrow_array::builder::{
 use arrow_array::{Array as _, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::anomaly::Anomalies;
 use crate::model::{
     Event, ExecutionOperation, ExecutionStatus, Family, JobEvent, JobExecutionEvent, JobOperation,
-    JobStatus, ProcessDetails,
+    JobStatus, ProcessDetails, Status, Text,
 };
 
 /// Where and when a message was received; both columns are null when the source did not record
@@ -95,9 +96,13 @@ as_str!(JobOperation, JobStatus, ExecutionOperation, ExecutionStatus);
 /// writing its buffers as by instructions: the parser benchmark's Arrow part takes about 1.7×
 /// as long with 8,192-row as with 512-row batches, the extra being cache misses. (What this
 /// alone gains was within the benchmark's noise; see the README's Parser section.)
+///
+/// A `status` AWS does not document is kept as given: such a row is `None`, its text in
+/// `others` (rare, so a string each is fine).
 #[derive(Debug, Clone)]
 pub struct EnumStr<T> {
-    rows: Vec<T>,
+    rows: Vec<Option<T>>,
+    others: Vec<Box<str>>,
 }
 
 impl<T: AsStr> EnumStr<T> {
@@ -105,24 +110,110 @@ impl<T: AsStr> EnumStr<T> {
     pub fn with_capacity(rows: usize) -> Self {
         EnumStr {
             rows: Vec::with_capacity(rows),
+            others: Vec::new(),
         }
     }
 
     /// Appends a row.
     #[inline]
     pub fn append(&mut self, value: T) {
-        self.rows.push(value);
+        self.rows.push(Some(value));
+    }
+
+    /// Appends a row of a known value or of any other text.
+    #[inline]
+    pub fn append_status(&mut self, status: Status<'_, T>) {
+        match status {
+            Status::Known(value) => self.rows.push(Some(value)),
+            Status::Other(text) => {
+                self.rows.push(None);
+                self.others.push(text.into());
+            }
+        }
     }
 
     /// The rows so far as an array; the column is empty afterwards.
     pub fn finish(&mut self) -> StringArray {
-        let bytes = self.rows.iter().map(|v| v.as_str().len()).sum();
-        let mut builder = StringBuilder::with_capacity(self.rows.len(), bytes);
+        let others: usize = self.others.iter().map(|t| t.len()).sum();
+        let known: usize = self.rows.iter().flatten().map(|v| v.as_str().len()).sum();
+        let mut builder = StringBuilder::with_capacity(self.rows.len(), known + others);
+        let mut others = self.others.drain(..);
         for v in self.rows.drain(..) {
-            builder.append_value(v.as_str());
+            match v {
+                Some(v) => builder.append_value(v.as_str()),
+                None => builder.append_value(others.next().as_deref().unwrap_or_default()),
+            }
         }
         builder.finish()
     }
+}
+
+/// The `anomalies` column: only the rows that have any are stored while appending (nearly every
+/// row has none), and the lists of codes are written in one pass by [`finish`](Self::finish),
+/// as [`EnumStr`] does.
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyLists {
+    rows: usize,
+    flagged: Vec<(usize, Anomalies)>,
+}
+
+impl AnomalyLists {
+    /// An empty column.
+    pub fn new() -> Self {
+        AnomalyLists::default()
+    }
+
+    /// Appends a row.
+    #[inline]
+    pub fn append(&mut self, anomalies: Anomalies) {
+        if !anomalies.is_empty() {
+            self.flagged.push((self.rows, anomalies));
+        }
+        self.rows += 1;
+    }
+
+    /// The rows so far as an array (an empty list for a row without anomalies); the column is
+    /// empty afterwards.
+    pub fn finish(&mut self) -> arrow_array::ListArray {
+        let rows = std::mem::take(&mut self.rows);
+        if self.flagged.is_empty() {
+            // Nearly every batch: all lists empty, so all offsets zero and no values.
+            return arrow_array::ListArray::new(
+                anomaly_item(),
+                arrow_buffer::OffsetBuffer::new_zeroed(rows),
+                Arc::new(StringArray::new_null(0)),
+                None,
+            );
+        }
+        let codes: usize = self.flagged.iter().map(|(_, a)| a.iter().count()).sum();
+        let mut builder =
+            ListBuilder::with_capacity(StringBuilder::with_capacity(codes, codes * 32), rows)
+                .with_field(anomaly_item());
+        let mut flagged = self.flagged.drain(..).peekable();
+        for row in 0..rows {
+            if let Some((_, anomalies)) = flagged.next_if(|(at, _)| *at == row) {
+                for anomaly in anomalies.iter() {
+                    builder.values().append_value(anomaly.as_str());
+                }
+            }
+            builder.append(true);
+        }
+        builder.finish()
+    }
+}
+
+fn anomaly_item() -> Arc<Field> {
+    Arc::new(Field::new_list_field(DataType::Utf8, false))
+}
+
+fn anomalies_col() -> Field {
+    Field::new("anomalies", DataType::List(anomaly_item()), false)
+}
+
+/// A string column's value from a [`Text`]: the string, or the JSON text of another value.
+#[inline]
+fn text<'i>(value: Option<Text<'_, 'i>>) -> Option<std::borrow::Cow<'i, str>> {
+    value.map(|t| t.to_text())
 }
 
 /// The `thing_name` column from the finished `thing_arn` column: the last `/` segment of each
@@ -264,6 +355,7 @@ pub fn job_events_schema() -> SchemaRef {
                 fields.push(Field::new(column, DataType::Int64, true));
             }
             fields.extend([
+                anomalies_col(),
                 string_col("extra", true),
                 string_col("mqtt_topic", true),
                 time_col("received_at", true),
@@ -289,6 +381,7 @@ pub fn job_execution_events_schema() -> SchemaRef {
                 string_col("status", false),
                 time_col("event_time", false),
                 Field::new("status_details", map_type, true),
+                anomalies_col(),
                 string_col("extra", true),
                 string_col("mqtt_topic", true),
                 time_col("received_at", true),
@@ -322,6 +415,7 @@ pub struct JobEventsBuilder {
     last_updated_at: TimestampMillisecondBuilder,
     completed_at: TimestampMillisecondBuilder,
     counters: [Int64Builder; 8],
+    anomalies: AnomalyLists,
     extra: NullRuns<StringBuilder>,
     mqtt_topic: StringBuilder,
     received_at: NullRuns<TimestampMillisecondBuilder>,
@@ -350,6 +444,7 @@ impl JobEventsBuilder {
             last_updated_at: time_builder(rows),
             completed_at: time_builder(rows),
             counters: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
+            anomalies: AnomalyLists::new(),
             extra: NullRuns::strings(rows, 0),
             // `$aws/events/jobExecution/` and a UUID job id alone are 62 bytes.
             mqtt_topic: s(96),
@@ -368,12 +463,14 @@ impl JobEventsBuilder {
         self.event_type.append();
         self.operation.append(event.operation);
         self.job_id.append_value(c.job_id);
-        self.status.append(event.status);
+        self.status.append_status(event.status);
         self.event_time.append_value(c.event_time_ms);
-        self.target_selection.append_option(event.target_selection);
+        self.target_selection
+            .append_option(text(event.target_selection));
         match &event.targets {
             Some(targets) => {
                 for target in targets.iter() {
+                    let target = target.to_text();
                     self.bytes += target.len();
                     self.targets.values().append_value(target);
                 }
@@ -381,8 +478,8 @@ impl JobEventsBuilder {
             }
             None => self.targets.append(false),
         }
-        self.description.append_option(event.description);
-        self.comment.append_option(event.comment);
+        self.description.append_option(text(event.description));
+        self.comment.append_option(text(event.comment));
         self.created_at.append_option(event.created_at_ms);
         self.last_updated_at.append_option(event.last_updated_at_ms);
         self.completed_at.append_option(event.completed_at_ms);
@@ -390,6 +487,7 @@ impl JobEventsBuilder {
         for (builder, (_, _, get)) in self.counters.iter_mut().zip(ProcessDetails::COUNTERS) {
             builder.append_option(get(&details));
         }
+        self.anomalies.append(c.anomalies);
         self.scratch.clear();
         if c.extra.write_json(Family::Job, &mut self.scratch) {
             self.extra
@@ -403,8 +501,8 @@ impl JobEventsBuilder {
         self.bytes += 200
             + c.event_id.len()
             + c.job_id.len()
-            + event.description.map_or(0, str::len)
-            + event.comment.map_or(0, str::len)
+            + event.description.map_or(0, |t| t.approx_len())
+            + event.comment.map_or(0, |t| t.approx_len())
             + self.scratch.len()
             + provenance.mqtt_topic.map_or(0, str::len);
     }
@@ -467,6 +565,7 @@ impl JobEventsBuilder {
         for counter in &mut self.counters {
             columns.push(Arc::new(counter.finish()));
         }
+        columns.push(Arc::new(self.anomalies.finish()));
         columns.push(Arc::new(self.extra.finish()));
         columns.push(Arc::new(self.mqtt_topic.finish()));
         columns.push(Arc::new(self.received_at.finish()));
@@ -487,6 +586,7 @@ pub struct JobExecutionEventsBuilder {
     status: EnumStr<ExecutionStatus>,
     event_time: TimestampMillisecondBuilder,
     status_details: MapBuilder<StringBuilder, StringBuilder>,
+    anomalies: AnomalyLists,
     extra: NullRuns<StringBuilder>,
     mqtt_topic: StringBuilder,
     received_at: NullRuns<TimestampMillisecondBuilder>,
@@ -509,6 +609,7 @@ impl JobExecutionEventsBuilder {
             status: EnumStr::with_capacity(rows),
             event_time: time_builder(rows),
             status_details: status_details_builder(rows),
+            anomalies: AnomalyLists::new(),
             extra: NullRuns::strings(rows, 0),
             // `$aws/events/jobExecution/` and a UUID job id alone are 62 bytes.
             mqtt_topic: s(96),
@@ -528,11 +629,12 @@ impl JobExecutionEventsBuilder {
         self.operation.append(event.operation);
         self.job_id.append_value(c.job_id);
         self.thing_arn.append_value(event.thing_arn);
-        self.status.append(event.status);
+        self.status.append_status(event.status);
         self.event_time.append_value(c.event_time_ms);
         match &event.status_details {
             Some(details) => {
                 for (key, value) in details.iter() {
+                    let value = value.to_text();
                     self.bytes += key.len() + value.len() + 8;
                     self.status_details.keys().append_value(key);
                     self.status_details.values().append_value(value);
@@ -544,6 +646,7 @@ impl JobExecutionEventsBuilder {
                 let _ = self.status_details.append(false);
             }
         }
+        self.anomalies.append(c.anomalies);
         self.scratch.clear();
         if c.extra.write_json(Family::Execution, &mut self.scratch) {
             self.extra
@@ -614,6 +717,7 @@ impl JobExecutionEventsBuilder {
             Arc::new(self.status.finish()),
             Arc::new(self.event_time.finish()),
             Arc::new(self.status_details.finish()),
+            Arc::new(self.anomalies.finish()),
             Arc::new(self.extra.finish()),
             Arc::new(self.mqtt_topic.finish()),
             Arc::new(self.received_at.finish()),

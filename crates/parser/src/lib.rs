@@ -23,11 +23,15 @@
 //! * [`Event`] borrows strings from the scratch input and lists/maps from the tape; it lives
 //!   inside the callback given to [`Parser::parse`].
 //! * [`Reject`] carries a stable [`RejectKind`] label (the DLQ's `error_kind`) and a message.
+//!   Only what cannot make a correct row is rejected (see [`RejectKind`] for the rule); an
+//!   accepted event carries its [`Anomalies`] (a status that does not fit the operation, a
+//!   number where AWS documents a string, ...), written to the `anomalies` column.
 //! * [`columnar`] holds the two table schemas of the Parquet contract and their builders.
 //!
 //! Times: AWS sends `timestamp` in epoch seconds and `createdAt`/`lastUpdatedAt`/`completedAt`
 //! in epoch milliseconds. Every time is normalised to milliseconds (see [`SECONDS_BELOW`]).
 
+pub mod anomaly;
 pub mod columnar;
 mod fast;
 mod json;
@@ -36,8 +40,9 @@ mod parse;
 pub mod reject;
 pub mod topic;
 
+pub use anomaly::{Anomalies, Anomaly};
 pub use columnar::{Provenance, TableBuilders};
-pub use model::{Event, Family};
+pub use model::{Event, Family, Status, Text};
 pub use parse::{Parser, ParserConfig, DEFAULT_MAX_PAYLOAD_BYTES, SECONDS_BELOW};
 pub use reject::{Reject, RejectKind};
 pub use topic::{TopicParser, DEFAULT_PREFIX};

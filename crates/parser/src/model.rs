@@ -4,9 +4,12 @@
 //! unescapes in place); lists and maps are views over spans or the parsed tape: building an
 //! [`Event`] copies nothing.
 
+use std::borrow::Cow;
+
 use simd_json::prelude::*;
 use simd_json::tape::Value;
 
+use crate::anomaly::Anomalies;
 use crate::fast::Span;
 
 /// The two event families, one table each.
@@ -144,8 +147,48 @@ string_enum!(
     }
 );
 
+/// A `status` as the payload gave it: one AWS documents, or another string kept as given (and
+/// flagged [`crate::Anomaly::StatusUnknown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status<'i, T> {
+    /// A documented status.
+    Known(T),
+    /// Any other string.
+    Other(&'i str),
+}
+
+impl<'i, T: Copy> Status<'i, T> {
+    /// The documented status, if it is one.
+    pub fn known(self) -> Option<T> {
+        match self {
+            Status::Known(status) => Some(status),
+            Status::Other(_) => None,
+        }
+    }
+}
+
+impl<'i> Status<'i, JobStatus> {
+    /// The status as the payload spelled it.
+    pub fn as_str(self) -> &'i str {
+        match self {
+            Status::Known(status) => status.as_str(),
+            Status::Other(text) => text,
+        }
+    }
+}
+
+impl<'i> Status<'i, ExecutionStatus> {
+    /// The status as the payload spelled it.
+    pub fn as_str(self) -> &'i str {
+        match self {
+            Status::Known(status) => status.as_str(),
+            Status::Other(text) => text,
+        }
+    }
+}
+
 impl JobOperation {
-    /// The status a JOB event with this operation must carry.
+    /// The status a JOB event with this operation carries.
     pub fn expected_status(self) -> JobStatus {
         match self {
             JobOperation::Completed => JobStatus::Completed,
@@ -158,7 +201,7 @@ impl JobOperation {
 }
 
 impl ExecutionOperation {
-    /// Whether an execution event with this operation may carry `status`.
+    /// Whether an execution event with this operation carries `status` as AWS documents it.
     ///
     /// Terminal operations name their status exactly. `deleted` can hit an execution in any
     /// state (AWS deletes queued and in-progress executions too), so it accepts every status.
@@ -216,8 +259,8 @@ impl<'t, 'i> Event<'t, 'i> {
         }
     }
 
-    /// The status as AWS spells it.
-    pub fn status_str(&self) -> &'static str {
+    /// The status as the payload spelled it.
+    pub fn status_str(&self) -> &'i str {
         match self {
             Event::Job(e) => e.status.as_str(),
             Event::Execution(e) => e.status.as_str(),
@@ -236,6 +279,8 @@ pub struct Common<'t, 'i> {
     pub job_id: &'i str,
     /// Payload fields the model does not know, to be kept as JSON (`extra` column).
     pub extra: Extra<'t, 'i>,
+    /// What was unusual about the event (`anomalies` column); empty for one as AWS documents.
+    pub anomalies: Anomalies,
 }
 
 /// A JOB event (`$aws/events/job/<jobId>/<operation>`).
@@ -245,16 +290,16 @@ pub struct JobEvent<'t, 'i> {
     pub common: Common<'t, 'i>,
     /// `operation`.
     pub operation: JobOperation,
-    /// `status`, consistent with the operation.
-    pub status: JobStatus,
+    /// `status`, as given (see [`Common::anomalies`] for whether it fits the operation).
+    pub status: Status<'i, JobStatus>,
     /// `targetSelection` (`SNAPSHOT` or `CONTINUOUS`), kept as sent.
-    pub target_selection: Option<&'i str>,
+    pub target_selection: Option<Text<'t, 'i>>,
     /// `targets`: thing and thing-group ARNs.
     pub targets: Option<StrList<'t, 'i>>,
     /// `description`.
-    pub description: Option<&'i str>,
+    pub description: Option<Text<'t, 'i>>,
     /// `comment` (cancel and delete operations).
-    pub comment: Option<&'i str>,
+    pub comment: Option<Text<'t, 'i>>,
     /// `createdAt`, ms since the epoch.
     pub created_at_ms: Option<i64>,
     /// `lastUpdatedAt`, ms since the epoch.
@@ -351,11 +396,11 @@ pub struct JobExecutionEvent<'t, 'i> {
     pub common: Common<'t, 'i>,
     /// `operation`.
     pub operation: ExecutionOperation,
-    /// `status`, consistent with the operation.
-    pub status: ExecutionStatus,
+    /// `status`, as given (see [`Common::anomalies`] for whether it fits the operation).
+    pub status: Status<'i, ExecutionStatus>,
     /// `thingArn`.
     pub thing_arn: &'i str,
-    /// `statusDetails`: string → string, as the device reported it.
+    /// `statusDetails`: string → text, as the device reported it.
     pub status_details: Option<StrMap<'t, 'i>>,
 }
 
@@ -388,7 +433,68 @@ pub(crate) enum Repr<'t, 'i, S: 'static> {
     },
 }
 
-/// A JSON array already checked to hold only strings.
+/// A value a string column holds: a JSON string as the payload gave it, or any other JSON value
+/// (a number a device sent in `statusDetails`, say) kept as its compact JSON text.
+#[derive(Debug, Clone, Copy)]
+pub struct Text<'t, 'i>(pub(crate) TextRepr<'t, 'i>);
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TextRepr<'t, 'i> {
+    Str(&'i str),
+    Json(Value<'t, 'i>),
+}
+
+impl<'t, 'i> Text<'t, 'i> {
+    pub(crate) fn of(value: Value<'t, 'i>) -> Self {
+        match value.into_string() {
+            Some(text) => Text(TextRepr::Str(text)),
+            None => Text(TextRepr::Json(value)),
+        }
+    }
+
+    pub(crate) fn str(text: &'i str) -> Self {
+        Text(TextRepr::Str(text))
+    }
+
+    /// The string, when the payload gave a string.
+    #[inline]
+    pub fn as_str(&self) -> Option<&'i str> {
+        match self.0 {
+            TextRepr::Str(text) => Some(text),
+            TextRepr::Json(_) => None,
+        }
+    }
+
+    /// The text: the string itself, or the value's compact JSON (`120`, `true`, `{"a":1}`).
+    #[inline]
+    pub fn to_text(&self) -> Cow<'i, str> {
+        match self.0 {
+            TextRepr::Str(text) => Cow::Borrowed(text),
+            TextRepr::Json(value) => Cow::Owned(json_text(value)),
+        }
+    }
+
+    /// Length of the text in bytes (of the JSON text only an estimate: for flush decisions).
+    #[inline]
+    pub fn approx_len(&self) -> usize {
+        match self.0 {
+            TextRepr::Str(text) => text.len(),
+            TextRepr::Json(_) => 16,
+        }
+    }
+}
+
+/// Out of line: the column builders call [`Text::to_text`] for every value, nearly always a
+/// string, and this branch should not weigh on them.
+#[cold]
+fn json_text(value: Value<'_, '_>) -> String {
+    let mut out = Vec::new();
+    crate::json::write_value(&mut out, value);
+    // The tape's strings are UTF-8 and the JSON writer adds only ASCII.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON array of strings (and, flagged as anomalies, other values kept as JSON text).
 #[derive(Debug, Clone, Copy)]
 pub struct StrList<'t, 'i>(pub(crate) Repr<'t, 'i, Span>);
 
@@ -397,22 +503,22 @@ enum ListIter<'t, 'i> {
     Spans(std::slice::Iter<'t, Span>, &'i str, &'i str),
 }
 
-impl<'i> Iterator for ListIter<'_, 'i> {
-    type Item = &'i str;
+impl<'t, 'i> Iterator for ListIter<'t, 'i> {
+    type Item = Text<'t, 'i>;
 
     #[inline]
-    fn next(&mut self) -> Option<&'i str> {
+    fn next(&mut self) -> Option<Text<'t, 'i>> {
         match self {
-            ListIter::Tape(items) => items.as_mut()?.find_map(|v| v.into_string()),
+            ListIter::Tape(items) => items.as_mut()?.next().map(Text::of),
             ListIter::Spans(items, payload, decoded) => {
-                items.next().map(|s| s.get(payload, decoded))
+                items.next().map(|s| Text::str(s.get(payload, decoded)))
             }
         }
     }
 }
 
 impl<'t, 'i> StrList<'t, 'i> {
-    /// Number of strings.
+    /// Number of elements.
     pub fn len(&self) -> usize {
         match self.0 {
             Repr::Tape(v) => v.into_array().map_or(0, |a| a.len()),
@@ -425,8 +531,8 @@ impl<'t, 'i> StrList<'t, 'i> {
         self.len() == 0
     }
 
-    /// The strings, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &'i str> + 't {
+    /// The elements, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Text<'t, 'i>> + 't {
         match self.0 {
             Repr::Tape(v) => ListIter::Tape(v.into_array().map(|a| a.iter())),
             Repr::Spans {
@@ -438,7 +544,7 @@ impl<'t, 'i> StrList<'t, 'i> {
     }
 }
 
-/// A JSON object already checked to hold only string values.
+/// A JSON object of string values (and, flagged as anomalies, others kept as JSON text).
 #[derive(Debug, Clone, Copy)]
 pub struct StrMap<'t, 'i>(pub(crate) Repr<'t, 'i, (Span, Span)>);
 
@@ -447,18 +553,16 @@ enum MapIter<'t, 'i> {
     Spans(std::slice::Iter<'t, (Span, Span)>, &'i str, &'i str),
 }
 
-impl<'i> Iterator for MapIter<'_, 'i> {
-    type Item = (&'i str, &'i str);
+impl<'t, 'i> Iterator for MapIter<'t, 'i> {
+    type Item = (&'i str, Text<'t, 'i>);
 
     #[inline]
-    fn next(&mut self) -> Option<(&'i str, &'i str)> {
+    fn next(&mut self) -> Option<(&'i str, Text<'t, 'i>)> {
         match self {
-            MapIter::Tape(entries) => entries
-                .as_mut()?
-                .find_map(|(k, v)| v.into_string().map(|v| (k, v))),
+            MapIter::Tape(entries) => entries.as_mut()?.next().map(|(k, v)| (k, Text::of(v))),
             MapIter::Spans(entries, payload, decoded) => entries
                 .next()
-                .map(|(k, v)| (k.get(payload, decoded), v.get(payload, decoded))),
+                .map(|(k, v)| (k.get(payload, decoded), Text::str(v.get(payload, decoded)))),
         }
     }
 }
@@ -478,7 +582,7 @@ impl<'t, 'i> StrMap<'t, 'i> {
     }
 
     /// The entries, in payload order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'i str, &'i str)> + 't {
+    pub fn iter(&self) -> impl Iterator<Item = (&'i str, Text<'t, 'i>)> + 't {
         match self.0 {
             Repr::Tape(v) => MapIter::Tape(v.into_object().map(|o| o.iter())),
             Repr::Spans {

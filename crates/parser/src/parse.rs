@@ -4,10 +4,11 @@ use simd_json::prelude::*;
 use simd_json::tape::{Tape, Value};
 use simd_json::Buffers;
 
+use crate::anomaly::{Anomalies, Anomaly};
 use crate::fast;
 use crate::model::{
     Common, Event, ExecutionOperation, ExecutionStatus, Extra, Family, JobEvent, JobExecutionEvent,
-    JobOperation, JobStatus, ProcessDetails, Repr, StrList, StrMap,
+    JobOperation, JobStatus, ProcessDetails, Repr, Status, StrList, StrMap, Text,
 };
 use crate::reject::{Reject, RejectKind};
 use crate::topic::{Operation, TopicInfo, TopicParser, DEFAULT_PREFIX};
@@ -204,20 +205,21 @@ where
         event_time_ms: f.event_time_ms,
         job_id: get(f.job_id),
         extra: Extra::default(),
+        anomalies: Anomalies::NONE,
     };
     match f.operation {
         Operation::Job(operation) => Event::Job(JobEvent {
             common,
             operation,
-            status: f.job_status,
-            target_selection: f.target_selection.map(get),
+            status: Status::Known(f.job_status),
+            target_selection: f.target_selection.map(|span| Text::str(get(span))),
             targets: f.targets.then_some(StrList(Repr::Spans {
                 items: &scratch.targets,
                 payload: text,
                 decoded,
             })),
-            description: f.description.map(get),
-            comment: f.comment.map(get),
+            description: f.description.map(|span| Text::str(get(span))),
+            comment: f.comment.map(|span| Text::str(get(span))),
             created_at_ms: f.created_at_ms,
             last_updated_at_ms: f.last_updated_at_ms,
             completed_at_ms: f.completed_at_ms,
@@ -226,7 +228,7 @@ where
         Operation::Execution(operation) => Event::Execution(JobExecutionEvent {
             common,
             operation,
-            status: f.execution_status,
+            status: Status::Known(f.execution_status),
             thing_arn: f.thing_arn.map(get).unwrap_or_default(),
             status_details: f.status_details.then_some(StrMap(Repr::Spans {
                 items: &scratch.details,
@@ -267,10 +269,10 @@ struct Fields<'t, 'i> {
     operation: Option<&'i str>,
     job_id: Option<&'i str>,
     status: Option<&'i str>,
-    target_selection: Option<&'i str>,
+    target_selection: Option<Text<'t, 'i>>,
     targets: Option<StrList<'t, 'i>>,
-    description: Option<&'i str>,
-    comment: Option<&'i str>,
+    description: Option<Text<'t, 'i>>,
+    comment: Option<Text<'t, 'i>>,
     created_at: Option<i64>,
     last_updated_at: Option<i64>,
     completed_at: Option<i64>,
@@ -280,8 +282,11 @@ struct Fields<'t, 'i> {
     thing_arn: Option<&'i str>,
     status_details: Option<StrMap<'t, 'i>>,
     unknown_top: u32,
+    anomalies: Anomalies,
 }
 
+// Out of line: the fast path takes nearly every event, and this path must not crowd it.
+#[inline(never)]
 fn validate<'t, 'i>(tape: &'t Tape<'i>, topic: TopicInfo<'_>) -> Result<Event<'t, 'i>, Reject> {
     let root = tape.as_value();
     let object = root.into_object().ok_or_else(|| {
@@ -304,10 +309,12 @@ fn validate<'t, 'i>(tape: &'t Tape<'i>, topic: TopicInfo<'_>) -> Result<Event<'t
             (_, "operation") => f.operation = Some(string(key, value)?),
             (_, "jobId") => f.job_id = Some(string(key, value)?),
             (_, "status") => f.status = Some(string(key, value)?),
-            (Family::Job, "targetSelection") => f.target_selection = Some(string(key, value)?),
-            (Family::Job, "targets") => f.targets = Some(string_list(value)?),
-            (Family::Job, "description") => f.description = Some(string(key, value)?),
-            (Family::Job, "comment") => f.comment = Some(string(key, value)?),
+            (Family::Job, "targetSelection") => {
+                f.target_selection = Some(text(value, &mut f.anomalies))
+            }
+            (Family::Job, "targets") => f.targets = Some(string_list(value, &mut f.anomalies)?),
+            (Family::Job, "description") => f.description = Some(text(value, &mut f.anomalies)),
+            (Family::Job, "comment") => f.comment = Some(text(value, &mut f.anomalies)),
             (Family::Job, "createdAt") => f.created_at = Some(epoch_ms(key, value)?),
             (Family::Job, "lastUpdatedAt") => f.last_updated_at = Some(epoch_ms(key, value)?),
             (Family::Job, "completedAt") => f.completed_at = Some(epoch_ms(key, value)?),
@@ -330,7 +337,9 @@ fn validate<'t, 'i>(tape: &'t Tape<'i>, topic: TopicInfo<'_>) -> Result<Event<'t
                 f.process_details_object = Some(value);
             }
             (Family::Execution, "thingArn") => f.thing_arn = Some(string(key, value)?),
-            (Family::Execution, "statusDetails") => f.status_details = Some(string_map(value)?),
+            (Family::Execution, "statusDetails") => {
+                f.status_details = Some(string_map(value, &mut f.anomalies)?)
+            }
             _ => f.unknown_top += 1,
         }
     }
@@ -377,33 +386,28 @@ fn validate<'t, 'i>(tape: &'t Tape<'i>, topic: TopicInfo<'_>) -> Result<Event<'t
         ));
     }
     let status = f.status.ok_or_else(|| missing("status"))?;
+    let mut anomalies = f.anomalies;
     let extra = Extra {
         object: (f.unknown_top > 0).then_some(root),
         process_details: f.process_details_object.filter(|_| f.unknown_nested > 0),
         unknown_top: f.unknown_top,
         unknown_nested: f.unknown_nested,
     };
-    let common = Common {
-        event_id,
-        event_time_ms,
-        job_id,
-        extra,
-    };
-
     match topic.operation {
         Operation::Job(operation) => {
-            let expected = operation.expected_status();
-            if JobStatus::parse(status) != Some(expected) {
-                return Err(status_mismatch(
-                    status,
-                    operation.as_str(),
-                    expected.as_str(),
-                ));
-            }
+            let status = classify(status, JobStatus::parse, &mut anomalies, |known| {
+                known == operation.expected_status()
+            });
             Ok(Event::Job(JobEvent {
-                common,
+                common: Common {
+                    event_id,
+                    event_time_ms,
+                    job_id,
+                    extra,
+                    anomalies,
+                },
                 operation,
-                status: expected,
+                status,
                 target_selection: f.target_selection,
                 targets: f.targets,
                 description: f.description,
@@ -416,18 +420,17 @@ fn validate<'t, 'i>(tape: &'t Tape<'i>, topic: TopicInfo<'_>) -> Result<Event<'t
         }
         Operation::Execution(operation) => {
             let thing_arn = f.thing_arn.ok_or_else(|| missing("thingArn"))?;
-            let parsed = ExecutionStatus::parse(status).filter(|s| operation.allows_status(*s));
-            let Some(status) = parsed else {
-                let allowed = ExecutionStatus::ALL
-                    .iter()
-                    .filter(|s| operation.allows_status(**s))
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or ");
-                return Err(status_mismatch(status, operation.as_str(), &allowed));
-            };
+            let status = classify(status, ExecutionStatus::parse, &mut anomalies, |known| {
+                operation.allows_status(known)
+            });
             Ok(Event::Execution(JobExecutionEvent {
-                common,
+                common: Common {
+                    event_id,
+                    event_time_ms,
+                    job_id,
+                    extra,
+                    anomalies,
+                },
                 operation,
                 status,
                 thing_arn,
@@ -437,11 +440,27 @@ fn validate<'t, 'i>(tape: &'t Tape<'i>, topic: TopicInfo<'_>) -> Result<Event<'t
     }
 }
 
-fn status_mismatch(status: &str, operation: &str, expected: &str) -> Reject {
-    Reject::new(
-        RejectKind::StatusMismatch,
-        format!("status {status:?} cannot follow operation {operation:?} (expected {expected})"),
-    )
+/// A status is kept whatever it says: one AWS does not document as given, one that does not
+/// fit the operation as it is. Either is flagged, never rejected: the row is still right about
+/// which job, which thing and which operation.
+fn classify<'i, T: Copy>(
+    status: &'i str,
+    parse: fn(&str) -> Option<T>,
+    anomalies: &mut Anomalies,
+    fits_operation: impl FnOnce(T) -> bool,
+) -> Status<'i, T> {
+    match parse(status) {
+        Some(known) => {
+            if !fits_operation(known) {
+                anomalies.insert(Anomaly::StatusNotExpectedForOperation);
+            }
+            Status::Known(known)
+        }
+        None => {
+            anomalies.insert(Anomaly::StatusUnknown);
+            Status::Other(status)
+        }
+    }
 }
 
 fn missing(field: &str) -> Reject {
@@ -525,44 +544,36 @@ fn epoch_ms(field: &str, value: Value<'_, '_>) -> Result<i64, Reject> {
     }
 }
 
-fn string_list<'t, 'i>(value: Value<'t, 'i>) -> Result<StrList<'t, 'i>, Reject> {
-    let not_strings = || {
-        Reject::new(
-            RejectKind::TargetsNotStrings,
-            format!("targets must be a list of strings, got {}", describe(value)),
-        )
-    };
-    let array = value.into_array().ok_or_else(not_strings)?;
-    if array.iter().all(|item| item.is_str()) {
-        Ok(StrList(Repr::Tape(value)))
-    } else {
-        Err(not_strings())
+/// An optional string field: a non-string is kept as its JSON text, flagged.
+fn text<'t, 'i>(value: Value<'t, 'i>, anomalies: &mut Anomalies) -> Text<'t, 'i> {
+    if !value.is_str() {
+        anomalies.insert(Anomaly::FieldNotString);
     }
+    Text::of(value)
 }
 
-fn string_map<'t, 'i>(value: Value<'t, 'i>) -> Result<StrMap<'t, 'i>, Reject> {
+fn string_list<'t, 'i>(
+    value: Value<'t, 'i>,
+    anomalies: &mut Anomalies,
+) -> Result<StrList<'t, 'i>, Reject> {
+    let array = value
+        .into_array()
+        .ok_or_else(|| mistyped("targets", "an array", value))?;
+    if !array.iter().all(|item| item.is_str()) {
+        anomalies.insert(Anomaly::TargetNotString);
+    }
+    Ok(StrList(Repr::Tape(value)))
+}
+
+fn string_map<'t, 'i>(
+    value: Value<'t, 'i>,
+    anomalies: &mut Anomalies,
+) -> Result<StrMap<'t, 'i>, Reject> {
     let object = value
         .into_object()
         .ok_or_else(|| mistyped("statusDetails", "an object", value))?;
-    if let Some((key, bad)) = object.iter().find(|(_, v)| !v.is_str()) {
-        return Err(Reject::new(
-            RejectKind::StatusDetailsNotStrings,
-            format!(
-                "statusDetails values must be strings, but {key:?} is a {}",
-                type_name(bad)
-            ),
-        ));
+    if !object.iter().all(|(_, v)| v.is_str()) {
+        anomalies.insert(Anomaly::StatusDetailsValueNotString);
     }
     Ok(StrMap(Repr::Tape(value)))
-}
-
-fn describe(value: Value<'_, '_>) -> String {
-    if let Some(array) = value.as_array() {
-        match array.iter().find(|item| !item.is_str()) {
-            Some(bad) => format!("a list holding a {}", type_name(bad)),
-            None => "a list".to_owned(),
-        }
-    } else {
-        format!("a {}", type_name(value))
-    }
 }

@@ -5,6 +5,12 @@ use std::fmt;
 
 /// The class of a rejected input. The `as_str` labels are part of the DLQ contract
 /// (`error_kind` header / field) and must not change.
+///
+/// The rule: only what cannot make a correct row is rejected — not JSON, not an object, the
+/// topic's family, job id or operation contradicted, a required field absent or of an unusable
+/// type, a time out of range. Everything else is kept, and what was unusual is recorded as an
+/// [`Anomaly`](crate::Anomaly). (`status_mismatch`, `targets_not_strings` and
+/// `status_details_not_strings` were kinds until AWS-sent events were found in them.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RejectKind {
     /// The topic is not `<prefix>job/<jobId>/<op>` or `<prefix>jobExecution/<jobId>/<op>`.
@@ -19,7 +25,8 @@ pub enum RejectKind {
     NotObject,
     /// A required field is absent or null.
     MissingField,
-    /// A field has the wrong JSON type or an impossible value.
+    /// A field no column can hold faithfully: a required string that is not a string, a time
+    /// or counter that is not an integer in range, an object or list field of another type.
     MistypedField,
     /// `eventType` does not match the topic family.
     EventTypeMismatch,
@@ -27,12 +34,6 @@ pub enum RejectKind {
     JobIdMismatch,
     /// `operation` differs from the operation in the topic.
     OperationMismatch,
-    /// `status` is unknown or cannot follow the operation.
-    StatusMismatch,
-    /// `targets` is not a list of strings.
-    TargetsNotStrings,
-    /// A `statusDetails` value is not a string.
-    StatusDetailsNotStrings,
     /// Kafka refused the valid event for good (larger than the topic's `max.message.bytes`,
     /// invalid): never raised by the parser; the bridge sends such an event to the DLQ.
     KafkaRefused,
@@ -40,7 +41,7 @@ pub enum RejectKind {
 
 impl RejectKind {
     /// Every kind, in declaration order (for metrics and summaries).
-    pub const ALL: [RejectKind; 14] = [
+    pub const ALL: [RejectKind; 11] = [
         RejectKind::UnknownTopic,
         RejectKind::UnknownOperation,
         RejectKind::PayloadTooLarge,
@@ -51,9 +52,6 @@ impl RejectKind {
         RejectKind::EventTypeMismatch,
         RejectKind::JobIdMismatch,
         RejectKind::OperationMismatch,
-        RejectKind::StatusMismatch,
-        RejectKind::TargetsNotStrings,
-        RejectKind::StatusDetailsNotStrings,
         RejectKind::KafkaRefused,
     ];
 
@@ -70,9 +68,6 @@ impl RejectKind {
             RejectKind::EventTypeMismatch => "event_type_mismatch",
             RejectKind::JobIdMismatch => "job_id_mismatch",
             RejectKind::OperationMismatch => "operation_mismatch",
-            RejectKind::StatusMismatch => "status_mismatch",
-            RejectKind::TargetsNotStrings => "targets_not_strings",
-            RejectKind::StatusDetailsNotStrings => "status_details_not_strings",
             RejectKind::KafkaRefused => "kafka_refused",
         }
     }

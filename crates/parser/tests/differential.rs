@@ -22,8 +22,10 @@ fn describe(outcome: Result<Event<'_, '_>, jobstream_parser::Reject>) -> String 
     let c = event.common();
     let mut extra = Vec::new();
     let has_extra = c.extra.write_json(event.family(), &mut extra);
+    let anomalies: Vec<_> = c.anomalies.iter().collect();
+    let text = |t: Option<jobstream_parser::Text<'_, '_>>| t.map(|t| t.to_text().into_owned());
     let mut out = format!(
-        "{:?} id={:?} time={} job={:?} op={} status={} extra={}:{:?}",
+        "{:?} id={:?} time={} job={:?} op={} status={} anomalies={anomalies:?} extra={}:{:?}",
         event.family(),
         c.event_id,
         c.event_time_ms,
@@ -35,12 +37,15 @@ fn describe(outcome: Result<Event<'_, '_>, jobstream_parser::Reject>) -> String 
     );
     match event {
         Event::Job(j) => {
-            let targets = j.targets.map(|t| (t.len(), t.iter().collect::<Vec<_>>()));
+            let targets = j.targets.map(|t| {
+                let texts: Vec<_> = t.iter().map(|x| x.to_text().into_owned()).collect();
+                (t.len(), texts)
+            });
             out += &format!(
                 " sel={:?} targets={targets:?} desc={:?} comment={:?} created={:?} updated={:?} completed={:?} details={:?}",
-                j.target_selection,
-                j.description,
-                j.comment,
+                text(j.target_selection),
+                text(j.description),
+                text(j.comment),
                 j.created_at_ms,
                 j.last_updated_at_ms,
                 j.completed_at_ms,
@@ -48,9 +53,13 @@ fn describe(outcome: Result<Event<'_, '_>, jobstream_parser::Reject>) -> String 
             );
         }
         Event::Execution(e) => {
-            let details = e
-                .status_details
-                .map(|d| (d.len(), d.is_empty(), d.iter().collect::<Vec<_>>()));
+            let details = e.status_details.map(|d| {
+                let entries: Vec<_> = d
+                    .iter()
+                    .map(|(k, v)| (k, v.to_text().into_owned()))
+                    .collect();
+                (d.len(), d.is_empty(), entries)
+            });
             out += &format!(
                 " arn={:?} name={:?}/{:?} details={details:?}",
                 e.thing_arn,
@@ -239,6 +248,7 @@ fn edge_cases_agree() {
         "\n,\"statusDetails\":{\"u\":\"raw\u{7f}del\"}",
         r#","statusDetails":{"u":"é✎😀"}"#,
         r#","statusDetails":{"u":1}"#,
+        r#","statusDetails":{"downloadTime":120,"retryCount":4,"ok":true,"x":{"a":[1,"\u00e9"]}}"#,
         r#","statusDetails":{"u":null}"#,
         r#","statusDetails":null"#,
         r#","statusDetails":[]"#,
@@ -341,6 +351,10 @@ fn edge_cases_agree() {
         r#","targets":[]"#,
         r#","targets":[ "a" , "b\"c" ]"#,
         r#","targets":["a",1]"#,
+        r#","targets":["a",1.50,true,null,{"b":["c"]}]"#,
+        r#","description":120,"comment":true,"targetSelection":{"s":[1]}"#,
+        r#","description":"d","comment":"c","status":"SUCCEEDED""#,
+        r#","status":"PAUSED""#,
         r#","targets":["a",]"#,
         r#","targets":"a""#,
         r#","targets":null"#,

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use jobstream_parser::columnar::Provenance;
-use jobstream_parser::{Family, Parser, ParserConfig};
+use jobstream_parser::{Anomalies, Anomaly, Family, Parser, ParserConfig};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -113,6 +113,8 @@ pub struct StageStats {
     pub duplicates: AtomicU64,
     /// Records sent to the DLQ.
     pub rejected: AtomicU64,
+    /// Rows written with an anomaly, by code in [`Anomaly::ALL`] order.
+    pub anomalies: [AtomicU64; Anomaly::ALL.len()],
     /// Parquet files published.
     pub files: AtomicU64,
     /// Bytes in published files.
@@ -629,7 +631,7 @@ fn handle(
         Ok(event) if recent.seen_before(event.common().event_id, position) => Ok(Ok(None)),
         Ok(event) => sink
             .append(&event, &provenance, position)
-            .map(|appended| Ok(Some((event.family(), appended)))),
+            .map(|appended| Ok(Some((event.family(), event.common().anomalies, appended)))),
         Err(reject) => Ok(Err(reject)),
     })?;
     match outcome {
@@ -637,14 +639,16 @@ fn handle(
             stats.duplicates.fetch_add(1, Ordering::Relaxed);
             writer.sink.mark_consumed(position + 1);
         }
-        Ok(Some((_, Appended::AlreadyPublished))) => {
+        Ok(Some((_, _, Appended::AlreadyPublished))) => {
             stats.already_published.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Some((Family::Job, Appended::Written))) => {
-            stats.job_rows.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(Some((Family::Execution, Appended::Written))) => {
-            stats.execution_rows.fetch_add(1, Ordering::Relaxed);
+        Ok(Some((family, anomalies, Appended::Written))) => {
+            match family {
+                Family::Job => &stats.job_rows,
+                Family::Execution => &stats.execution_rows,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            count_anomalies(stats, anomalies);
         }
         Err(r) => {
             reject(dlq, stats, topic, payload, r.kind.as_str(), &r.message)?;
@@ -653,6 +657,17 @@ fn handle(
     }
     writer.next = position + 1;
     Ok(())
+}
+
+fn count_anomalies(stats: &StageStats, anomalies: Anomalies) {
+    if anomalies.is_empty() {
+        return;
+    }
+    for (counter, anomaly) in stats.anomalies.iter().zip(Anomaly::ALL) {
+        if anomalies.contains(anomaly) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn reject(
