@@ -346,17 +346,14 @@ def test_a_crash_between_rename_and_commit_duplicates_nothing(tmp_path, kafka):
     assert_exactly_once(out, lines)
 
 
-def test_events_published_to_mqtt_arrive_in_parquet_exactly_once(tmp_path, kafka):
-    mosquitto = Mosquitto(tmp_path / "mosquitto").start()
-    try:
-        lines = generate(3000, tmp_path)
-        topics = Topics(kafka)
-        out = tmp_path / "out"
-        config = tmp_path / "pipeline.toml"
-        config.write_text(f"""
+def start_pipeline(tmp_path, mosquitto, kafka, topics, out, extra=""):
+    """One `jobstream run` with MQTT, Kafka and Parquet sections (bridge and Parquet stage in one
+    process), `extra` TOML appended; returns (process, log) once it has subscribed."""
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f"""
 [mqtt]
 url = "{mosquitto.url}"
-client_id = "pipeline-{uuid.uuid4().hex[:6]}"
+client_id = "pipeline-{topics.suffix}"
 
 [kafka]
 brokers = "{kafka.brokers}"
@@ -367,13 +364,23 @@ dlq_topic = "{topics.dlq}"
 [parquet]
 dir = "{out}"
 group_id = "pipeline-{topics.suffix}"
-""")
-        log = tmp_path / "pipeline.log"
-        proc = subprocess.Popen([jobstream_bin(), "run", "--config", config, "--stats-every-secs", "1"],
-                                stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
-                                env={"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin"})
-        STARTED.append(proc)
-        wait_for(lambda: "subscribed" in log.read_text(errors="replace"), timeout=60, what="subscription")
+{extra}""")
+    log = tmp_path / "pipeline.log"
+    proc = subprocess.Popen([jobstream_bin(), "run", "--config", config, "--stats-every-secs", "1"],
+                            stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
+                            env={"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin"})
+    STARTED.append(proc)
+    wait_for(lambda: "subscribed" in log.read_text(errors="replace"), timeout=60, what="subscription")
+    return proc, log
+
+
+def test_events_published_to_mqtt_arrive_in_parquet_exactly_once(tmp_path, kafka):
+    mosquitto = Mosquitto(tmp_path / "mosquitto").start()
+    try:
+        lines = generate(3000, tmp_path)
+        topics = Topics(kafka)
+        out = tmp_path / "out"
+        proc, log = start_pipeline(tmp_path, mosquitto, kafka, topics, out)
         publish(mosquitto.port, lines)
 
         def stage_read():

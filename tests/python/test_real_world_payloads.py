@@ -10,7 +10,6 @@ Python's json module, not with jobstream's parser.
 
 import json
 import signal
-import subprocess
 import uuid
 from collections import Counter
 
@@ -19,11 +18,11 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from brokers import Mosquitto, free_port
-from conftest import (ANOMALY_ORDER, STARTED, expected_anomalies, expected_row, http_get,
-                      jobstream_bin, metric_samples, run, wait_for)
+from conftest import (ANOMALY_ORDER, expected_anomalies, expected_row, http_get, metric_samples,
+                      run, wait_for)
 from test_bridge import KafkaReader, publish
 from test_parquet_readers import normalise
-from test_parquet_stage import Topics
+from test_parquet_stage import Topics, start_pipeline
 
 JOB = "$aws/events/job/{}/{}"
 EXECUTION = "$aws/events/jobExecution/{}/{}"
@@ -204,31 +203,8 @@ def test_the_pipeline_keeps_variations_byte_for_byte_in_kafka_and_counts_anomali
         topics = Topics(kafka)
         out = tmp_path / "out"
         metrics_port = free_port()
-        config = tmp_path / "pipeline.toml"
-        config.write_text(f"""
-[mqtt]
-url = "{mosquitto.url}"
-client_id = "variations-{topics.suffix}"
-
-[kafka]
-brokers = "{kafka.brokers}"
-job_topic = "{topics.jobs}"
-execution_topic = "{topics.executions}"
-dlq_topic = "{topics.dlq}"
-
-[parquet]
-dir = "{out}"
-group_id = "variations-{topics.suffix}"
-
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-""")
-        log = tmp_path / "pipeline.log"
-        proc = subprocess.Popen([jobstream_bin(), "run", "--config", config, "--stats-every-secs", "1"],
-                                stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True,
-                                env={"JOBSTREAM_LOG": "info", "PATH": "/usr/bin:/bin"})
-        STARTED.append(proc)
-        wait_for(lambda: "subscribed" in log.read_text(errors="replace"), timeout=60, what="subscription")
+        proc, log = start_pipeline(tmp_path, mosquitto, kafka, topics, out,
+                                   extra=f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
         publish(mosquitto.port, [(t, p) for _, t, p in corpus])
 
         def metrics():
