@@ -250,8 +250,6 @@ fn release(
     Ok(())
 }
 
-/// The append-only DLQ file of this mode: one JSON object per reject (the replay DLQ's shape),
-/// fsynced before the reject is acknowledged.
 /// Counts `reject`, logs it (throttled) and appends it to the DLQ file (fsynced later, before
 /// its acknowledgement).
 fn write_reject(
@@ -271,6 +269,8 @@ fn write_reject(
     ))
 }
 
+/// The append-only DLQ file of this mode: one JSON object per reject (the replay DLQ's shape),
+/// fsynced before the reject is acknowledged.
 struct DlqLog {
     path: PathBuf,
     out: BufWriter<File>,

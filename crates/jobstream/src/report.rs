@@ -1283,6 +1283,7 @@ fn summarise(
     executions: u64,
     duplicates: u64,
     unknown: u64,
+    anomalous: u64,
 ) -> Summary {
     let mut by_state: HashMap<&str, u64> = HashMap::new();
     let mut summary = Summary {
@@ -1291,6 +1292,7 @@ fn summarise(
         executions,
         duplicates,
         unknown_operations: unknown,
+        anomalous,
         ..Summary::default()
     };
     for job in jobs {
@@ -1680,8 +1682,9 @@ pub fn run(args: ReportArgs) -> Result<(), Failure> {
         agg.anomalous,
     );
     let mut reports = finish(agg, window, args.reasons);
-    let mut summary = summarise(&reports, job_events, executions, duplicates, unknown);
-    summary.anomalous = anomalous;
+    let summary = summarise(
+        &reports, job_events, executions, duplicates, unknown, anomalous,
+    );
     if args.mismatched_only {
         reports.retain(|j| matches!(j.reconciliation, Reconciliation::Mismatch(_)));
     }
