@@ -11,6 +11,7 @@ use arrow_array::{Array as _, ArrayRef, RecordBatch, StringArray, TimestampMilli
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::anomaly::Anomalies;
+use crate::columns;
 use crate::model::{
     Event, ExecutionOperation, ExecutionStatus, Family, JobEvent, JobExecutionEvent, JobOperation,
     JobStatus, ProcessDetails, Status, Text,
@@ -221,7 +222,7 @@ fn anomaly_item() -> Arc<Field> {
 }
 
 fn anomalies_col() -> Field {
-    Field::new("anomalies", DataType::List(anomaly_item()), false)
+    Field::new(columns::ANOMALIES, DataType::List(anomaly_item()), false)
 }
 
 /// A string column's value from a [`Text`]: the string, or the JSON text of another value.
@@ -351,28 +352,32 @@ pub fn job_events_schema() -> SchemaRef {
     SCHEMA
         .get_or_init(|| {
             let mut fields = vec![
-                string_col("event_id", false),
-                string_col("event_type", false),
-                string_col("operation", false),
-                string_col("job_id", false),
-                string_col("status", false),
-                time_col("event_time", false),
-                string_col("target_selection", true),
-                Field::new_list("targets", Field::new_list_field(DataType::Utf8, true), true),
-                string_col("description", true),
-                string_col("comment", true),
-                time_col("created_at", true),
-                time_col("last_updated_at", true),
-                time_col("completed_at", true),
+                string_col(columns::EVENT_ID, false),
+                string_col(columns::EVENT_TYPE, false),
+                string_col(columns::OPERATION, false),
+                string_col(columns::JOB_ID, false),
+                string_col(columns::STATUS, false),
+                time_col(columns::EVENT_TIME, false),
+                string_col(columns::TARGET_SELECTION, true),
+                Field::new_list(
+                    columns::TARGETS,
+                    Field::new_list_field(DataType::Utf8, true),
+                    true,
+                ),
+                string_col(columns::DESCRIPTION, true),
+                string_col(columns::COMMENT, true),
+                time_col(columns::CREATED_AT, true),
+                time_col(columns::LAST_UPDATED_AT, true),
+                time_col(columns::COMPLETED_AT, true),
             ];
             for (_, column, _) in ProcessDetails::COUNTERS {
                 fields.push(Field::new(column, DataType::Int64, true));
             }
             fields.extend([
                 anomalies_col(),
-                string_col("extra", true),
-                string_col("mqtt_topic", true),
-                time_col("received_at", true),
+                string_col(columns::EXTRA, true),
+                string_col(columns::MQTT_TOPIC, true),
+                time_col(columns::RECEIVED_AT, true),
             ]);
             Arc::new(Schema::new(fields))
         })
@@ -386,19 +391,19 @@ pub fn job_execution_events_schema() -> SchemaRef {
         .get_or_init(|| {
             let map_type = status_details_builder(0).finish().data_type().clone();
             Arc::new(Schema::new(vec![
-                string_col("event_id", false),
-                string_col("event_type", false),
-                string_col("operation", false),
-                string_col("job_id", false),
-                string_col("thing_arn", false),
-                string_col("thing_name", false),
-                string_col("status", false),
-                time_col("event_time", false),
-                Field::new("status_details", map_type, true),
+                string_col(columns::EVENT_ID, false),
+                string_col(columns::EVENT_TYPE, false),
+                string_col(columns::OPERATION, false),
+                string_col(columns::JOB_ID, false),
+                string_col(columns::THING_ARN, false),
+                string_col(columns::THING_NAME, false),
+                string_col(columns::STATUS, false),
+                time_col(columns::EVENT_TIME, false),
+                Field::new(columns::STATUS_DETAILS, map_type, true),
                 anomalies_col(),
-                string_col("extra", true),
-                string_col("mqtt_topic", true),
-                time_col("received_at", true),
+                string_col(columns::EXTRA, true),
+                string_col(columns::MQTT_TOPIC, true),
+                time_col(columns::RECEIVED_AT, true),
             ]))
         })
         .clone()

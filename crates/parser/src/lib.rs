@@ -26,13 +26,15 @@
 //!   Only what cannot make a correct row is rejected (see [`RejectKind`] for the rule); an
 //!   accepted event carries its [`Anomalies`] (a status that does not fit the operation, a
 //!   number where AWS documents a string, ...), written to the `anomalies` column.
-//! * [`columnar`] holds the two table schemas of the Parquet contract and their builders.
+//! * [`columnar`] holds the two table schemas of the Parquet contract and their builders;
+//!   [`columns`] names their columns for everyone who reads the tables back.
 //!
 //! Times: AWS sends `timestamp` in epoch seconds and `createdAt`/`lastUpdatedAt`/`completedAt`
 //! in epoch milliseconds. Every time is normalised to milliseconds (see [`SECONDS_BELOW`]).
 
 pub mod anomaly;
 pub mod columnar;
+pub mod columns;
 mod fast;
 mod json;
 pub mod model;
