@@ -190,6 +190,11 @@ fn missing_input_and_bad_flags_exit_non_zero_with_a_clear_message() {
     assert_eq!(missing.status.code(), Some(66));
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("/nonexistent/capture.tsv"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
 
     let bad_codec = run(&["replay", "--input", "-", "--compression", "brotli9"]);
     assert_eq!(bad_codec.status.code(), Some(2));
@@ -339,5 +344,15 @@ fn a_second_demo_in_the_same_directory_starts_afresh_and_a_foreign_directory_is_
     assert!(
         table.join("mine.parquet").exists(),
         "nothing of the user's is removed"
+    );
+}
+
+#[test]
+fn the_version_says_whether_the_build_has_crash_points() {
+    let version = stdout(&run(&["--version"]));
+    assert_eq!(
+        version.contains("fault injection"),
+        cfg!(feature = "fault-injection"),
+        "{version}"
     );
 }

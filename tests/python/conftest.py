@@ -48,6 +48,17 @@ def jobstream_bin() -> str:
     return path
 
 
+@pytest.fixture
+def crash_points():
+    """The crash tests need a binary built with the `fault-injection` feature (scripts/test builds
+    one; a release build has no crash points): fail at once with what to do, instead of waiting
+    for an abort that cannot come."""
+    version = subprocess.run([jobstream_bin(), "--version"], capture_output=True, text=True).stdout
+    if "fault injection" not in version:
+        pytest.fail(f"{jobstream_bin()} has no crash points ({version.strip()!r}): build it with "
+                    "`cargo build --features jobstream/fault-injection`, as scripts/test does")
+
+
 def run(*args, check=True, **kwargs):
     result = subprocess.run([jobstream_bin(), *map(str, args)], capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:

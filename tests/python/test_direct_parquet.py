@@ -127,7 +127,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_writes_nothing_twice(t
           f"{direct.counter('duplicates')}")
 
 
-def test_a_crash_between_publishing_a_file_and_acknowledging_it_writes_nothing_twice(tmp_path, mosquitto):
+def test_a_crash_between_publishing_a_file_and_acknowledging_it_writes_nothing_twice(tmp_path, mosquitto, crash_points):
     lines = generate(3000, tmp_path)
     direct = Direct(tmp_path, mosquitto, "--max-file-rows", "500",
                     env={"JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING": "1"}).start()

@@ -239,7 +239,7 @@ def test_sink_killed_at_random_moments_still_writes_every_event_exactly_once(tmp
     assert_exactly_once(out, lines)
 
 
-def test_copies_of_an_event_at_other_offsets_become_one_row_and_a_kill_changes_no_file(tmp_path, kafka):
+def test_copies_of_an_event_at_other_offsets_become_one_row_and_a_kill_changes_no_file(tmp_path, kafka, crash_points):
     lines = generate(30_000, tmp_path)
     # Every 10th event again, from right behind it (an AWS duplicate) to 3000 events later (a
     # bridge's redelivery after a crash): copies share the jobId, so they share a partition.
@@ -318,7 +318,7 @@ def test_two_members_of_one_group_share_partitions_and_survive_a_kill(tmp_path, 
     two_members(tmp_path, kafka, Sink.kill)
 
 
-def test_a_crash_between_rename_and_commit_duplicates_nothing(tmp_path, kafka):
+def test_a_crash_between_rename_and_commit_duplicates_nothing(tmp_path, kafka, crash_points):
     lines = generate(30_000, tmp_path)
     topics = Topics(kafka)
     produce(kafka, topics, lines)

@@ -30,7 +30,7 @@ use jobstream_parser::columnar::Provenance;
 use jobstream_parser::{Family, Parser, ParserConfig, Reject};
 use jobstream_sink::dlq::DlqRecord;
 use jobstream_sink::parquet::{ParquetConfig, ParquetSink};
-use jobstream_sink::SinkError;
+use jobstream_sink::{CrashPoint, SinkError};
 use tokio::sync::mpsc;
 
 use crate::dedup::DedupWindow;
@@ -50,7 +50,7 @@ pub(crate) struct DirectWriter {
     dlq: DlqLog,
     next: u64,
     files_published: u64,
-    abort_after_publishing: Option<u64>,
+    crash: CrashPoint,
 }
 
 impl DirectWriter {
@@ -62,7 +62,7 @@ impl DirectWriter {
         client_id: &str,
         dedup: &DedupWindow,
         dedup_capacity: usize,
-        abort_after_publishing: Option<u64>,
+        crash: CrashPoint,
     ) -> Result<Self, BridgeError> {
         let source = format!("mqtt-{client_id}");
         let root = parquet.root.clone();
@@ -91,7 +91,7 @@ impl DirectWriter {
             dlq: DlqLog::open(&dlq_path).map_err(BridgeError::Parquet)?,
             next,
             files_published: 0,
-            abort_after_publishing,
+            crash,
         })
     }
 
@@ -167,16 +167,8 @@ impl DirectWriter {
                 .map_err(BridgeError::Parquet)?;
             let durable = self.sink.lowest_pending_position().unwrap_or(self.next);
             self.files_published += count_published(&mut self.sink, stats);
-            if self
-                .abort_after_publishing
-                .is_some_and(|limit| self.files_published >= limit)
-            {
-                tracing::error!(
-                    files = self.files_published,
-                    "fault injection: aborting between publish and acknowledgement"
-                );
-                std::process::abort();
-            }
+            self.crash
+                .published(self.files_published, "acknowledgement");
             release(
                 durable,
                 &mut pending,

@@ -42,23 +42,48 @@ mod pipeline;
 
 pub use config::{MqttConfig, MqttVersion, TlsFiles};
 pub use direct::DEFAULT_DIRECT_FILE_AGE;
+pub use mqtt::MqttError;
 pub use pipeline::{run, BridgeConfig, BridgeStats, Output};
 
-/// What can stop the bridge.
+/// What can stop the bridge. Each variant is one cause, so the binary picks an exit code by
+/// variant, never by message. A message is whole on its own (logs print it with `%`), and the
+/// cause is also its [`source`](std::error::Error::source) for code that walks the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// A setting is invalid; the message names it.
     #[error("configuration: {0}")]
     Config(String),
-    /// The MQTT broker could not be reached or refused us.
-    #[error("mqtt: {0}")]
-    Mqtt(String),
+    /// No connection to the MQTT broker came up within the connect timeout (each failed attempt
+    /// is logged with its cause as it happens).
+    #[error("mqtt: no connection to {url} within {within:?}")]
+    MqttUnreachable {
+        /// The broker, credentials redacted.
+        url: String,
+        /// The connect timeout.
+        within: std::time::Duration,
+    },
     /// Kafka could not be reached, or a record could not be flushed.
     #[error(transparent)]
     Kafka(#[from] jobstream_sink::SinkError),
     /// Direct MQTT → Parquet: a file or the DLQ file could not be written.
     #[error("parquet: {0}")]
-    Parquet(jobstream_sink::SinkError),
+    Parquet(#[source] jobstream_sink::SinkError),
+    /// The operating system would not start one of the pipeline's threads.
+    #[error("cannot start the {thread} thread: {source}")]
+    Spawn {
+        /// Which thread.
+        thread: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pipeline thread panicked: a bug in jobstream, not in the input or the settings.
+    /// Unconfirmed messages stay unacknowledged and are redelivered.
+    #[error("the {thread} thread panicked (a bug: please report it); unconfirmed messages stay unacknowledged and will be redelivered")]
+    Panicked {
+        /// The thread's name.
+        thread: String,
+    },
     /// The graceful drain did not finish in time; unconfirmed messages stay unacknowledged.
     #[error("drain did not finish within {after:?}: {stuck}; unconfirmed messages stay unacknowledged and will be redelivered")]
     DrainTimeout {

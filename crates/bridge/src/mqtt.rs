@@ -12,6 +12,24 @@ use rumqttc::{Outgoing, QoS};
 use crate::config::{MqttConfig, MqttVersion};
 use crate::BridgeError;
 
+/// A failure of either protocol's client: the connection is down (the next poll reconnects), or
+/// the event loop that carries requests is gone (shutdown).
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// MQTT 3.1.1: the connection failed or dropped.
+    #[error(transparent)]
+    Connection(#[from] rumqttc::ConnectionError),
+    /// MQTT 5: the connection failed or dropped.
+    #[error(transparent)]
+    ConnectionV5(#[from] rumqttc::v5::ConnectionError),
+    /// MQTT 3.1.1: a request could not be queued to the event loop.
+    #[error(transparent)]
+    Request(#[from] rumqttc::ClientError),
+    /// MQTT 5: a request could not be queued to the event loop.
+    #[error(transparent)]
+    RequestV5(#[from] rumqttc::v5::ClientError),
+}
+
 /// What the connection task reacts to.
 #[derive(Debug)]
 pub(crate) enum NetEvent {
@@ -89,12 +107,12 @@ impl Client {
     ///
     /// # Errors
     /// The event loop is gone (shutdown).
-    pub(crate) async fn ack(&self, pkid: u16) -> Result<(), String> {
+    pub(crate) async fn ack(&self, pkid: u16) -> Result<(), MqttError> {
         match self {
             Client::V311(client) => {
                 let mut publish = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
                 publish.pkid = pkid;
-                client.ack(&publish).await.map_err(|e| e.to_string())
+                Ok(client.ack(&publish).await?)
             }
             Client::V5(client) => {
                 let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new(
@@ -104,7 +122,7 @@ impl Client {
                     None,
                 );
                 publish.pkid = pkid;
-                client.ack(&publish).await.map_err(|e| e.to_string())
+                Ok(client.ack(&publish).await?)
             }
         }
     }
@@ -113,7 +131,7 @@ impl Client {
     ///
     /// # Errors
     /// The event loop is gone.
-    pub(crate) async fn subscribe(&self, filters: &[String], qos: QoS) -> Result<(), String> {
+    pub(crate) async fn subscribe(&self, filters: &[String], qos: QoS) -> Result<(), MqttError> {
         match self {
             Client::V311(client) => client
                 .subscribe_many(
@@ -122,7 +140,7 @@ impl Client {
                         .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos)),
                 )
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(MqttError::from),
             Client::V5(client) => {
                 use rumqttc::v5::mqttbytes::v5::Filter;
                 let qos = match qos {
@@ -132,7 +150,7 @@ impl Client {
                 client
                     .subscribe_many(filters.iter().map(|f| Filter::new(f.clone(), qos)))
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(MqttError::from)
             }
         }
     }
@@ -141,21 +159,21 @@ impl Client {
     ///
     /// # Errors
     /// The event loop is gone.
-    pub(crate) async fn disconnect(&self) -> Result<(), String> {
+    pub(crate) async fn disconnect(&self) -> Result<(), MqttError> {
         match self {
-            Client::V311(client) => client.disconnect().await.map_err(|e| e.to_string()),
-            Client::V5(client) => client.disconnect().await.map_err(|e| e.to_string()),
+            Client::V311(client) => Ok(client.disconnect().await?),
+            Client::V5(client) => Ok(client.disconnect().await?),
         }
     }
 }
 
 impl EventLoop {
     /// The next event; an error means the connection is down (the next poll reconnects).
-    pub(crate) async fn poll(&mut self) -> Result<NetEvent, String> {
+    pub(crate) async fn poll(&mut self) -> Result<NetEvent, MqttError> {
         match self {
             EventLoop::V311(eventloop) => {
                 use rumqttc::{Event, Packet};
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                Ok(match eventloop.poll().await? {
                     Event::Incoming(Packet::ConnAck(ack)) => NetEvent::Connected {
                         session_present: ack.session_present,
                     },
@@ -179,7 +197,7 @@ impl EventLoop {
             EventLoop::V5(eventloop) => {
                 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
                 use rumqttc::v5::Event;
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                Ok(match eventloop.poll().await? {
                     Event::Incoming(Packet::ConnAck(ack)) => NetEvent::Connected {
                         session_present: ack.session_present,
                     },

@@ -11,7 +11,7 @@ use jobstream_metrics::{Counter, Gauge, Health, Histogram, Registry, Throttle};
 use jobstream_parser::{Anomaly, Event, Family, Parser, ParserConfig, Reject, RejectKind};
 use jobstream_sink::kafka::{ClientRole, KafkaConfig, KafkaSink, DLQ_PREFIX_BYTES};
 use jobstream_sink::parquet::ParquetConfig;
-use jobstream_sink::SinkError;
+use jobstream_sink::{CrashPoint, SinkError};
 use rumqttc::QoS;
 use tokio::sync::{mpsc, Notify};
 
@@ -19,7 +19,7 @@ use crate::acks::AckOrder;
 use crate::config::{redact, MqttConfig};
 use crate::dedup::{Claim, DedupWindow, Settled};
 use crate::direct::DirectWriter;
-use crate::mqtt::{self, Client, EventLoop, NetEvent};
+use crate::mqtt::{self, Client, EventLoop, MqttError, NetEvent};
 use crate::BridgeError;
 
 /// Everything `run` needs.
@@ -29,10 +29,11 @@ pub struct BridgeConfig {
     pub mqtt: MqttConfig,
     /// Where events go: Kafka, or Parquet files directly.
     pub output: Output,
-    /// Fault injection for the crash tests: with Parquet output, abort the process once this
-    /// many files were published and before their messages are acknowledged.
+    /// Fault injection for the crash tests (only with the `fault-injection` feature): with
+    /// Parquet output, where the process aborts between publishing files and acknowledging
+    /// their messages.
     #[doc(hidden)]
-    pub abort_after_publishing: Option<u64>,
+    pub crash: CrashPoint,
     /// Topic prefix and payload cap.
     pub parser: ParserConfig,
     /// Parser worker threads.
@@ -75,7 +76,7 @@ impl BridgeConfig {
         BridgeConfig {
             mqtt,
             output,
-            abort_after_publishing: None,
+            crash: CrashPoint::never(),
             parser: ParserConfig::default(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             batch_size: 512,
@@ -391,7 +392,7 @@ pub async fn run(
                 &config.mqtt.client_id,
                 &dedup,
                 config.dedup_window,
-                config.abort_after_publishing,
+                config.crash,
             )?;
             (Some(writer), None)
         }
@@ -403,8 +404,9 @@ pub async fn run(
                 jobstream_sink::kafka::check_connection(&check, ClientRole::Producer)
             })
             .await
-            .map_err(|e| {
-                jobstream_sink::SinkError::Kafka(format!("the connection check stopped: {e}"))
+            .map_err(|source| jobstream_sink::SinkError::TaskStopped {
+                what: "the connection check",
+                source,
             })??;
             jobstream_sink::kafka::ensure_topics(kafka).await?;
             (None, Some(kafka))
@@ -518,7 +520,10 @@ pub async fn run(
                 }
                 result
             })
-            .map_err(|e| BridgeError::Config(format!("cannot start the Parquet writer: {e}")))?;
+            .map_err(|source| BridgeError::Spawn {
+                thread: "Parquet writer",
+                source,
+            })?;
         workers.push(handle);
     }
     let kafka_workers = if sink.is_some() {
@@ -551,7 +556,10 @@ pub async fn run(
                 );
                 Ok(())
             })
-            .map_err(|e| BridgeError::Config(format!("cannot start a parser thread: {e}")))?;
+            .map_err(|source| BridgeError::Spawn {
+                thread: "parser",
+                source,
+            })?;
         workers.push(handle);
     }
     drop(batch_rx);
@@ -624,17 +632,13 @@ pub async fn run(
     tokio::pin!(shutdown);
     for connected in first_connects {
         tokio::select! {
-            result = connected => {
-                if let Ok(Err(error)) = result {
-                    return Err(BridgeError::Mqtt(error));
-                }
-            }
+            // Answered once the first session is up; a task that ends first drops it.
+            _ = connected => {}
             () = &mut deadline => {
-                return Err(BridgeError::Mqtt(format!(
-                    "no connection to {} within {:?}",
-                    redact(&config.mqtt.url),
-                    config.mqtt.connect_timeout
-                )));
+                return Err(BridgeError::MqttUnreachable {
+                    url: redact(&config.mqtt.url),
+                    within: config.mqtt.connect_timeout,
+                });
             }
             () = &mut shutdown => break,
         }
@@ -658,9 +662,10 @@ pub async fn run(
             let joined = tokio::task::spawn_blocking(move || {
                 let mut first_error = None;
                 for worker in workers {
-                    let result = worker.join().unwrap_or_else(|_| {
-                        Err(BridgeError::Config("a pipeline thread panicked".to_owned()))
-                    });
+                    let thread = worker.thread().name().unwrap_or("pipeline").to_owned();
+                    let result = worker
+                        .join()
+                        .unwrap_or_else(|_| Err(BridgeError::Panicked { thread }));
                     if let Err(error) = result {
                         first_error.get_or_insert(error);
                     }
@@ -1077,7 +1082,7 @@ struct ConnectionTask {
     draining: Arc<AtomicBool>,
     stats: Arc<BridgeStats>,
     url: String,
-    connected: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    connected: Option<tokio::sync::oneshot::Sender<()>>,
     acker: tokio::task::JoinHandle<()>,
     inflight: Gauge,
     inbound_depth: Gauge,
@@ -1125,7 +1130,7 @@ async fn poll_and_hand_on(
     eventloop: &mut EventLoop,
     parked: &mut Parked,
     inbound: &mpsc::Sender<Inbound>,
-) -> Result<NetEvent, String> {
+) -> Result<NetEvent, MqttError> {
     let poll = eventloop.poll();
     tokio::pin!(poll);
     loop {
@@ -1183,7 +1188,7 @@ async fn connection(mut task: ConnectionTask) {
                 task.stats.connected.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(connection = task.index, session_present, epoch, url = %task.url, "connected");
                 if let Some(connected) = task.connected.take() {
-                    let _ = connected.send(Ok(()));
+                    let _ = connected.send(());
                 }
                 // Subscribing goes through the client's request queue, which this loop drains:
                 // do it from another task so the event loop never waits on itself.

@@ -1,6 +1,6 @@
 //! The `jobstream` command. See `jobstream --help` and the README.
 //!
-//! Exit codes: 0 success; 1 `report --fail-on-mismatch` found disagreeing jobs; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable;
+//! Exit codes: 0 success; 1 `report --fail-on-mismatch` found disagreeing jobs; 2 bad flags (clap); 66 input not found; 69 a broker is unreachable; 70 a bug (a thread panicked); 71 the OS refused a thread;
 //! 74 I/O error while running; 75 the drain did not finish in time; 77 Kafka refused us (TLS, authentication, ACLs); 78 invalid configuration. Rejected events are not errors: they go to the DLQ and the summary.
 
 /// `println!` that never panics: when standard output is gone (`jobstream replay … | head -1`),
@@ -52,13 +52,27 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 pub const EXIT_REFUSED: u8 = 77;
 /// Exit code for an I/O failure while running (sysexits EX_IOERR).
 pub const EXIT_IO: u8 = 74;
+/// Exit code for a bug: a pipeline thread panicked (sysexits EX_SOFTWARE).
+pub const EXIT_SOFTWARE: u8 = 70;
+/// Exit code when the operating system refused a thread (sysexits EX_OSERR).
+pub const EXIT_OS: u8 = 71;
 /// Exit code for an invalid configuration (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
+
+/// The version, and whether this build has the crash tests' crash points (the test suite's
+/// builds do, with the `fault-injection` feature; release builds do not).
+#[cfg(not(feature = "fault-injection"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "fault-injection")]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (with fault injection for tests)"
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "jobstream",
-    version,
+    version = VERSION,
     about = "Moves AWS IoT Jobs events from MQTT into Kafka and analytics-ready Parquet.",
     long_about = None
 )]
@@ -140,6 +154,24 @@ impl From<jobstream_sink::SinkError> for Failure {
     }
 }
 
+/// An error and its causes on one line, each cause once. The library errors say their cause in
+/// their own message (so a log line with just the error is whole) and also give it as their
+/// `source`; `{:#}` would print it twice.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` is a service: its progress (connections, stats, drain) is info. The other commands
@@ -168,9 +200,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             match log_format {
-                ops::LogFormat::Text => eprintln!("jobstream: error: {:#}", failure.error),
+                ops::LogFormat::Text => {
+                    eprintln!("jobstream: error: {}", error_text(&failure.error))
+                }
                 ops::LogFormat::Json => {
-                    tracing::error!(exit_code = failure.code, "{:#}", failure.error);
+                    tracing::error!(exit_code = failure.code, "{}", error_text(&failure.error));
                 }
             }
             ExitCode::from(failure.code)

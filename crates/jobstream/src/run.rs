@@ -364,7 +364,7 @@ pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
                     parquet.max_file_age = Some(jobstream_bridge::DEFAULT_DIRECT_FILE_AGE);
                 }
                 let mut bridge = bridge_config(args, m, p, url, Output::Parquet(parquet), parser)?;
-                bridge.abort_after_publishing = test_abort_after_publishing();
+                bridge.crash = crash_point();
                 Ok(Plan {
                     bridge: Some(bridge),
                     stage: None,
@@ -414,7 +414,7 @@ fn stage_config(
     if let Some(v) = args.parquet_dedup_window.or(q.dedup_window) {
         stage.dedup_window = v;
     }
-    stage.abort_after_publishing = test_abort_after_publishing();
+    stage.crash = crash_point();
     stage
         .kafka
         .consumer_config(&stage.group_id)
@@ -423,11 +423,21 @@ fn stage_config(
 }
 
 /// Fault injection for the crash tests (test_parquet_stage.py, test_direct_parquet.py): abort
-/// once this many files were published, before their input is committed or acknowledged.
-fn test_abort_after_publishing() -> Option<u64> {
-    std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
-        .ok()
-        .and_then(|v| v.parse().ok())
+/// once `JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING` files were published, before their input is
+/// committed or acknowledged. Only in builds with the `fault-injection` feature (the test
+/// suite's); elsewhere the variable means nothing.
+#[cfg(feature = "fault-injection")]
+fn crash_point() -> jobstream_sink::CrashPoint {
+    jobstream_sink::CrashPoint::after_publishing(
+        std::env::var("JOBSTREAM_TEST_ABORT_AFTER_PUBLISHING")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    )
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn crash_point() -> jobstream_sink::CrashPoint {
+    jobstream_sink::CrashPoint::never()
 }
 
 /// The `[parquet]` settings and flags both Parquet writers share (the Kafka stage and direct
@@ -781,12 +791,14 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     // The bridge has drained (everything it produced is in Kafka); now the stage publishes
     // what it holds and commits.
     stop_stage.store(true, Ordering::Relaxed);
-    let stage_result = stage.map(|handle| {
-        handle.join().unwrap_or_else(|_| {
-            Err(jobstream_sink::SinkError::Kafka(
-                "the Parquet stage panicked".into(),
-            ))
-        })
+    let stage_result = stage.map(|handle| match handle.join() {
+        Ok(result) => result.map_err(Failure::from),
+        Err(_) => Err(Failure::new(
+            crate::EXIT_SOFTWARE,
+            anyhow::anyhow!(
+                "the Parquet stage thread panicked (a bug: please report it); its uncommitted input is read again by the next run"
+            ),
+        )),
     });
     if let Some(delivered) = bridge_delivers {
         print_stats(&stats, delivered, true);
@@ -797,18 +809,20 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     result.map_err(|error| {
         let code = match &error {
             BridgeError::Config(_) => EXIT_CONFIG,
-            BridgeError::Mqtt(_) => EXIT_UNAVAILABLE,
+            BridgeError::MqttUnreachable { .. } => EXIT_UNAVAILABLE,
             BridgeError::Kafka(
                 error @ (SinkError::KafkaRefused { .. } | SinkError::Config { .. }),
             ) => crate::sink_exit_code(error),
             BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
             BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
             BridgeError::Parquet(_) => crate::EXIT_IO,
+            BridgeError::Spawn { .. } => crate::EXIT_OS,
+            BridgeError::Panicked { .. } => crate::EXIT_SOFTWARE,
         };
         Failure::new(code, error)
     })?;
     if let Some(stage_result) = stage_result {
-        stage_result.map_err(Failure::from)?;
+        stage_result?;
     }
     Ok(())
 }

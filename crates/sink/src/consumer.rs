@@ -46,7 +46,7 @@ use rdkafka::ClientContext;
 use crate::kafka::{KafkaConfig, KafkaSink};
 use crate::parquet::{Appended, ParquetConfig, ParquetSink, PublishedFile};
 use crate::recent::RecentIds;
-use crate::{Refusal, SinkError};
+use crate::{CrashPoint, Refusal, SinkError};
 
 /// DLQ kind for a record without the `mqtt_topic` header: the parser needs the topic.
 pub const MISSING_TOPIC_HEADER: &str = "missing_mqtt_topic_header";
@@ -72,10 +72,10 @@ pub struct StageConfig {
     /// Stop once every assigned partition is read up to the end it had when it was assigned
     /// (backfills, benchmarks), instead of waiting for new records.
     pub stop_at_end: bool,
-    /// Fault injection for the crash tests: abort the process right after this many files
-    /// were published and before their offsets are committed.
+    /// Fault injection for the crash tests (only with the `fault-injection` feature): where
+    /// the process aborts between publishing files and committing their offsets.
     #[doc(hidden)]
-    pub abort_after_publishing: Option<u64>,
+    pub crash: CrashPoint,
     /// Offsets per partition looked back at for an earlier copy of an event (same `eventId`);
     /// a copy found there is not written ([`crate::recent`]). 0 writes every copy.
     pub dedup_window: u64,
@@ -91,7 +91,7 @@ impl StageConfig {
             parser: ParserConfig::default(),
             tick: Duration::from_secs(1),
             stop_at_end: false,
-            abort_after_publishing: None,
+            crash: CrashPoint::never(),
             dedup_window: crate::recent::DEFAULT_WINDOW,
         }
     }
@@ -171,7 +171,7 @@ struct Writers {
     /// An error raised inside a rebalance callback, which cannot return it.
     failed: Option<SinkError>,
     files_published: u64,
-    abort_after_publishing: Option<u64>,
+    crash: CrashPoint,
     stop_at_end: bool,
     /// What re-reading a partition's recent records needs (see [`crate::recent::prime`]).
     recent: RecentSettings,
@@ -299,9 +299,10 @@ impl ConsumerContext for StageContext {
                     .assigned_partitions
                     .store(writers.by_partition.len() as u64, Ordering::Relaxed);
                 if let Err(e) = consumer.assign(tpl) {
-                    writers
-                        .failed
-                        .get_or_insert(SinkError::Kafka(format!("assigning partitions: {e}")));
+                    writers.failed.get_or_insert(SinkError::Kafka {
+                        action: "assigning partitions".into(),
+                        source: e,
+                    });
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -335,7 +336,7 @@ fn assign(
 ) -> Result<(), SinkError> {
     let committed = consumer
         .committed_offsets(tpl.clone(), Duration::from_secs(30))
-        .map_err(|e| SinkError::Kafka(format!("reading committed offsets: {e}")))?;
+        .map_err(SinkError::kafka("reading committed offsets"))?;
     for element in committed.elements() {
         let key = (element.topic().to_owned(), element.partition());
         let committed = match element.offset() {
@@ -347,7 +348,10 @@ fn assign(
         let end = if writers.stop_at_end {
             let (_, high) = consumer
                 .fetch_watermarks(&key.0, key.1, Duration::from_secs(30))
-                .map_err(|e| SinkError::Kafka(format!("reading the end of {}: {e}", key.0)))?;
+                .map_err(SinkError::kafka(format!(
+                    "reading the end of {}/{}",
+                    key.0, key.1
+                )))?;
             Some(high.max(0) as u64)
         } else {
             None
@@ -365,7 +369,7 @@ fn assign(
         )?;
         if let Some(resume) = resume {
             tpl.set_partition_offset(&key.0, key.1, Offset::Offset(resume as i64))
-                .map_err(|e| SinkError::Kafka(format!("setting the start offset: {e}")))?;
+                .map_err(SinkError::kafka("setting the start offset"))?;
         }
         tracing::info!(
             topic = %key.0,
@@ -408,7 +412,7 @@ fn release(
         if next > writer.committed.unwrap_or(0) {
             offsets
                 .add_partition_offset(&key.0, key.1, Offset::Offset(next as i64))
-                .map_err(|e| SinkError::Kafka(format!("building offsets: {e}")))?;
+                .map_err(SinkError::kafka("building offsets"))?;
         }
         tracing::info!(topic = %key.0, partition = key.1, offset = next, "partition released");
     }
@@ -479,7 +483,7 @@ pub fn run(
         by_partition: HashMap::new(),
         failed: None,
         files_published: 0,
-        abort_after_publishing: config.abort_after_publishing,
+        crash: config.crash,
         stop_at_end: config.stop_at_end,
         recent: RecentSettings {
             kafka: config.kafka.clone(),
@@ -504,7 +508,7 @@ pub fn run(
         })?;
     consumer
         .subscribe(&[&config.kafka.job_topic, &config.kafka.execution_topic])
-        .map_err(|e| SinkError::Kafka(format!("subscribing: {e}")))?;
+        .map_err(SinkError::kafka("subscribing"))?;
     let rejected_in_dlq = Arc::new(AtomicU64::new(0));
     let dlq_failed = Arc::new(AtomicU64::new(0));
     let dlq = {
@@ -540,10 +544,9 @@ pub fn run(
                 if let Err(e) = handle(&mut guard, &mut parser, &dlq, &stats, &message) {
                     break Err(e);
                 }
-                if dlq_failed.load(Ordering::Relaxed) > 0 {
-                    break Err(SinkError::Kafka(
-                        "a rejected record could not be written to the DLQ topic".into(),
-                    ));
+                let count = dlq_failed.load(Ordering::Relaxed);
+                if count > 0 {
+                    break Err(SinkError::DlqUndelivered { count });
                 }
             }
         }
@@ -711,27 +714,19 @@ fn tick_and_commit(
         if durable > writer.committed.unwrap_or(0) {
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(durable as i64))
-                .map_err(|e| SinkError::Kafka(format!("building offsets: {e}")))?;
+                .map_err(SinkError::kafka("building offsets"))?;
             writer.committed = Some(durable);
         }
     }
     drop(lag);
     writers.files_published += published_now;
-    if let Some(limit) = writers.abort_after_publishing {
-        if writers.files_published >= limit {
-            tracing::error!(
-                files = writers.files_published,
-                "fault injection: aborting between publish and commit"
-            );
-            std::process::abort();
-        }
-    }
+    writers.crash.published(writers.files_published, "commit");
     if offsets.count() > 0 {
         // Asynchronous: the files are durable already, so a lost commit costs a re-read that
         // the published index turns into skips, never a duplicate.
         consumer
             .commit(&offsets, CommitMode::Async)
-            .map_err(|e| SinkError::Kafka(format!("committing offsets: {e}")))?;
+            .map_err(SinkError::kafka("committing offsets"))?;
         stats.commits.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())

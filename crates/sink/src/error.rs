@@ -30,8 +30,52 @@ pub enum SinkError {
     #[error(transparent)]
     Batch(#[from] jobstream_parser::columnar::BatchError),
     /// Kafka refused or failed an operation.
-    #[error("kafka: {0}")]
-    Kafka(String),
+    #[error("kafka: {action}: {source}")]
+    Kafka {
+        /// What was being done, with the topic or partition where there is one.
+        action: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A topic could not be created.
+    #[error("kafka: creating topic {topic} ({partitions} partitions, replication factor {replication}): {code}")]
+    TopicNotCreated {
+        /// The topic.
+        topic: String,
+        /// The partitions asked for.
+        partitions: i32,
+        /// The replication factor asked for.
+        replication: String,
+        /// The broker's answer.
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+    /// Re-reading a partition's last records (to find copies of what is already in the files)
+    /// did not reach the resume offset in time.
+    #[error("kafka: re-reading the last records of {topic}/{partition} for duplicates: not read up to offset {resume} within {within:?}")]
+    RereadTimeout {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset reading had to reach.
+        resume: u64,
+        /// How long it had.
+        within: std::time::Duration,
+    },
+    /// Rejected records could not be written to the DLQ topic: the input stays uncommitted.
+    #[error("kafka: {count} rejected record(s) could not be written to the DLQ topic")]
+    DlqUndelivered {
+        /// How many.
+        count: u64,
+    },
+    /// A blocking Kafka call ran on a task that stopped (the runtime is shutting down).
+    #[error("kafka: {what} stopped: {source}")]
+    TaskStopped {
+        /// The call.
+        what: &'static str,
+        /// Tokio's word on it.
+        source: tokio::task::JoinError,
+    },
     /// Kafka will never take this record as it is (too large, invalid); the reason says why.
     /// Retrying cannot help: the record belongs in the DLQ.
     #[error("{0}")]
@@ -70,6 +114,14 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Wraps a Kafka error with what was being done.
+    pub fn kafka(
+        action: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> SinkError {
+        let action = action.into();
+        move |source| SinkError::Kafka { action, source }
+    }
+
     /// Wraps an I/O error with what was being done, and to which path.
     pub fn io(
         action: &'static str,

@@ -347,9 +347,10 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if self.stopping.load(Ordering::SeqCst) {
-                        return Err(SinkError::Kafka(
-                            "producer queue full while stopping".into(),
-                        ));
+                        return Err(SinkError::Kafka {
+                            action: "producing while stopping".into(),
+                            source: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        });
                     }
                     record = back;
                     std::thread::sleep(Duration::from_millis(2));
@@ -357,7 +358,10 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
                 Err((error, _)) => {
                     return Err(match refused_for_good(&error) {
                         Some(reason) => SinkError::RecordRefused(reason),
-                        None => SinkError::Kafka(error.to_string()),
+                        None => SinkError::Kafka {
+                            action: "producing".into(),
+                            source: error,
+                        },
                     })
                 }
             }
@@ -482,7 +486,7 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
     pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
         self.producer
             .flush(timeout)
-            .map_err(|e| SinkError::Kafka(format!("flushing the producer: {e}")))
+            .map_err(SinkError::kafka("flushing the producer"))
     }
 
     /// Records handed to librdkafka and not yet delivered.
@@ -500,12 +504,10 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
             .client()
             .fetch_metadata(Some(&self.config.job_topic), timeout)
             .map(|_| ())
-            .map_err(|e| {
-                SinkError::Kafka(format!(
-                    "no broker at {} answered within {timeout:?}: {e}",
-                    self.config.brokers
-                ))
-            })
+            .map_err(SinkError::kafka(format!(
+                "no broker at {} answered within {timeout:?}",
+                self.config.brokers
+            )))
     }
 }
 
@@ -583,12 +585,10 @@ impl KafkaProbe {
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .map(|_| ())
-            .map_err(|e| {
-                SinkError::Kafka(format!(
-                    "no broker at {} answered within {timeout:?}: {e}",
-                    self.brokers
-                ))
-            })
+            .map_err(SinkError::kafka(format!(
+                "no broker at {} answered within {timeout:?}",
+                self.brokers
+            )))
     }
 }
 
@@ -791,7 +791,10 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
         let (admin, timeout) = (Arc::clone(&admin), config.connect_timeout);
         tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
             .await
-            .map_err(|e| SinkError::Kafka(format!("the metadata request stopped: {e}")))?
+            .map_err(|source| SinkError::TaskStopped {
+                what: "the metadata request",
+                source,
+            })?
             .map_err(unreachable)?
     };
     let missing: Vec<&String> = wanted
@@ -845,10 +848,12 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
                 let factor = config
                     .replication
                     .map_or("the broker's default".to_owned(), |r| r.to_string());
-                return Err(SinkError::Kafka(format!(
-                    "creating topic {topic} ({} partitions, replication factor {factor}): {code}",
-                    config.partitions
-                )));
+                return Err(SinkError::TopicNotCreated {
+                    topic: topic.clone(),
+                    partitions: config.partitions,
+                    replication: factor,
+                    code,
+                });
             }
         }
     }

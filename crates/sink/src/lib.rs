@@ -15,6 +15,7 @@
 pub mod consumer;
 pub mod dlq;
 mod error;
+mod fault;
 pub mod kafka;
 pub mod parquet;
 pub mod recent;
@@ -23,3 +24,4 @@ pub mod seen;
 pub mod time;
 
 pub use error::{Refusal, SinkError};
+pub use fault::CrashPoint;

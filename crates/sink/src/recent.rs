@@ -184,19 +184,19 @@ pub fn prime(
     if window == 0 || resume == 0 {
         return Ok(recent);
     }
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        SinkError::Kafka(format!(
-            "re-reading the last {window} records of {topic}/{partition} for duplicates: {what}: {e}"
+    let failed = |what: &str| {
+        SinkError::kafka(format!(
+            "re-reading the last {window} records of {topic}/{partition} for duplicates: {what}"
         ))
     };
     let mut config = kafka.consumer_config(group_id)?;
     config
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create().map_err(|e| failed("consumer", &e))?;
+    let consumer: BaseConsumer = config.create().map_err(failed("consumer"))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
-        .map_err(|e| failed("watermarks", &e))?;
+        .map_err(failed("watermarks"))?;
     let (low, high) = (low.max(0) as u64, high.max(0) as u64);
     let resume = resume.min(high);
     let start = resume.saturating_sub(window).max(low);
@@ -206,18 +206,18 @@ pub fn prime(
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(start as i64))
-        .map_err(|e| failed("assignment", &e))?;
-    consumer
-        .assign(&assignment)
-        .map_err(|e| failed("assignment", &e))?;
+        .map_err(failed("assignment"))?;
+    consumer.assign(&assignment).map_err(failed("assignment"))?;
     let mut parser = Parser::new(parser_config.clone());
     let deadline = Instant::now() + PRIME_TIMEOUT;
     loop {
         if Instant::now() > deadline {
-            return Err(failed(
-                "deadline",
-                &format!("not read up to offset {resume} within {PRIME_TIMEOUT:?}"),
-            ));
+            return Err(SinkError::RereadTimeout {
+                topic: topic.to_owned(),
+                partition,
+                resume,
+                within: PRIME_TIMEOUT,
+            });
         }
         let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
             continue;
@@ -226,7 +226,7 @@ pub fn prime(
             Ok(message) => message,
             // Read to the end: nothing more before `resume`.
             Err(rdkafka::error::KafkaError::PartitionEOF(_)) => return Ok(recent),
-            Err(e) => return Err(failed("fetch", &e)),
+            Err(e) => return Err(failed("fetch")(e)),
         };
         let offset = message.offset().max(0) as u64;
         if offset >= resume {
