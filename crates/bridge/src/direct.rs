@@ -18,9 +18,6 @@
 //! the duplicate window first, so those redeliveries are dropped instead of written twice.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -28,7 +25,7 @@ use crossbeam::channel as xchan;
 use jobstream_metrics::Throttle;
 use jobstream_parser::columnar::Provenance;
 use jobstream_parser::{Family, Parser, ParserConfig, Reject};
-use jobstream_sink::dlq::DlqRecord;
+use jobstream_sink::dlq::{DlqLog, DlqRecord};
 use jobstream_sink::parquet::{ParquetConfig, ParquetSink};
 use jobstream_sink::{CrashPoint, SinkError};
 use tokio::sync::mpsc;
@@ -259,42 +256,4 @@ fn write_reject(
         &reject.message,
         None,
     ))
-}
-
-/// The append-only DLQ file of this mode: one JSON object per reject (the replay DLQ's shape),
-/// fsynced before the reject is acknowledged.
-struct DlqLog {
-    path: PathBuf,
-    out: BufWriter<File>,
-}
-
-impl DlqLog {
-    fn open(path: &Path) -> Result<Self, SinkError> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(SinkError::io("create directory", dir))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(SinkError::io("open DLQ file", path))?;
-        Ok(DlqLog {
-            path: path.to_owned(),
-            out: BufWriter::new(file),
-        })
-    }
-
-    fn write(&mut self, record: &DlqRecord<'_>) -> Result<(), SinkError> {
-        serde_json::to_writer(&mut self.out, record)
-            .map_err(std::io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"))
-            .map_err(SinkError::io("write DLQ file", &self.path))
-    }
-
-    fn sync(&mut self) -> Result<(), SinkError> {
-        self.out
-            .flush()
-            .and_then(|()| self.out.get_ref().sync_data())
-            .map_err(SinkError::io("fsync DLQ file", &self.path))
-    }
 }

@@ -60,14 +60,46 @@ impl<'a> DlqRecord<'a> {
     }
 }
 
+/// JSON lines of [`DlqRecord`]s going into one file: what both DLQ files share.
+#[derive(Debug)]
+struct JsonLines {
+    path: PathBuf,
+    out: BufWriter<File>,
+    records: u64,
+}
+
+impl JsonLines {
+    fn new(path: PathBuf, file: File) -> Self {
+        JsonLines {
+            path,
+            out: BufWriter::new(file),
+            records: 0,
+        }
+    }
+
+    fn write(&mut self, record: &DlqRecord<'_>) -> Result<(), SinkError> {
+        serde_json::to_writer(&mut self.out, record)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"))
+            .map_err(SinkError::io("write DLQ file", &self.path))?;
+        self.records += 1;
+        Ok(())
+    }
+}
+
+fn create_parent(path: &Path) -> Result<(), SinkError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => fs::create_dir_all(dir).map_err(SinkError::io("create directory", dir)),
+        None => Ok(()),
+    }
+}
+
 /// A DLQ file written under a temporary name and published by rename on [`finish`](Self::finish),
-/// so a rerun of the same input replaces it instead of appending duplicates.
+/// so a rerun of the same input replaces it instead of appending duplicates (`replay`).
 #[derive(Debug)]
 pub struct DlqFile {
     path: PathBuf,
-    temp_path: PathBuf,
-    out: BufWriter<File>,
-    records: u64,
+    lines: JsonLines,
 }
 
 impl DlqFile {
@@ -81,15 +113,11 @@ impl DlqFile {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "dlq.jsonl".to_owned());
         let temp_path = path.with_file_name(format!(".{file_name}.inprogress"));
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(SinkError::io("create directory", dir))?;
-        }
+        create_parent(path)?;
         let file = File::create(&temp_path).map_err(SinkError::io("create", &temp_path))?;
         Ok(DlqFile {
             path: path.to_owned(),
-            temp_path,
-            out: BufWriter::new(file),
-            records: 0,
+            lines: JsonLines::new(temp_path, file),
         })
     }
 
@@ -98,18 +126,12 @@ impl DlqFile {
     /// # Errors
     /// The write failed.
     pub fn write(&mut self, record: &DlqRecord<'_>) -> Result<(), SinkError> {
-        let io = SinkError::io("write", &self.temp_path);
-        serde_json::to_writer(&mut self.out, record)
-            .map_err(std::io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"))
-            .map_err(io)?;
-        self.records += 1;
-        Ok(())
+        self.lines.write(record)
     }
 
     /// Records written so far.
     pub fn records(&self) -> u64 {
-        self.records
+        self.lines.records
     }
 
     /// Flushes, fsyncs and publishes the file at its final path.
@@ -117,15 +139,63 @@ impl DlqFile {
     /// # Errors
     /// Flush, fsync or rename failed.
     pub fn finish(self) -> Result<PathBuf, SinkError> {
-        let file = self.out.into_inner().map_err(|e| SinkError::Io {
+        let temp_path = self.lines.path;
+        let file = self.lines.out.into_inner().map_err(|e| SinkError::Io {
             action: "flush",
-            path: self.temp_path.clone(),
+            path: temp_path.clone(),
             source: e.into_error(),
         })?;
         file.sync_all()
-            .map_err(SinkError::io("fsync", &self.temp_path))?;
-        fs::rename(&self.temp_path, &self.path)
+            .map_err(SinkError::io("fsync", &temp_path))?;
+        fs::rename(&temp_path, &self.path)
             .map_err(SinkError::io("publish (rename)", &self.path))?;
         Ok(self.path)
+    }
+}
+
+/// An append-only DLQ file for a stream that never ends (direct MQTT → Parquet): records are
+/// appended across runs, and [`sync`](Self::sync) makes them durable before the rejects they
+/// hold are acknowledged.
+#[derive(Debug)]
+pub struct DlqLog {
+    lines: JsonLines,
+}
+
+impl DlqLog {
+    /// Opens `path` for appending, creating it and its directory if need be.
+    ///
+    /// # Errors
+    /// The directory or the file cannot be created or opened.
+    pub fn open(path: &Path) -> Result<Self, SinkError> {
+        create_parent(path)?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(SinkError::io("open DLQ file", path))?;
+        Ok(DlqLog {
+            lines: JsonLines::new(path.to_owned(), file),
+        })
+    }
+
+    /// Appends a record (durable only after the next [`sync`](Self::sync)).
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn write(&mut self, record: &DlqRecord<'_>) -> Result<(), SinkError> {
+        self.lines.write(record)
+    }
+
+    /// Flushes and fsyncs what was appended.
+    ///
+    /// # Errors
+    /// Flush or fsync failed.
+    pub fn sync(&mut self) -> Result<(), SinkError> {
+        let lines = &mut self.lines;
+        lines
+            .out
+            .flush()
+            .and_then(|()| lines.out.get_ref().sync_data())
+            .map_err(SinkError::io("fsync DLQ file", &lines.path))
     }
 }

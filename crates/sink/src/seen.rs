@@ -63,7 +63,7 @@ fn read_event_ids(path: &Path, ids: &mut Vec<String>) -> Result<(), SinkError> {
         .schema()
         .fields()
         .iter()
-        .position(|f| f.name() == "event_id")
+        .position(|f| f.name() == jobstream_parser::columns::EVENT_ID)
     else {
         return Ok(());
     };
