@@ -31,7 +31,9 @@ use jobstream_sink::{CrashPoint, SinkError};
 use tokio::sync::mpsc;
 
 use crate::dedup::DedupWindow;
-use crate::pipeline::{note_reject, oversized_reject, BridgeStats, Completion, Inbound, Token};
+use crate::handoff::{Completion, Inbound, Token};
+use crate::rejects::{note_reject, oversized_reject};
+use crate::stats::BridgeStats;
 use crate::BridgeError;
 
 /// How often the writer publishes due files and releases acknowledgements when no message

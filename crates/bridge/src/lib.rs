@@ -32,18 +32,33 @@
 //!   (see `direct.rs`).
 //! * Shutdown: only the connection tasks and batchers watch the signal; each later stage ends
 //!   when its input closes, and the ackers disconnect once their last confirmation is acked.
+//!
+//! A file per part: `connection.rs` (the connection task), `handoff.rs` (what passes between
+//! parts, and the batcher), `worker.rs` (parse, claim, produce), `direct.rs` (the Parquet writer
+//! in the workers' place), `acker.rs` (PUBACKs), `rejects.rs`, `stats.rs`, `settings.rs`, and
+//! `pipeline.rs`, which wires them and runs the drain. Messages flow down that list and
+//! acknowledgements flow back by channels, never by imports back.
 
+mod acker;
 pub mod acks;
 pub mod config;
+mod connection;
 pub mod dedup;
 mod direct;
+mod handoff;
 mod mqtt;
 mod pipeline;
+mod rejects;
+mod settings;
+mod stats;
+mod worker;
 
 pub use config::{MqttConfig, MqttVersion, TlsFiles};
 pub use direct::DEFAULT_DIRECT_FILE_AGE;
 pub use mqtt::MqttError;
-pub use pipeline::{run, BridgeConfig, BridgeStats, Output};
+pub use pipeline::run;
+pub use settings::{BridgeConfig, Output};
+pub use stats::BridgeStats;
 
 /// What can stop the bridge. Each variant is one cause, so the binary picks an exit code by
 /// variant, never by message. A message is whole on its own (logs print it with `%`), and the
