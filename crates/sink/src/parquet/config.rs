@@ -1,0 +1,244 @@
+//! How files are written: codec, encodings, sizes, and the writer properties made of them.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jobstream_parser::columns;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::SinkError;
+
+/// Compression codec for Parquet pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// zstd at a level from 1 (fast) to 22 (small); 1 is the default: on job events level 3
+    /// makes files no smaller (measured: 1.9 MiB either way for 50k events) and costs 11% more
+    /// CPU.
+    Zstd(i32),
+    /// Snappy.
+    Snappy,
+    /// LZ4 (raw).
+    Lz4,
+    /// No compression.
+    None,
+}
+
+impl FromStr for Codec {
+    type Err = String;
+
+    /// `zstd`, `zstd:LEVEL`, `snappy`, `lz4` or `none`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, level) = match text.split_once(':') {
+            Some((name, level)) => (name, Some(level)),
+            None => (text, None),
+        };
+        match (name.to_ascii_lowercase().as_str(), level) {
+            ("zstd", None) => Ok(Codec::Zstd(1)),
+            ("zstd", Some(level)) => match level.parse::<i32>() {
+                Ok(n) if (1..=22).contains(&n) => Ok(Codec::Zstd(n)),
+                _ => Err(format!("zstd level must be 1..=22, got {level:?}")),
+            },
+            ("snappy", None) => Ok(Codec::Snappy),
+            ("lz4", None) => Ok(Codec::Lz4),
+            ("none" | "uncompressed", None) => Ok(Codec::None),
+            _ => Err(format!(
+                "unknown codec {text:?}: use zstd, zstd:LEVEL (1-22), snappy, lz4 or none"
+            )),
+        }
+    }
+}
+
+impl Codec {
+    pub(super) fn to_parquet(self) -> Result<Compression, SinkError> {
+        Ok(match self {
+            Codec::Zstd(level) => {
+                Compression::ZSTD(ZstdLevel::try_new(level).map_err(|e| SinkError::Config {
+                    setting: "parquet.compression",
+                    value: format!("zstd:{level}"),
+                    reason: e.to_string(),
+                })?)
+            }
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Lz4 => Compression::LZ4_RAW,
+            Codec::None => Compression::UNCOMPRESSED,
+        })
+    }
+}
+
+/// How the high-cardinality string columns are encoded in the pages, before compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encodings {
+    /// `DELTA_BYTE_ARRAY` for thing ARNs and names (each value stores only what differs from
+    /// the one before: the ARN prefix is written once per run of the same account and
+    /// region), `DELTA_LENGTH_BYTE_ARRAY` for event ids and `status_details` (the lengths go
+    /// in a block of their own, so zstd sees the text alone). Smaller files, and on job
+    /// events a quarter less encoding time than `Plain`: zstd has far fewer bytes to search.
+    /// Read by every current reader (DuckDB, pyarrow/pandas, polars, Spark 3.3+, Trino and
+    /// Athena engine 3).
+    Delta,
+    /// `PLAIN` for every column without a dictionary: for readers that predate the delta
+    /// encodings (Spark's vectorized reader before 3.3, for one).
+    Plain,
+}
+
+impl FromStr for Encodings {
+    type Err = String;
+
+    /// `delta` or `plain`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "delta" => Ok(Encodings::Delta),
+            "plain" => Ok(Encodings::Plain),
+            _ => Err(format!(
+                "unknown encodings {text:?}: use delta (the default) or plain (for readers \
+                 without the delta encodings, such as Spark before 3.3)"
+            )),
+        }
+    }
+}
+
+/// How Parquet files are written and when they roll.
+#[derive(Debug, Clone)]
+pub struct ParquetConfig {
+    /// Output root; tables go to `<root>/job_events/` and `<root>/job_execution_events/`.
+    pub root: PathBuf,
+    /// Page compression.
+    pub codec: Codec,
+    /// Page encoding of the high-cardinality string columns.
+    pub encodings: Encodings,
+    /// Rows buffered in Arrow builders before they are encoded (bounds builder memory).
+    pub batch_rows: usize,
+    /// Encoded-but-unflushed bytes (`in_progress_size()`) at which a row group is flushed.
+    pub row_group_bytes: usize,
+    /// A file is published once it holds this many rows.
+    pub max_file_rows: u64,
+    /// A file is published once its size reaches this many bytes.
+    pub max_file_bytes: u64,
+    /// A file is published once it has been open this long (`None`: never by age).
+    pub max_file_age: Option<Duration>,
+    /// A file is published once no row arrived for this long (`None`: never by inactivity).
+    pub idle_timeout: Option<Duration>,
+    /// Open files at most; the least recently written is published to make room. Each open
+    /// file holds up to `batch_rows` rows and one row group in memory.
+    pub max_open_files: usize,
+}
+
+impl ParquetConfig {
+    /// Defaults for `root`: zstd level 1, delta encodings, 8192-row batches, 8 MiB row groups,
+    /// files of up to 64 MiB or 5 million rows, published after 10 minutes open or 60 seconds
+    /// idle.
+    ///
+    /// 8 MiB of encoded job executions is about 180,000 rows (DuckDB writes 122,880 to a row
+    /// group): a day's file gets several row groups, which readers such as DuckDB scan in
+    /// parallel, and an encoder with background write-back puts each on disk while the next
+    /// is encoded, so publishing a file waits for one row group, not the whole file.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ParquetConfig {
+            root: root.into(),
+            codec: Codec::Zstd(1),
+            encodings: Encodings::Delta,
+            batch_rows: 8192,
+            row_group_bytes: 8 << 20,
+            max_file_rows: 5_000_000,
+            max_file_bytes: 64 << 20,
+            max_file_age: Some(Duration::from_secs(600)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_open_files: 32,
+        }
+    }
+
+    /// Checks every setting is in range.
+    ///
+    /// # Errors
+    /// The first setting out of range, named as users write it.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        let positive = |setting: &'static str, value: u64| {
+            if value == 0 {
+                Err(SinkError::Config {
+                    setting,
+                    value: "0".into(),
+                    reason: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("parquet.batch_rows", self.batch_rows as u64)?;
+        positive("parquet.row_group_bytes", self.row_group_bytes as u64)?;
+        positive("parquet.max_file_rows", self.max_file_rows)?;
+        positive("parquet.max_file_bytes", self.max_file_bytes)?;
+        positive("parquet.max_open_files", self.max_open_files as u64)?;
+        self.codec.to_parquet().map(|_| ())
+    }
+}
+
+/// Target size of a data page before compression.
+pub(super) const PAGE_BYTES: usize = 256 << 10;
+
+/// The writer settings every file of `config` gets: the codec, page statistics, dictionaries
+/// on the low-cardinality columns. Public so that benchmarks of other settings start from
+/// exactly these (`benches/examples/encode_settings.rs`).
+///
+/// # Errors
+/// An invalid codec level.
+pub fn writer_properties(config: &ParquetConfig) -> Result<WriterProperties, SinkError> {
+    let mut builder = WriterProperties::builder()
+        .set_compression(config.codec.to_parquet()?)
+        .set_created_by(format!("jobstream {}", env!("CARGO_PKG_VERSION")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        // Row groups are cut by bytes (in_progress_size), not by a row count.
+        .set_max_row_group_row_count(None)
+        // Column writers take a batch in slices of this many values and do per-slice work
+        // (page-size checks, level and statistics bookkeeping): one slice per batch instead
+        // of the default 1,024 values. A small gain (callgrind: 0.5% fewer instructions in
+        // benches/examples/encode_settings.rs; within noise in time); same pages and files.
+        .set_write_batch_size(8192)
+        // Pages of 256 KiB instead of parquet's 1 MiB, so that a page's buffers stay in the
+        // core's L2 cache while parquet encodes, copies and compresses them (it copies a page
+        // twice, and reserves twice its size for the compressed copy). A small gain at best:
+        // encode_settings (300k events, 7 rounds) gave 0.91x and, on a busier machine, 0.99x
+        // the encoding time; replays of 1M events 1.29 vs 1.35 s (7 interleaved runs). Same
+        // file size, finer page statistics. (Large string columns still make pages of one
+        // 8192-value write slice, up to 540 KB of thing ARNs.)
+        .set_data_page_size_limit(PAGE_BYTES)
+        // High-cardinality columns (ids, ARNs, JSON) gain nothing from a dictionary and cost
+        // a fallback; the enumerations and per-job columns compress to almost nothing with one.
+        .set_dictionary_enabled(false);
+    for column in [
+        "event_type",
+        "operation",
+        "status",
+        "target_selection",
+        "job_id",
+        "description",
+        "comment",
+        "mqtt_topic",
+    ] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), true);
+    }
+    if config.encodings == Encodings::Delta {
+        // Prefix sharing only where values share prefixes: ARNs and names of the same fleet
+        // do, random event ids do not, and DELTA_BYTE_ARRAY on them costs more than PLAIN
+        // (encode_settings: 1.12x against 0.89x for DELTA_LENGTH_BYTE_ARRAY).
+        for (column, encoding) in [
+            (columns::THING_ARN, Encoding::DELTA_BYTE_ARRAY),
+            (columns::THING_NAME, Encoding::DELTA_BYTE_ARRAY),
+            (columns::EVENT_ID, Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            (
+                "status_details.key_value.key",
+                Encoding::DELTA_LENGTH_BYTE_ARRAY,
+            ),
+            (
+                "status_details.key_value.value",
+                Encoding::DELTA_LENGTH_BYTE_ARRAY,
+            ),
+        ] {
+            let path = ColumnPath::new(column.split('.').map(str::to_owned).collect());
+            builder = builder.set_column_encoding(path, encoding);
+        }
+    }
+    Ok(builder.build())
+}
