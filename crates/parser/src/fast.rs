@@ -17,53 +17,11 @@
 //! `crates/parser/tests/differential.rs` runs both paths on generated, mutated and garbage
 //! inputs and checks they agree.
 
+use crate::bytes::{is, same, HIGHS, ONES};
 use crate::model::{ExecutionOperation, ExecutionStatus, Family, JobStatus, ProcessDetails};
-use crate::parse::{MAX_EPOCH_MS, SECONDS_BELOW};
+use crate::span::{Span, DECODED};
+use crate::time::epoch_ms;
 use crate::topic::{Operation, TopicInfo};
-
-/// Where a string's text lives: `start..end` in the payload, or (when it had escapes, flagged
-/// by the top bit of `end`) in the decoded buffer. Eight bytes, so spans travel in registers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Span {
-    start: u32,
-    end: u32,
-}
-
-/// The flag bit in [`Span::end`]; [`scan`] refuses payloads this large, so no offset has it.
-const DECODED: u32 = 1 << 31;
-
-impl Span {
-    #[inline]
-    fn payload(start: usize, end: usize) -> Self {
-        // Offsets fit: `scan` gives up on payloads of 2 GiB or more.
-        Span {
-            start: start as u32,
-            end: end as u32,
-        }
-    }
-
-    #[inline]
-    fn decoded(start: usize, end: usize) -> Option<Self> {
-        let span = Span::payload(start, end);
-        (span.end < DECODED).then_some(Span {
-            start: span.start,
-            end: span.end | DECODED,
-        })
-    }
-
-    /// The text. The bounds always lie on ASCII quotes or at ends of pushed text, so `get`
-    /// never fails; the empty fallback only keeps this function free of panics.
-    #[inline]
-    pub(crate) fn get<'i>(self, payload: &'i str, decoded: &'i str) -> &'i str {
-        let (text, end) = if self.end & DECODED == 0 {
-            (payload, self.end)
-        } else {
-            (decoded, self.end & !DECODED)
-        };
-        text.get(self.start as usize..end as usize)
-            .unwrap_or_default()
-    }
-}
 
 /// Scratch memory reused across messages: decoded strings and list/map spans.
 #[derive(Debug, Default)]
@@ -196,42 +154,6 @@ fn field(family: Family, b: &[u8], i: usize) -> Option<(Field, usize)> {
     None
 }
 
-/// Whether `b[i..]` starts with `key`; the constant size lets the comparison be inlined.
-#[inline(always)]
-pub(crate) fn is<const N: usize>(b: &[u8], i: usize, key: &[u8; N]) -> bool {
-    match b.get(i..i + N) {
-        Some(s) => s == key,
-        None => false,
-    }
-}
-
-/// Byte equality in 8-byte words, inlined: the values compared (operations, statuses) are
-/// a dozen bytes, where a call to `memcmp` costs more than the comparison.
-#[inline(always)]
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], i: usize| {
-        s.get(i..i + 8)
-            .and_then(|w| w.try_into().ok())
-            .map_or(0, u64::from_le_bytes)
-    };
-    let n = a.len();
-    if n < 8 {
-        return a.iter().zip(b).all(|(x, y)| x == y);
-    }
-    let mut i = 0;
-    while i + 8 < n {
-        if word(a, i) != word(b, i) {
-            return false;
-        }
-        i += 8;
-    }
-    // The last word overlaps the previous one rather than comparing a tail byte by byte.
-    word(a, n - 8) == word(b, n - 8)
-}
-
 /// Scans one payload; `None` means "use the general path". `text` is the payload as text when
 /// the caller already has it so (validated), else it is validated here.
 ///
@@ -361,20 +283,6 @@ pub(crate) fn scan<'p>(
     Some(text)
 }
 
-/// See `parse::epoch_ms`; here only values it accepts pass, anything else falls back.
-#[inline]
-fn epoch_ms(n: i64) -> Option<i64> {
-    let ms = if n < SECONDS_BELOW {
-        n.checked_mul(1000)?
-    } else {
-        n
-    };
-    (0..=MAX_EPOCH_MS).contains(&ms).then_some(ms)
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
 /// A mask with the high bit set in the lowest byte of `w` that is `"`, `\` or below 0x20
 /// (bytes above the first hit may be flagged falsely; only the lowest one is used).
 #[inline]
@@ -385,48 +293,6 @@ fn special_bytes(w: u64) -> u64 {
     let zero_backslash = backslash.wrapping_sub(ONES) & !backslash;
     let control = w.wrapping_sub(ONES * 0x20) & !w;
     (zero_quote | zero_backslash | control) & HIGHS
-}
-
-/// The position of the first `byte` in `s`, eight bytes at a time: a topic's job id is a few
-/// dozen bytes, where a byte loop costs several times more and a `memchr` call's setup as much.
-#[inline(always)]
-pub(crate) fn find_byte(s: &[u8], byte: u8) -> Option<usize> {
-    let mut chunks = s.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut chunks {
-        let w = chunk.try_into().map_or(0, u64::from_le_bytes) ^ (ONES * u64::from(byte));
-        // Borrows can flag bytes above the first match, never below it: the lowest is exact.
-        let hits = w.wrapping_sub(ONES) & !w & HIGHS;
-        if hits != 0 {
-            return Some(at + (hits.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == byte)
-        .map(|k| at + k)
-}
-
-/// The position of the last `byte` in `s`, eight bytes at a time from the end (a thing name
-/// is the part of its ARN after the last `/`).
-#[inline(always)]
-pub(crate) fn rfind_byte(s: &[u8], byte: u8) -> Option<usize> {
-    let mut chunks = s.rchunks_exact(8);
-    let mut end = s.len();
-    for chunk in &mut chunks {
-        end -= 8;
-        let w = chunk.try_into().map_or(0, u64::from_le_bytes) ^ (ONES * u64::from(byte));
-        // Exact per byte (no borrow crosses bytes), unlike `find_byte`'s test whose false
-        // hits lie above a true one, exactly where a search from the end looks first.
-        let nonzero = ((w & !HIGHS).wrapping_add(!HIGHS) | w) & HIGHS;
-        let hits = !nonzero & HIGHS;
-        if hits != 0 {
-            return Some(end + 7 - (hits.leading_zeros() / 8) as usize);
-        }
-    }
-    chunks.remainder().iter().rposition(|&c| c == byte)
 }
 
 /// Whether all eight bytes of `w` are ASCII digits.
@@ -800,39 +666,6 @@ mod tests {
             for &status in ExecutionStatus::ALL {
                 let fast = only_status(op).is_none_or(|only| only == status);
                 assert_eq!(fast, op.allows_status(status), "{op:?} {status:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn byte_searches_agree_with_byte_loops_at_every_length_and_position() {
-        // `.` is `/` with the lowest bit flipped and `0` is `/` + 1: the bytes a borrow
-        // between neighbours could misreport; high bytes test the sign handling.
-        let fillers: [&[u8]; 4] = [b"a", b".", b"0", "é".as_bytes()];
-        for len in 0..40 {
-            for filler in fillers {
-                let base: Vec<u8> = filler.iter().copied().cycle().take(len).collect();
-                let mut cases = vec![base.clone()];
-                for i in 0..len {
-                    for j in i..len {
-                        let mut s = base.clone();
-                        s[i] = b'/';
-                        s[j] = b'/';
-                        cases.push(s);
-                    }
-                }
-                for s in cases {
-                    assert_eq!(
-                        find_byte(&s, b'/'),
-                        s.iter().position(|&c| c == b'/'),
-                        "{s:?}"
-                    );
-                    assert_eq!(
-                        rfind_byte(&s, b'/'),
-                        s.iter().rposition(|&c| c == b'/'),
-                        "{s:?}"
-                    );
-                }
             }
         }
     }

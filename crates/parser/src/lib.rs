@@ -33,6 +33,7 @@
 //! in epoch milliseconds. Every time is normalised to milliseconds (see [`SECONDS_BELOW`]).
 
 pub mod anomaly;
+mod bytes;
 pub mod columnar;
 pub mod columns;
 mod fast;
@@ -40,11 +41,14 @@ mod json;
 pub mod model;
 mod parse;
 pub mod reject;
+mod span;
+mod time;
 pub mod topic;
 
 pub use anomaly::{Anomalies, Anomaly};
 pub use columnar::{Provenance, TableBuilders};
 pub use model::{Event, Family, Status, Text};
-pub use parse::{Parser, ParserConfig, DEFAULT_MAX_PAYLOAD_BYTES, SECONDS_BELOW};
+pub use parse::{Parser, ParserConfig, DEFAULT_MAX_PAYLOAD_BYTES};
 pub use reject::{Reject, RejectKind};
+pub use time::SECONDS_BELOW;
 pub use topic::{TopicParser, DEFAULT_PREFIX};

@@ -10,7 +10,7 @@ use simd_json::prelude::*;
 use simd_json::tape::Value;
 
 use crate::anomaly::Anomalies;
-use crate::fast::Span;
+use crate::span::Span;
 
 /// The two event families, one table each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -415,7 +415,7 @@ impl JobExecutionEvent<'_, '_> {
 pub fn thing_name(arn: &str) -> &str {
     // Eight bytes a step from the end: the name is a few dozen bytes, where `rsplit`'s
     // `memrchr` costs several times more and a byte loop takes a step per byte.
-    match crate::fast::rfind_byte(arn.as_bytes(), b'/') {
+    match crate::bytes::rfind_byte(arn.as_bytes(), b'/') {
         Some(slash) => arn.get(slash + 1..).unwrap_or(arn),
         None => arn,
     }
@@ -622,7 +622,7 @@ impl Extra<'_, '_> {
         out.push(b'{');
         if let Some(object) = self.object.and_then(|v| v.into_object()) {
             for (key, value) in object.iter() {
-                if crate::parse::is_known_top_level(family, key) {
+                if is_known_top_level(family, key) {
                     continue;
                 }
                 member(out, &mut first, key);
@@ -656,4 +656,25 @@ fn member(out: &mut Vec<u8>, first: &mut bool, key: &str) {
     *first = false;
     crate::json::write_str(out, key);
     out.push(b':');
+}
+
+/// Whether `key` is a top-level payload field the model maps to a column.
+pub(crate) fn is_known_top_level(family: Family, key: &str) -> bool {
+    matches!(
+        key,
+        "eventType" | "eventId" | "timestamp" | "operation" | "jobId" | "status"
+    ) || match family {
+        Family::Job => matches!(
+            key,
+            "targetSelection"
+                | "targets"
+                | "description"
+                | "comment"
+                | "createdAt"
+                | "lastUpdatedAt"
+                | "completedAt"
+                | "jobProcessDetails"
+        ),
+        Family::Execution => matches!(key, "thingArn" | "statusDetails"),
+    }
 }

@@ -11,20 +11,11 @@ use crate::model::{
     JobOperation, JobStatus, ProcessDetails, Repr, Status, StrList, StrMap, Text,
 };
 use crate::reject::{Reject, RejectKind};
+use crate::span::Span;
 use crate::topic::{Operation, TopicInfo, TopicParser, DEFAULT_PREFIX};
 
 /// AWS IoT Core's MQTT payload limit; anything larger cannot have come from AWS.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 128 * 1024;
-
-/// Epoch values below this are seconds, at or above it milliseconds.
-///
-/// AWS sends `timestamp` in seconds and the `…At` fields in milliseconds. 10^11 seconds is the
-/// year 5138 and 10^11 milliseconds is March 1973, before AWS IoT existed, so the two ranges
-/// cannot be confused for any real event, and a relay that already converted to ms still works.
-pub const SECONDS_BELOW: i64 = 100_000_000_000;
-
-/// The largest millisecond value accepted (year 9999), so every time fits Parquet readers.
-pub(crate) const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
 
 /// How the parser is set up.
 #[derive(Debug, Clone)]
@@ -199,7 +190,7 @@ where
     'i: 't,
 {
     let decoded = scratch.decoded.as_str();
-    let get = |span: fast::Span| span.get(text, decoded);
+    let get = |span: Span| span.get(text, decoded);
     let common = Common {
         event_id: get(f.event_id),
         event_time_ms: f.event_time_ms,
@@ -236,27 +227,6 @@ where
                 decoded,
             })),
         }),
-    }
-}
-
-/// Whether `key` is a top-level payload field the model maps to a column.
-pub(crate) fn is_known_top_level(family: Family, key: &str) -> bool {
-    matches!(
-        key,
-        "eventType" | "eventId" | "timestamp" | "operation" | "jobId" | "status"
-    ) || match family {
-        Family::Job => matches!(
-            key,
-            "targetSelection"
-                | "targets"
-                | "description"
-                | "comment"
-                | "createdAt"
-                | "lastUpdatedAt"
-                | "completedAt"
-                | "jobProcessDetails"
-        ),
-        Family::Execution => matches!(key, "thingArn" | "statusDetails"),
     }
 }
 
@@ -530,14 +500,9 @@ fn counter(field: &str, value: Value<'_, '_>) -> Result<i64, Reject> {
 /// An epoch time in seconds or milliseconds (see [`SECONDS_BELOW`]) as milliseconds.
 fn epoch_ms(field: &str, value: Value<'_, '_>) -> Result<i64, Reject> {
     let n = integer(value).ok_or_else(|| mistyped(field, "an integer epoch time", value))?;
-    let ms = if n < SECONDS_BELOW {
-        n.checked_mul(1000)
-    } else {
-        Some(n)
-    };
-    match ms {
-        Some(ms) if (0..=MAX_EPOCH_MS).contains(&ms) => Ok(ms),
-        _ => Err(Reject::new(
+    match crate::time::epoch_ms(n) {
+        Some(ms) => Ok(ms),
+        None => Err(Reject::new(
             RejectKind::MistypedField,
             format!("field {field:?} is {n}, not an epoch time between 1970 and 9999"),
         )),

@@ -86,20 +86,20 @@ impl TopicParser {
     fn parse_common<'a>(&self, topic: &'a str) -> Option<TopicInfo<'a>> {
         let bytes = topic.as_bytes();
         let prefix = self.prefix.as_bytes();
-        if !crate::fast::same(bytes.get(..prefix.len())?, prefix) {
+        if !crate::bytes::same(bytes.get(..prefix.len())?, prefix) {
             return None;
         }
         let rest = topic.get(prefix.len()..)?;
-        let (family, rest) = if crate::fast::is(rest.as_bytes(), 0, b"job/") {
+        let (family, rest) = if crate::bytes::is(rest.as_bytes(), 0, b"job/") {
             (Family::Job, rest.get(4..)?)
-        } else if crate::fast::is(rest.as_bytes(), 0, b"jobExecution/") {
+        } else if crate::bytes::is(rest.as_bytes(), 0, b"jobExecution/") {
             (Family::Execution, rest.get(13..)?)
         } else {
             return None;
         };
         // The first slash ends the job id. A second one would be inside the operation, which
         // then matches none of the known ones: exactly one slash, as the general path requires.
-        let slash = crate::fast::find_byte(rest.as_bytes(), b'/')?;
+        let slash = crate::bytes::find_byte(rest.as_bytes(), b'/')?;
         let job_id = rest.get(..slash)?;
         let op = rest.get(slash + 1..)?;
         if job_id.is_empty() {
