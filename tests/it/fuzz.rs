@@ -13,84 +13,12 @@
 use std::time::{Duration, Instant};
 
 use jobstream_fleet::{Fleet, FleetConfig};
+use jobstream_mutate::mutate;
 use jobstream_parser::{Parser, ParserConfig, Provenance, TableBuilders};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::support::spec_examples;
-
-const FRAGMENTS: &[&[u8]] = &[
-    b"null",
-    b"true",
-    b"-1",
-    b"1e309",
-    b"18446744073709551616",
-    b"-9223372036854775809",
-    b"\"\\ud800\"",
-    b"\"\\u0000\"",
-    b"[]",
-    b"{}",
-    b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
-    b"\"eventType\":\"JOB\"",
-    b"\"status\":",
-    b"\"targets\":[1]",
-    b"\"statusDetails\":{\"a\":1}",
-    b"\"statusDetails\":{\"n\":120,\"b\":true,\"o\":{\"x\":[1,\"\\u00e9\"]}}",
-    b"\"status\":\"SUCCEEDED\"",
-    b"\"status\":\"PAUSED\"",
-    b"\"description\":7",
-    b"\"jobProcessDetails\":{\"numberOfFailedThings\":-3}",
-    b"\xff\xfe",
-    b"\"timestamp\":1e3",
-    b",\"x\":",
-    b"\\",
-    b"\"",
-    b"}",
-    b"]",
-    b":",
-];
-
-fn mutate(rng: &mut SmallRng, seeds: &[(String, Vec<u8>)], input: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(1..=4) {
-        let len = input.len();
-        match rng.random_range(0..7) {
-            0 if len > 0 => {
-                let i = rng.random_range(0..len);
-                input[i] ^= 1 << rng.random_range(0..8);
-            }
-            1 => {
-                let i = rng.random_range(0..=len);
-                input.insert(i, rng.random());
-            }
-            2 if len > 0 => {
-                let start = rng.random_range(0..len);
-                let end = (start + rng.random_range(1..16)).min(len);
-                input.drain(start..end);
-            }
-            3 => {
-                let fragment = FRAGMENTS[rng.random_range(0..FRAGMENTS.len())];
-                let i = rng.random_range(0..=len);
-                input.splice(i..i, fragment.iter().copied());
-            }
-            4 => {
-                let other = &seeds[rng.random_range(0..seeds.len())].1;
-                let cut = rng.random_range(0..=len);
-                let from = rng.random_range(0..=other.len());
-                input.truncate(cut);
-                input.extend_from_slice(&other[from..]);
-            }
-            5 if len > 0 => input.truncate(rng.random_range(0..len)),
-            _ => {
-                let depth = rng.random_range(1..5000);
-                let i = rng.random_range(0..=len);
-                let nested: Vec<u8> = std::iter::repeat_n(b'[', depth)
-                    .chain(std::iter::repeat_n(b']', depth))
-                    .collect();
-                input.splice(i..i, nested);
-            }
-        }
-    }
-}
 
 #[test]
 fn parser_survives_mutated_inputs_without_panicking() {

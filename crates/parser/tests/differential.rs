@@ -8,6 +8,7 @@
 //! fresh-state-independent pair of parsers, one per path, so scratch reuse is exercised too.
 
 use jobstream_fleet::{Fleet, FleetConfig};
+use jobstream_mutate::mutate;
 use jobstream_parser::model::thing_name;
 use jobstream_parser::{Event, Parser, ParserConfig, Provenance, TableBuilders};
 use rand::rngs::SmallRng;
@@ -432,94 +433,6 @@ fn edge_cases_agree() {
         pair.accepted > pair.fast_taken,
         "some take the general path"
     );
-}
-
-const FRAGMENTS: &[&[u8]] = &[
-    b"null",
-    b"true",
-    b"-1",
-    b"0",
-    b"01",
-    b"1.5",
-    b"1e309",
-    b"18446744073709551616",
-    b"\"\\ud800\"",
-    b"\"\\u0000\"",
-    b"\"\\ud83d\\ude00\"",
-    b"\"\\\"\"",
-    b"\"\x01\"",
-    b"[]",
-    b"{}",
-    b"[\"a\",\"b\"]",
-    b"{\"a\":\"b\"}",
-    b"\"eventType\":\"JOB\"",
-    b"\"status\":",
-    b"\"targets\":[1]",
-    b"\"statusDetails\":{\"a\":1}",
-    b"\"jobProcessDetails\":{\"numberOfFailedThings\":-3}",
-    b"\"jobProcessDetails\":{\"numberOfFailedThings\":3}",
-    b"\xff\xfe",
-    b"\xc3\xa9",
-    b"\"timestamp\":1e3",
-    b",\"x\":",
-    b"\\",
-    b"\\n",
-    b"\\u00e9",
-    b"\"",
-    b"}",
-    b"]",
-    b":",
-    b",",
-    b" ",
-    b"\n",
-];
-
-fn mutate(rng: &mut SmallRng, seeds: &[(String, Vec<u8>)], input: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(1..=3) {
-        let len = input.len();
-        match rng.random_range(0..8) {
-            0 if len > 0 => {
-                let i = rng.random_range(0..len);
-                input[i] ^= 1 << rng.random_range(0..8);
-            }
-            1 => {
-                let i = rng.random_range(0..=len);
-                input.insert(i, rng.random());
-            }
-            2 if len > 0 => {
-                let start = rng.random_range(0..len);
-                let end = (start + rng.random_range(1..16)).min(len);
-                input.drain(start..end);
-            }
-            3 | 4 => {
-                // Replace a token-sized stretch with a fragment: often still JSON.
-                let fragment = FRAGMENTS[rng.random_range(0..FRAGMENTS.len())];
-                let i = rng.random_range(0..=len);
-                let end = (i + rng.random_range(0..12)).min(len);
-                input.splice(i..end, fragment.iter().copied());
-            }
-            5 => {
-                let other = &seeds[rng.random_range(0..seeds.len())].1;
-                let cut = rng.random_range(0..=len);
-                let from = rng.random_range(0..=other.len());
-                input.truncate(cut);
-                input.extend_from_slice(&other[from..]);
-            }
-            6 if len > 0 => input.truncate(rng.random_range(0..len)),
-            _ => {
-                // Swap a value between two quotes for another seed's quoted stretch.
-                if let (Some(a), Some(b)) = (
-                    input.iter().position(|&c| c == b':'),
-                    input.iter().rposition(|&c| c == b','),
-                ) {
-                    if a < b && rng.random_bool(0.5) {
-                        input.drain(a + 1..b);
-                        input.splice(a + 1..a + 1, b"\"v\"".iter().copied());
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[test]
