@@ -232,3 +232,33 @@ impl BridgeStats {
 pub(crate) const QUEUE_DEPTH: &str = "jobstream_queue_depth";
 pub(crate) const QUEUE_DEPTH_HELP: &str =
     "Items waiting in a bounded queue (mqtt_inbound: messages; handoff_batches: batches; kafka_producer: records not yet confirmed).";
+
+impl BridgeStats {
+    /// The one-line summary `run` logs every interval and prints at the end: what arrived, where
+    /// it went (produced to Kafka, or published in files for `output`), and what did not.
+    pub fn line(&self, output: &Output) -> String {
+        let delivered = match output {
+            Output::Kafka(_) => format!(
+                "produced job {} execution {}",
+                self.produced_jobs.get(),
+                self.produced_executions.get()
+            ),
+            Output::Parquet(_) => format!(
+                "published job {} execution {} in {} files",
+                self.produced_jobs.get(),
+                self.produced_executions.get(),
+                self.files_published.get()
+            ),
+        };
+        format!(
+            "received {} | {delivered} | rejected {} | duplicates {} | acked {} | abandoned {} | delivery failures {} | reconnects {}",
+            self.received.get(),
+            self.rejected.get(),
+            self.duplicates.get(),
+            self.acknowledged.get(),
+            self.abandoned.get(),
+            self.delivery_failures.get(),
+            self.reconnects.get(),
+        )
+    }
+}

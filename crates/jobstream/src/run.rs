@@ -611,40 +611,12 @@ fn kafka_config(args: &RunArgs, k: KafkaSettings, brokers: String) -> Result<Kaf
     Ok(kafka)
 }
 
-/// How the stats line names what reached the output.
-#[derive(Debug, Clone, Copy)]
-enum Delivered {
-    /// "produced": Kafka confirmed it.
-    ToKafka,
-    /// "published": a published Parquet file holds it.
-    ToParquet,
+/// The bridge's stats line: logged every interval, printed once at the end.
+fn print_stats(stats: &BridgeStats, output: &Output, final_line: bool) {
+    print_line(&stats.line(output), final_line);
 }
 
-fn print_stats(stats: &BridgeStats, delivered: Delivered, final_line: bool) {
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let output = match delivered {
-        Delivered::ToKafka => format!(
-            "produced job {} execution {}",
-            get(&stats.produced_jobs),
-            get(&stats.produced_executions)
-        ),
-        Delivered::ToParquet => format!(
-            "published job {} execution {} in {} files",
-            get(&stats.produced_jobs),
-            get(&stats.produced_executions),
-            get(&stats.files_published)
-        ),
-    };
-    let line = format!(
-        "received {} | {output} | rejected {} | duplicates {} | acked {} | abandoned {} | delivery failures {} | reconnects {}",
-        get(&stats.received),
-        get(&stats.rejected),
-        get(&stats.duplicates),
-        get(&stats.acknowledged),
-        get(&stats.abandoned),
-        get(&stats.delivery_failures),
-        get(&stats.reconnects),
-    );
+fn print_line(line: &str, final_line: bool) {
     if final_line {
         outln!("{line}");
     } else {
@@ -727,14 +699,12 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     let stage = stage
         .transpose()
         .context("starting the Parquet stage thread")?;
-    let bridge_delivers = plan.bridge.as_ref().map(|b| match b.output {
-        Output::Kafka(_) => Delivered::ToKafka,
-        Output::Parquet(_) => Delivered::ToParquet,
-    });
+    let bridge_output = plan.bridge.as_ref().map(|b| b.output.clone());
     let has_stage = stage.is_some();
     let result = runtime.block_on(async {
         let reporter = {
             let (stats, stage_stats) = (Arc::clone(&stats), Arc::clone(&stage_stats));
+            let bridge_output = bridge_output.clone();
             let every = args.stats_every_secs;
             tokio::spawn(async move {
                 if every == 0 {
@@ -744,8 +714,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    if let Some(delivered) = bridge_delivers {
-                        print_stats(&stats, delivered, false);
+                    if let Some(output) = &bridge_output {
+                        print_stats(&stats, output, false);
                     }
                     if has_stage {
                         print_stage_stats(&stage_stats, false);
@@ -800,8 +770,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             ),
         )),
     });
-    if let Some(delivered) = bridge_delivers {
-        print_stats(&stats, delivered, true);
+    if let Some(output) = &bridge_output {
+        print_stats(&stats, output, true);
     }
     if has_stage {
         print_stage_stats(&stage_stats, true);
@@ -904,27 +874,5 @@ fn topic_creation(kafka: &KafkaConfig) -> String {
 }
 
 fn print_stage_stats(stats: &StageStats, final_line: bool) {
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let line = format!(
-        "parquet: read {} | rows job {} execution {} | already published {} | duplicates {} | rejected {} | published {} rows in {} files ({} bytes) | commits {} | partitions {} | lag {}",
-        get(&stats.records),
-        get(&stats.job_rows),
-        get(&stats.execution_rows),
-        get(&stats.already_published),
-        get(&stats.duplicates),
-        get(&stats.rejected),
-        get(&stats.published_rows),
-        get(&stats.files),
-        get(&stats.file_bytes),
-        get(&stats.commits),
-        get(&stats.assigned_partitions),
-        stats
-            .total_lag()
-            .map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
-    );
-    if final_line {
-        outln!("{line}");
-    } else {
-        tracing::info!(target: "jobstream::stats", "{line}");
-    }
+    print_line(&stats.line(), final_line);
 }

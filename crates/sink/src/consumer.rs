@@ -135,6 +135,27 @@ pub struct StageStats {
 }
 
 impl StageStats {
+    /// The one-line summary `run` logs every interval and prints at the end.
+    pub fn line(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "parquet: read {} | rows job {} execution {} | already published {} | duplicates {} | rejected {} | published {} rows in {} files ({} bytes) | commits {} | partitions {} | lag {}",
+            get(&self.records),
+            get(&self.job_rows),
+            get(&self.execution_rows),
+            get(&self.already_published),
+            get(&self.duplicates),
+            get(&self.rejected),
+            get(&self.published_rows),
+            get(&self.files),
+            get(&self.file_bytes),
+            get(&self.commits),
+            get(&self.assigned_partitions),
+            self.total_lag()
+                .map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+        )
+    }
+
     /// Records not yet read, summed over the assigned partitions; `None` until librdkafka has
     /// reported every assigned partition (a partition never fetched has no known end).
     pub fn total_lag(&self) -> Option<i64> {
