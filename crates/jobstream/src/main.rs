@@ -130,12 +130,16 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// The exit code of a sink error: bad settings are configuration errors, Kafka's refusals and
-/// silence have codes of their own, the rest is I/O.
+/// silence have codes of their own, a panicked encoder is a bug (70), the rest is I/O.
 pub fn sink_exit_code(error: &jobstream_sink::SinkError) -> u8 {
     match error {
         jobstream_sink::SinkError::Config { .. } => EXIT_CONFIG,
         jobstream_sink::SinkError::KafkaRefused { .. } => EXIT_REFUSED,
         jobstream_sink::SinkError::KafkaUnreachable { .. } => EXIT_UNAVAILABLE,
+        jobstream_sink::SinkError::EncoderPanicked { .. } | jobstream_sink::SinkError::NoWriter => {
+            EXIT_SOFTWARE
+        }
+        jobstream_sink::SinkError::EncoderSpawn { .. } => EXIT_OS,
         jobstream_sink::SinkError::Io { action, source, .. }
             if *action == "open capture" && source.kind() == std::io::ErrorKind::NotFound =>
         {

@@ -22,10 +22,25 @@ pub enum SinkError {
         /// The encoder's error.
         source: parquet::errors::ParquetError,
     },
-    /// The background Parquet encoder thread stopped without an error of its own to report
-    /// (it panicked, or it stopped after an error already returned).
-    #[error("the Parquet encoder thread stopped: {0}")]
-    Encoder(String),
+    /// The background Parquet encoder thread panicked: a bug. What it held is not published,
+    /// so its input is neither committed nor acknowledged.
+    #[error("the Parquet encoder thread panicked: {message}")]
+    EncoderPanicked {
+        /// The panic's message, when it had one.
+        message: String,
+    },
+    /// The background Parquet encoder thread is gone after an error already returned.
+    #[error("the Parquet encoder thread stopped after an earlier error")]
+    EncoderStopped,
+    /// The operating system would not start the encoder thread.
+    #[error("cannot start the Parquet encoder thread: {source}")]
+    EncoderSpawn {
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file had neither a writer nor an encoder thread: a bug in the sink.
+    #[error("a Parquet file has neither a writer nor an encoder thread (a bug)")]
+    NoWriter,
     /// Building an Arrow batch failed (a bug in the column builders).
     #[error(transparent)]
     Batch(#[from] jobstream_parser::columnar::BatchError),

@@ -160,9 +160,9 @@ impl Drop for StopGuard {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         if std::thread::panicking() && state.error.is_none() {
-            state.error = Some(SinkError::Encoder(
-                "it panicked (the message is above)".to_owned(),
-            ));
+            state.error = Some(SinkError::EncoderPanicked {
+                message: "(logged above)".to_owned(),
+            });
         }
         state.stopped = true;
         drop(state);
@@ -195,7 +195,7 @@ impl Encoder {
         let thread = std::thread::Builder::new()
             .name("parquet-encoder".to_owned())
             .spawn(move || encoder_thread(queue, guard, row_group_bytes))
-            .map_err(|e| SinkError::Encoder(format!("cannot start the thread: {e}")))?;
+            .map_err(|source| SinkError::EncoderSpawn { source })?;
         Ok(Encoder {
             jobs: Some(jobs),
             shared,
@@ -243,7 +243,7 @@ impl Encoder {
             .lock()
             .error
             .take()
-            .unwrap_or_else(|| SinkError::Encoder("it ended after an earlier error".to_owned()))
+            .unwrap_or(SinkError::EncoderStopped)
     }
 
     /// Lets the thread finish its queue and waits for it; its error, if it had one.
@@ -256,7 +256,7 @@ impl Encoder {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".to_owned());
-                return Err(SinkError::Encoder(format!("it panicked: {message}")));
+                return Err(SinkError::EncoderPanicked { message });
             }
         }
         match self.shared.lock().error.take() {

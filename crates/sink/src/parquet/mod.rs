@@ -678,7 +678,7 @@ impl Closing {
 }
 
 fn no_writer() -> SinkError {
-    SinkError::Encoder("a file has neither a writer nor an encoder thread (a bug)".to_owned())
+    SinkError::NoWriter
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
