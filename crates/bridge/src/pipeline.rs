@@ -116,7 +116,7 @@ pub async fn run(
                         let outcome = match &result {
                             Ok(()) => Settled::Confirmed,
                             Err(error) => match jobstream_sink::kafka::refused_for_good(error) {
-                                Some(reason) => Settled::Refused(reason.into()),
+                                Some(refused) => Settled::Refused(refused.to_string().into()),
                                 None => Settled::Failed,
                             },
                         };

@@ -101,9 +101,9 @@ pub(crate) fn worker(
                                 );
                                 match produced {
                                     Ok(()) => return Ok(()),
-                                    Err(SinkError::RecordRefused(reason)) => {
+                                    Err(refused @ SinkError::RecordRefused { .. }) => {
                                         stats.kafka_pending.dec();
-                                        reason
+                                        refused.to_string()
                                     }
                                     Err(error) => {
                                         stats.kafka_pending.dec();

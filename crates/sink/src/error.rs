@@ -93,8 +93,13 @@ pub enum SinkError {
     },
     /// Kafka will never take this record as it is (too large, invalid); the reason says why.
     /// Retrying cannot help: the record belongs in the DLQ.
-    #[error("{0}")]
-    RecordRefused(String),
+    #[error("Kafka refused the record for good: {reason} ({source})")]
+    RecordRefused {
+        /// What about the record Kafka refused, with the setting to check.
+        reason: &'static str,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
     /// No broker answered within the connect timeout: retrying later may help.
     #[error("kafka: no broker at {brokers} answered within {timeout:?}: {detail}")]
     KafkaUnreachable {

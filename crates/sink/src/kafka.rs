@@ -357,7 +357,7 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
                 }
                 Err((error, _)) => {
                     return Err(match refused_for_good(&error) {
-                        Some(reason) => SinkError::RecordRefused(reason),
+                        Some(refused) => refused,
                         None => SinkError::Kafka {
                             action: "producing".into(),
                             source: error,
@@ -521,9 +521,9 @@ const RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
 pub const DLQ_PREFIX_BYTES: usize = 64 * 1024;
 
 /// Kafka's verdict when it will never take a record as it is — larger than the topic's
-/// `max.message.bytes` or the producer's `message.max.bytes`, or invalid — as a reason for
-/// the DLQ; `None` for failures that retrying (a redelivery) can overcome.
-pub fn refused_for_good(error: &KafkaError) -> Option<String> {
+/// `max.message.bytes` or the producer's `message.max.bytes`, or invalid — as the error whose
+/// message is the DLQ reason; `None` for failures that retrying (a redelivery) can overcome.
+pub fn refused_for_good(error: &KafkaError) -> Option<SinkError> {
     let code = error.rdkafka_error_code()?;
     let what = match code {
         RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => {
@@ -534,9 +534,10 @@ pub fn refused_for_good(error: &KafkaError) -> Option<String> {
         }
         _ => return None,
     };
-    Some(format!(
-        "Kafka refused the record for good: {what} ({error})"
-    ))
+    Some(SinkError::RecordRefused {
+        reason: what,
+        source: error.clone(),
+    })
 }
 
 /// A client that only asks for metadata: a readiness probe for stages that hold no producer
