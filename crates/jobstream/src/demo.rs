@@ -8,16 +8,16 @@
 //! and every event is in Parquet, and says what went where.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use jobstream_bridge::{BridgeConfig, BridgeStats, MqttConfig, Output};
+use jobstream_bridge::{BridgeConfig, MqttConfig, Output};
 use jobstream_fleet::Message;
 use jobstream_fleet::{Fleet, FleetConfig};
 use jobstream_parser::ParserConfig;
-use jobstream_sink::consumer::{StageConfig, StageStats};
+use jobstream_sink::consumer::StageConfig;
 use jobstream_sink::kafka::KafkaConfig;
 use jobstream_sink::parquet::ParquetConfig;
 use rumqttc::QoS;
@@ -197,31 +197,15 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         cluster.bootstrap_servers()
     );
     let started = Instant::now();
-    let bridge_stats = Arc::new(BridgeStats::default());
-    let stage_stats = Arc::new(StageStats::default());
-    let stop_stage = Arc::new(AtomicBool::new(false));
-    let stage_thread = {
-        let (stats, stop) = (Arc::clone(&stage_stats), Arc::clone(&stop_stage));
-        std::thread::Builder::new()
-            .name("parquet-stage".into())
-            .spawn(move || jobstream_sink::consumer::run(stage, stats, &stop))
-            .context("starting the Parquet stage")?
-    };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let outcome = runtime.block_on(async {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let bridge_task = tokio::spawn(jobstream_bridge::run(
-            bridge,
-            Arc::clone(&bridge_stats),
-            async move {
-                let _ = done_rx.await;
-            },
-        ));
+    let running = jobstream_topology::Topology {
+        bridge: Some(bridge),
+        stage: Some(stage),
+        metrics: None,
+    }
+    .start()?;
+    let stats = running.stats();
+    let (bridge_stats, stage_stats) = (Arc::clone(&stats.bridge), Arc::clone(&stats.stage));
+    let drive = async {
         // The bridge subscribes first so that nothing is published before anyone listens.
         let deadline = Instant::now() + DEADLINE;
         while bridge_stats.connected.get() < 1 {
@@ -246,24 +230,22 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             }
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let timed_out = tokio::time::timeout(remaining, settled).await.is_err();
-        let _ = done_tx.send(());
-        let bridge_result = bridge_task.await.context("the bridge task")?;
         anyhow::ensure!(
-            !timed_out,
+            tokio::time::timeout(remaining, settled).await.is_ok(),
             "the demo did not settle within {} s (acknowledged {} of {published}, Parquet stage read {} of {events})",
             DEADLINE.as_secs(),
             bridge_stats.acknowledged.get(),
             stage_stats.records.load(Ordering::Relaxed)
         );
-        bridge_result.map_err(anyhow::Error::from)
-    });
-    stop_stage.store(true, Ordering::Relaxed);
-    let stage_result = stage_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the Parquet stage panicked"))?;
-    outcome?;
-    stage_result?;
+        Ok(())
+    };
+    match running.run_until(drive)? {
+        Some(driven) => driven?,
+        None => {
+            return Err(anyhow::anyhow!("the pipeline stopped before the demo was done").into())
+        }
+    }
+    let (bridge_stats, stage_stats) = (&stats.bridge, &stats.stage);
 
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     outln!(

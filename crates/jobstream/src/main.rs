@@ -56,6 +56,8 @@ pub const EXIT_IO: u8 = 74;
 pub const EXIT_SOFTWARE: u8 = 70;
 /// Exit code when the operating system refused a thread (sysexits EX_OSERR).
 pub const EXIT_OS: u8 = 71;
+/// Exit code when the drain did not finish in time (sysexits EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: u8 = 75;
 /// Exit code for an invalid configuration (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 
@@ -146,6 +148,39 @@ pub fn sink_exit_code(error: &jobstream_sink::SinkError) -> u8 {
             EXIT_NO_INPUT
         }
         _ => EXIT_IO,
+    }
+}
+
+/// The exit code of a bridge error: its Kafka errors map as the sink's do, except that Kafka
+/// failing in any other way is "unavailable" (69): the bridge only ever waits on it.
+pub fn bridge_exit_code(error: &jobstream_bridge::BridgeError) -> u8 {
+    use jobstream_bridge::BridgeError;
+    use jobstream_sink::SinkError;
+    match error {
+        BridgeError::Config(_) => EXIT_CONFIG,
+        BridgeError::MqttUnreachable { .. } => EXIT_UNAVAILABLE,
+        BridgeError::Kafka(error @ (SinkError::KafkaRefused { .. } | SinkError::Config { .. })) => {
+            sink_exit_code(error)
+        }
+        BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
+        BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
+        BridgeError::Parquet(_) => EXIT_IO,
+        BridgeError::Spawn { .. } => EXIT_OS,
+        BridgeError::Panicked { .. } => EXIT_SOFTWARE,
+    }
+}
+
+impl From<jobstream_topology::TopologyError> for Failure {
+    fn from(error: jobstream_topology::TopologyError) -> Self {
+        use jobstream_topology::TopologyError;
+        let code = match &error {
+            TopologyError::Runtime(_) | TopologyError::StageSpawn(_) => EXIT_OS,
+            TopologyError::MetricsBind { .. } => EXIT_CONFIG,
+            TopologyError::Bridge(error) => bridge_exit_code(error),
+            TopologyError::Stage(error) => sink_exit_code(error),
+            TopologyError::StagePanicked => EXIT_SOFTWARE,
+        };
+        Failure::new(code, error)
     }
 }
 

@@ -5,23 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jobstream_bridge::{BridgeConfig, BridgeError, BridgeStats, MqttConfig, Output};
+use jobstream_bridge::{BridgeConfig, BridgeError, MqttConfig, Output};
 use jobstream_parser::ParserConfig;
-use jobstream_sink::consumer::{StageConfig, StageStats};
+use jobstream_sink::consumer::StageConfig;
 use jobstream_sink::kafka::KafkaConfig;
 use jobstream_sink::parquet::ParquetConfig;
-use jobstream_sink::SinkError;
 use serde::Deserialize;
 
-use crate::{Failure, EXIT_CONFIG, EXIT_UNAVAILABLE};
-
-/// Exit code when the drain did not finish in time (sysexits EX_TEMPFAIL).
-pub const EXIT_TEMPFAIL: u8 = 75;
+use crate::{Failure, EXIT_CONFIG};
 
 /// The configuration file (`--config`). Every key is optional; unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -611,19 +605,6 @@ fn kafka_config(args: &RunArgs, k: KafkaSettings, brokers: String) -> Result<Kaf
     Ok(kafka)
 }
 
-/// The bridge's stats line: logged every interval, printed once at the end.
-fn print_stats(stats: &BridgeStats, output: &Output, final_line: bool) {
-    print_line(&stats.line(output), final_line);
-}
-
-fn print_line(line: &str, final_line: bool) {
-    if final_line {
-        outln!("{line}");
-    } else {
-        tracing::info!(target: "jobstream::stats", "{line}");
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -663,137 +644,39 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         ops.print_check(kafka.map(|k| &k.options));
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // Bound before anything connects: a taken port fails the start, not the first scrape.
-    let telemetry = crate::ops::Telemetry::start(&runtime, &ops)?;
-    let stats = Arc::new(
-        plan.bridge
-            .as_ref()
-            .map_or_else(BridgeStats::default, |config| {
-                BridgeStats::registered(&telemetry.registry, &telemetry.health, config)
-            }),
-    );
-    let stage_stats = Arc::new(StageStats::default());
-    let stop_stage = Arc::new(AtomicBool::new(false));
-    if let Some(config) = &plan.stage {
-        telemetry.watch_stage(&stage_stats, config, &stop_stage);
+    let running = jobstream_topology::Topology {
+        bridge: plan.bridge,
+        stage: plan.stage,
+        metrics: ops.endpoint(),
     }
-    if let Some(Output::Parquet(parquet)) = plan.bridge.as_ref().map(|b| &b.output) {
-        telemetry.watch_direct_parquet(&parquet.root);
-    }
-    let (stage_done_tx, stage_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let stage = plan.stage.map(|config| {
-        let (stats, stop) = (Arc::clone(&stage_stats), Arc::clone(&stop_stage));
-        std::thread::Builder::new()
-            .name("parquet-stage".into())
-            .spawn(move || {
-                let result = jobstream_sink::consumer::run(config, stats, &stop);
-                let _ = stage_done_tx.send(());
-                result
-            })
-    });
-    let stage = stage
-        .transpose()
-        .context("starting the Parquet stage thread")?;
-    let bridge_output = plan.bridge.as_ref().map(|b| b.output.clone());
-    let has_stage = stage.is_some();
-    let result = runtime.block_on(async {
-        let reporter = {
-            let (stats, stage_stats) = (Arc::clone(&stats), Arc::clone(&stage_stats));
-            let bridge_output = bridge_output.clone();
-            let every = args.stats_every_secs;
-            tokio::spawn(async move {
-                if every == 0 {
-                    return;
-                }
-                let mut tick = tokio::time::interval(Duration::from_secs(every));
+    .start()?;
+    let stats = running.stats();
+    if args.stats_every_secs > 0 {
+        let (stats, every) = (stats.clone(), Duration::from_secs(args.stats_every_secs));
+        running.handle().spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
                 tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    if let Some(output) = &bridge_output {
-                        print_stats(&stats, output, false);
-                    }
-                    if has_stage {
-                        print_stage_stats(&stage_stats, false);
-                    }
+                for line in stats.lines() {
+                    tracing::info!(target: "jobstream::stats", "{line}");
                 }
-            })
-        };
-        // The Parquet stage ending on its own means it failed: the whole process stops, so
-        // that a supervisor restarts it, rather than bridging on without Parquet.
-        let stage_ended = async move {
-            if has_stage {
-                let _ = stage_done_rx.await;
-            } else {
-                std::future::pending::<()>().await;
             }
-        };
-        let shutdown = async {
-            tokio::select! {
-                _ = shutdown_signal() => {
-                    tracing::warn!("draining: no new messages; finishing, confirming and acknowledging what is in flight (a second signal exits at once; nothing unconfirmed is acknowledged)");
-                    tokio::spawn(async {
-                        shutdown_signal().await;
-                        tracing::error!("second signal: exiting now; unconfirmed messages stay unacknowledged and will be redelivered");
-                        std::process::exit(130);
-                    });
-                }
-                _ = stage_ended => {}
-            }
-        };
-        let result = match plan.bridge {
-            Some(config) => jobstream_bridge::run(config, Arc::clone(&stats), shutdown).await,
-            None => {
-                shutdown.await;
-                Ok(())
-            }
-        };
-        reporter.abort();
-        result
+        });
+    }
+    let outcome = running.run_until(async {
+        shutdown_signal().await;
+        tracing::warn!("draining: no new messages; finishing, confirming and acknowledging what is in flight (a second signal exits at once; nothing unconfirmed is acknowledged)");
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::error!("second signal: exiting now; unconfirmed messages stay unacknowledged and will be redelivered");
+            std::process::exit(130);
+        });
     });
-    // A blocking task stuck on a broker that hangs (a flush, a producer teardown) must not hold
-    // the exit past the drain deadline: dropping the runtime would wait for it forever.
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    // The bridge has drained (everything it produced is in Kafka); now the stage publishes
-    // what it holds and commits.
-    stop_stage.store(true, Ordering::Relaxed);
-    let stage_result = stage.map(|handle| match handle.join() {
-        Ok(result) => result.map_err(Failure::from),
-        Err(_) => Err(Failure::new(
-            crate::EXIT_SOFTWARE,
-            anyhow::anyhow!(
-                "the Parquet stage thread panicked (a bug: please report it); its uncommitted input is read again by the next run"
-            ),
-        )),
-    });
-    if let Some(output) = &bridge_output {
-        print_stats(&stats, output, true);
+    for line in stats.lines() {
+        outln!("{line}");
     }
-    if has_stage {
-        print_stage_stats(&stage_stats, true);
-    }
-    result.map_err(|error| {
-        let code = match &error {
-            BridgeError::Config(_) => EXIT_CONFIG,
-            BridgeError::MqttUnreachable { .. } => EXIT_UNAVAILABLE,
-            BridgeError::Kafka(
-                error @ (SinkError::KafkaRefused { .. } | SinkError::Config { .. }),
-            ) => crate::sink_exit_code(error),
-            BridgeError::Kafka(_) => EXIT_UNAVAILABLE,
-            BridgeError::DrainTimeout { .. } => EXIT_TEMPFAIL,
-            BridgeError::Parquet(_) => crate::EXIT_IO,
-            BridgeError::Spawn { .. } => crate::EXIT_OS,
-            BridgeError::Panicked { .. } => crate::EXIT_SOFTWARE,
-        };
-        Failure::new(code, error)
-    })?;
-    if let Some(stage_result) = stage_result {
-        stage_result?;
-    }
+    outcome?;
     Ok(())
 }
 
@@ -871,8 +754,4 @@ fn topic_creation(kafka: &KafkaConfig) -> String {
         "missing topics created with {} partitions, replication factor {factor}",
         kafka.partitions
     )
-}
-
-fn print_stage_stats(stats: &StageStats, final_line: bool) {
-    print_line(&stats.line(), final_line);
 }
