@@ -116,7 +116,7 @@ async fn a_record_whose_delivery_failed_is_redelivered_and_reaches_kafka() {
     let mut mqtt = MqttConfig::new(format!("mqtt://127.0.0.1:{port}"));
     mqtt.client_id = "bridge-under-faults".into();
     let mut config = BridgeConfig::new(mqtt, Output::Kafka(kafka));
-    config.workers = 1;
+    config.pipeline.workers = 1;
     let stats = Arc::new(BridgeStats::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let bridge = tokio::spawn(jobstream_bridge::run(config, Arc::clone(&stats), async {

@@ -125,9 +125,93 @@ fn an_unknown_parquet_encoding_is_refused_with_the_setting_and_the_choices_named
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("parquet.encodings")
+        stderr.contains("encodings")
+            && stderr.contains("line 6")
             && stderr.contains("delta")
             && stderr.contains("plain"),
         "{stderr}"
     );
+}
+
+/// Writes `text` as a config file and runs `--check` on it.
+fn check_file(text: &str) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jobstream.toml");
+    std::fs::write(&path, text).expect("write");
+    (check([OsStr::new("--config"), path.as_os_str()]), dir)
+}
+
+#[test]
+fn an_unknown_key_in_any_section_is_refused_with_its_line() {
+    for (section, typo) in [
+        ("pipeline", "workrs = 2"),
+        ("parquet", "row_group_byte = 1024"),
+        ("mqtt", "keepalive_secs = 30"),
+    ] {
+        let text: String = [
+            ("mqtt", "url = \"mqtt://h\""),
+            ("kafka", "brokers = \"k:9092\""),
+            ("pipeline", "workers = 1"),
+            ("parquet", "max_file_rows = 10"),
+        ]
+        .iter()
+        .map(|(name, body)| match *name == section {
+            true => format!("[{name}]\n{body}\n{typo}\n"),
+            false => format!("[{name}]\n{body}\n"),
+        })
+        .collect();
+        let line = text
+            .lines()
+            .position(|l| l == typo)
+            .map_or(0, |index| index + 1);
+        let (output, _dir) = check_file(&text);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "[{section}] {typo}: {stderr}"
+        );
+        let key = typo.split(' ').next().unwrap_or_default();
+        assert!(stderr.contains(key), "[{section}] {typo}: {stderr}");
+        assert!(
+            stderr.contains(&format!("line {line}")),
+            "[{section}] {typo} is on line {line}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_zero_that_would_stall_a_stage_is_refused_naming_the_setting() {
+    for (section, key, setting) in [
+        ("pipeline", "batch_size", "pipeline.batch_size"),
+        ("pipeline", "queue_batches", "pipeline.queue_batches"),
+        ("mqtt", "connections", "mqtt.connections"),
+        ("kafka", "max_queued", "kafka.max_queued"),
+        ("parquet", "max_file_age_secs", "parquet.max_file_age_secs"),
+        ("parquet", "idle_timeout_secs", "parquet.idle_timeout_secs"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parquet_dir = dir.path().join("out");
+        // Every section present once, the one under test with its zero.
+        let mut sections = vec![
+            ("mqtt", "url = \"mqtt://h\"".to_owned()),
+            ("kafka", "brokers = \"k:9092\"".to_owned()),
+            ("pipeline", String::new()),
+            ("parquet", format!("dir = {parquet_dir:?}")),
+        ];
+        for (name, body) in &mut sections {
+            if *name == section {
+                body.push_str(&format!("\n{key} = 0"));
+            }
+        }
+        let text: String = sections
+            .iter()
+            .map(|(name, body)| format!("[{name}]\n{body}\n\n"))
+            .collect();
+        let (output, _dir) = check_file(&text);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{setting} = 0: {stderr}");
+        assert!(stderr.contains(setting), "{setting} = 0: {stderr}");
+        assert!(stderr.contains("at least 1"), "{setting} = 0: {stderr}");
+    }
 }

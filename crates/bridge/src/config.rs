@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
+use jobstream_sink::config_fields;
+use serde::Deserialize;
+
 use crate::BridgeError;
 
 /// Largest MQTT payload kept whole by default. AWS IoT Core caps payloads at 128 KiB; the
@@ -67,28 +70,26 @@ struct Connection {
     transport: Option<Transport>,
 }
 
-/// TLS material, all PEM files.
-#[derive(Debug, Clone, Default)]
-pub struct TlsFiles {
-    /// CA certificate(s) to trust; the system roots are not used when this is set.
-    pub ca: Option<PathBuf>,
-    /// Client certificate (chain) for mutual TLS.
-    pub cert: Option<PathBuf>,
-    /// Client private key: PKCS#1 (`RSA PRIVATE KEY`), PKCS#8 or SEC1.
-    pub key: Option<PathBuf>,
-    /// ALPN protocol to offer; AWS IoT Core on port 443 needs `x-amzn-mqtt-ca`.
-    pub alpn: Option<String>,
-}
-
 /// How to reach and read the MQTT broker. Its `Debug` output hides the password (in the
-/// URL and the field), so a configuration can be logged.
-#[derive(Clone)]
+/// URL and the field), so a configuration can be logged. It is the `[mqtt]` section of a
+/// configuration file, which deserializes into it (durations as `*_secs` keys, unknown keys
+/// refused); a key left out keeps the default of [`MqttConfig::new`]. [`validate`] checks the
+/// whole of it.
+///
+/// [`validate`]: MqttConfig::validate
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// `mqtt://[user[:password]@]host[:port]` (1883) or `mqtts://…` (8883, TLS).
     pub url: String,
-    /// Protocol version.
+    /// Protocol version: `3.1.1` or `5`.
+    #[serde(deserialize_with = "config_fields::parsed")]
     pub version: MqttVersion,
     /// MQTT 5: how long the broker keeps the session after a disconnect (3.1.1: ignored).
+    #[serde(
+        rename = "session_expiry_secs",
+        deserialize_with = "config_fields::seconds"
+    )]
     pub session_expiry: Duration,
     /// Base client id; connection `i` uses `<client_id>-<i>`. Must be stable across restarts:
     /// the broker keeps the unacknowledged messages of a session under it.
@@ -102,7 +103,11 @@ pub struct MqttConfig {
     /// 1 (default): acknowledged after Kafka has the event. 0: fire-and-forget, a crash
     /// loses what was in flight.
     pub qos: u8,
-    /// Keep-alive interval.
+    /// Keep-alive interval (at least 5 seconds).
+    #[serde(
+        rename = "keep_alive_secs",
+        deserialize_with = "config_fields::seconds"
+    )]
     pub keep_alive: Duration,
     /// Largest payload kept whole; larger ones are cut to their first 64 KiB on arrival and
     /// go to the DLQ (`payload_too_large`), acknowledged like any reject. Every packet is read
@@ -112,9 +117,20 @@ pub struct MqttConfig {
     /// Requests queued to the client (acks, subscribes) before `ack` waits.
     pub request_capacity: usize,
     /// How long the first connection may take before `run` gives up.
+    #[serde(
+        rename = "connect_timeout_secs",
+        deserialize_with = "config_fields::seconds"
+    )]
     pub connect_timeout: Duration,
-    /// TLS files (with `mqtts://`).
-    pub tls: TlsFiles,
+    /// `mqtts://`: CA certificate(s) to trust (PEM); the system roots are not used.
+    pub ca: Option<PathBuf>,
+    /// Mutual TLS: client certificate (chain), PEM.
+    pub cert: Option<PathBuf>,
+    /// Mutual TLS: client private key, PEM: PKCS#1 (`RSA PRIVATE KEY`), PKCS#8 or SEC1.
+    pub key: Option<PathBuf>,
+    /// ALPN protocol to offer; AWS IoT Core on port 443 needs `x-amzn-mqtt-ca` (offered
+    /// there unless set).
+    pub alpn: Option<String>,
     /// User name (overrides the URL's).
     pub username: Option<String>,
     /// Password (overrides the URL's). Never logged.
@@ -136,10 +152,21 @@ impl std::fmt::Debug for MqttConfig {
             .field("max_packet_bytes", &self.max_packet_bytes)
             .field("request_capacity", &self.request_capacity)
             .field("connect_timeout", &self.connect_timeout)
-            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("alpn", &self.alpn)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
+    }
+}
+
+impl Default for MqttConfig {
+    /// The defaults of [`MqttConfig::new`] with no URL yet (a configuration file may leave it
+    /// to a flag).
+    fn default() -> Self {
+        MqttConfig::new("")
     }
 }
 
@@ -162,10 +189,73 @@ impl MqttConfig {
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             request_capacity: 4096,
             connect_timeout: Duration::from_secs(30),
-            tls: TlsFiles::default(),
+            ca: None,
+            cert: None,
+            key: None,
+            alpn: None,
             username: None,
             password: None,
         }
+    }
+
+    /// Checks every setting before anything connects: the URL, the TLS files it needs, and
+    /// each number in range.
+    ///
+    /// # Errors
+    /// [`BridgeError::InvalidSetting`] naming the first setting out of range, or
+    /// [`BridgeError::Config`] for the URL and TLS files.
+    pub fn validate(&self) -> Result<(), BridgeError> {
+        let invalid = |setting: &'static str, value: String, reason: &str| {
+            Err(BridgeError::InvalidSetting {
+                setting,
+                value,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.session_expiry.is_zero() {
+            return invalid(
+                "mqtt.session_expiry_secs",
+                "0".into(),
+                "must be at least 1: with 0 the broker forgets the unacknowledged messages when the connection drops",
+            );
+        }
+        if self.connections == 0 {
+            return invalid("mqtt.connections", "0".into(), "must be at least 1");
+        }
+        if self.filters.is_empty() {
+            return invalid(
+                "mqtt.filters",
+                "[]".into(),
+                "must name at least one topic filter",
+            );
+        }
+        if self.max_packet_bytes < 1024 {
+            return invalid(
+                "mqtt.max_packet_bytes",
+                self.max_packet_bytes.to_string(),
+                "must be at least 1024 (AWS IoT Core sends up to 131072)",
+            );
+        }
+        if self.keep_alive < Duration::from_secs(5) {
+            return invalid(
+                "mqtt.keep_alive_secs",
+                self.keep_alive.as_secs().to_string(),
+                "must be at least 5",
+            );
+        }
+        if self.connect_timeout.is_zero() {
+            return invalid(
+                "mqtt.connect_timeout_secs",
+                "0".into(),
+                "must be at least 1",
+            );
+        }
+        if self.request_capacity == 0 {
+            return invalid("mqtt.request_capacity", "0".into(), "must be at least 1");
+        }
+        self.qos()?;
+        // The URL and the TLS files, as the first connection would read them.
+        self.options(0).map(|_| ())
     }
 
     /// The QoS to subscribe with.
@@ -176,9 +266,11 @@ impl MqttConfig {
         match self.qos {
             0 => Ok(QoS::AtMostOnce),
             1 => Ok(QoS::AtLeastOnce),
-            other => Err(BridgeError::Config(format!(
-                "mqtt qos must be 0 or 1, got {other} (QoS 2 adds nothing here: Kafka is the dedup point)"
-            ))),
+            other => Err(BridgeError::InvalidSetting {
+                setting: "mqtt.qos",
+                value: other.to_string(),
+                reason: format!("must be 0 or 1, got {other} (QoS 2 adds nothing here: Kafka is the dedup point)"),
+            }),
         }
     }
 
@@ -257,10 +349,7 @@ impl MqttConfig {
         let url = ParsedUrl::parse(&self.url)?;
         // Checked whatever the scheme, so that a mistyped path is named as such rather than
         // as a scheme mismatch or a PEM error.
-        for path in [&self.tls.ca, &self.tls.cert, &self.tls.key]
-            .into_iter()
-            .flatten()
-        {
+        for path in [&self.ca, &self.cert, &self.key].into_iter().flatten() {
             if !path.is_file() {
                 return Err(BridgeError::Config(format!(
                     "TLS file {} does not exist",
@@ -279,7 +368,7 @@ impl MqttConfig {
             Some(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(self.rustls_config(url.port)?),
             )))
-        } else if self.tls.cert.is_some() || self.tls.ca.is_some() {
+        } else if self.cert.is_some() || self.ca.is_some() {
             return Err(BridgeError::Config(format!(
                 "TLS files are set but the URL {} is not mqtts://",
                 redact(&self.url)
@@ -301,7 +390,7 @@ impl MqttConfig {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
         let mut roots = rustls::RootCertStore::empty();
-        match &self.tls.ca {
+        match &self.ca {
             Some(ca) => {
                 let certs = CertificateDer::pem_file_iter(ca)
                     .map_err(|e| tls_error(ca, "CA file", e))?
@@ -331,7 +420,7 @@ impl MqttConfig {
             .with_safe_default_protocol_versions()
             .map_err(|e| BridgeError::Config(format!("TLS setup: {e}")))?
             .with_root_certificates(roots);
-        let mut config = match (&self.tls.cert, &self.tls.key) {
+        let mut config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .map_err(|e| tls_error(cert, "client certificate", e))?
@@ -351,7 +440,6 @@ impl MqttConfig {
             }
         };
         let alpn = self
-            .tls
             .alpn
             .clone()
             .or_else(|| (port == 443).then(|| "x-amzn-mqtt-ca".to_owned()));

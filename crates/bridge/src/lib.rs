@@ -53,11 +53,11 @@ mod settings;
 mod stats;
 mod worker;
 
-pub use config::{MqttConfig, MqttVersion, TlsFiles};
+pub use config::{MqttConfig, MqttVersion};
 pub use direct::DEFAULT_DIRECT_FILE_AGE;
 pub use mqtt::MqttError;
 pub use pipeline::run;
-pub use settings::{BridgeConfig, Output};
+pub use settings::{BridgeConfig, Output, PipelineConfig};
 pub use stats::BridgeStats;
 
 /// What can stop the bridge. Each variant is one cause, so the binary picks an exit code by
@@ -65,9 +65,19 @@ pub use stats::BridgeStats;
 /// cause is also its [`source`](std::error::Error::source) for code that walks the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    /// A setting is invalid; the message names it.
+    /// The URL or the TLS material is unusable; the message names the file or the URL.
     #[error("configuration: {0}")]
     Config(String),
+    /// A setting is out of range.
+    #[error("invalid setting {setting} = {value}: {reason}")]
+    InvalidSetting {
+        /// The setting's name as users write it in a configuration file.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
     /// No connection to the MQTT broker came up within the connect timeout (each failed attempt
     /// is logged with its cause as it happens).
     #[error("mqtt: no connection to {url} within {within:?}")]

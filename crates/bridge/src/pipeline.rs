@@ -40,23 +40,25 @@ pub async fn run(
     stats: Arc<BridgeStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BridgeError> {
+    config.validate()?;
     let qos = config.mqtt.qos()?;
-    let connections = config.mqtt.connections.max(1);
+    let connections = config.mqtt.connections;
     let mut clients = Vec::with_capacity(connections);
     for index in 0..connections {
         clients.push(mqtt::connect(&config.mqtt, index)?);
     }
     // Direct Parquet acknowledges in input order, so its window confirms at once; Kafka
     // confirms out of order, so its window holds ids in flight and the copies waiting on them.
-    let dedup: Arc<DedupWindow> = Arc::new(DedupWindow::new(config.dedup_window));
-    let claims: Arc<DedupWindow<Option<Token>>> = Arc::new(DedupWindow::new(config.dedup_window));
+    let dedup: Arc<DedupWindow> = Arc::new(DedupWindow::new(config.pipeline.dedup_window));
+    let claims: Arc<DedupWindow<Option<Token>>> =
+        Arc::new(DedupWindow::new(config.pipeline.dedup_window));
     let (direct, kafka) = match &config.output {
         Output::Parquet(parquet) => {
             let writer = DirectWriter::open(
                 parquet.clone(),
                 &config.mqtt.client_id,
                 &dedup,
-                config.dedup_window,
+                config.pipeline.dedup_window,
                 config.crash,
             )?;
             (Some(writer), None)
@@ -155,7 +157,7 @@ pub async fn run(
     let sink = sink.transpose()?;
 
     // Network tasks → batchers → (crossbeam, bounded) → parser workers → Kafka.
-    let (batch_tx, batch_rx) = xchan::bounded::<Vec<Inbound>>(config.queue_batches.max(1));
+    let (batch_tx, batch_rx) = xchan::bounded::<Vec<Inbound>>(config.pipeline.queue_batches.max(1));
     let mut workers = Vec::new();
     // The writer failing (a full disk) stops the run like a signal would; what it had not
     // completed stays unacknowledged.
@@ -166,7 +168,7 @@ pub async fn run(
         let stats = Arc::clone(&stats);
         let completion_tx = Arc::clone(&completion_tx);
         let throttle = Arc::clone(&throttle);
-        let parser_config = config.parser.clone();
+        let parser_config = config.pipeline.parser();
         let failed = Arc::clone(&writer_failed);
         let handle = std::thread::Builder::new()
             .name("jobstream-parquet-writer".to_owned())
@@ -192,7 +194,7 @@ pub async fn run(
         workers.push(handle);
     }
     let kafka_workers = if sink.is_some() {
-        config.workers.max(1)
+        config.pipeline.workers.max(1)
     } else {
         0
     };
@@ -206,7 +208,7 @@ pub async fn run(
         let stats = Arc::clone(&stats);
         let completion_tx = Arc::clone(&completion_tx);
         let throttle = Arc::clone(&throttle);
-        let parser_config = config.parser.clone();
+        let parser_config = config.pipeline.parser();
         let handle = std::thread::Builder::new()
             .name(format!("jobstream-parser-{index}"))
             .spawn(move || {
@@ -243,14 +245,14 @@ pub async fn run(
     for (index, ((client, eventloop), completions)) in
         clients.into_iter().zip(completion_rx).enumerate()
     {
-        let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(config.batch_size * 4);
+        let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(config.pipeline.batch_size * 4);
         let epoch = Arc::new(AtomicU32::new(0));
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         first_connects.push(connected_rx);
         tokio::spawn(batcher(
             inbound_rx,
             batch_tx.clone(),
-            config.batch_size,
+            config.pipeline.batch_size,
             Arc::clone(&drain_notify),
             stats.handoff_queue.clone(),
         ));
@@ -339,7 +341,10 @@ pub async fn run(
             });
             let writer_error = joined.await.ok().flatten();
             phase.store(PHASE_KAFKA, Ordering::SeqCst);
-            let remaining = config.drain_timeout.saturating_sub(started.elapsed());
+            let remaining = config
+                .pipeline
+                .drain_timeout
+                .saturating_sub(started.elapsed());
             let flush_sink = sink.clone();
             let flushed = tokio::task::spawn_blocking(move || match flush_sink {
                 Some(sink) => sink.flush(remaining),
@@ -368,7 +373,7 @@ pub async fn run(
             }
         }
     };
-    let stuck = match tokio::time::timeout(config.drain_timeout, drain).await {
+    let stuck = match tokio::time::timeout(config.pipeline.drain_timeout, drain).await {
         Ok(Ok(())) => {
             tracing::info!(took = ?started.elapsed(), "drained");
             return Ok(());
@@ -407,7 +412,7 @@ pub async fn run(
         DrainStuck::Failed(error) => return Err(error),
     };
     Err(BridgeError::DrainTimeout {
-        after: config.drain_timeout,
+        after: config.pipeline.drain_timeout,
         stuck,
     })
 }

@@ -186,11 +186,12 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         format!("{PREFIX}jobExecution/+/+"),
     ];
     let mut bridge = BridgeConfig::new(mqtt, Output::Kafka(kafka.clone()));
-    bridge.parser = parser.clone();
+    bridge.pipeline.topic_prefix = parser.topic_prefix.clone();
+    bridge.pipeline.max_payload_bytes = parser.max_payload_bytes;
 
     let mut stage = StageConfig::new(kafka.clone(), ParquetConfig::new(&parquet_root));
     stage.parser = parser;
-    stage.group_id = "jobstream-demo".to_owned();
+    stage.parquet.group_id = "jobstream-demo".to_owned();
 
     outln!(
         "in-process MQTT broker on 127.0.0.1:{port} (topics under {PREFIX}), Kafka mock cluster at {}",

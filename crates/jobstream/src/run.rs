@@ -3,13 +3,11 @@
 //! wins over the defaults). Which stages run follows from what is configured: an MQTT URL runs
 //! the bridge, a Parquet directory runs the sink stage; Kafka sits between them either way.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jobstream_bridge::{BridgeConfig, BridgeError, MqttConfig, Output};
-use jobstream_parser::ParserConfig;
+use jobstream_bridge::{BridgeConfig, BridgeError, MqttConfig, Output, PipelineConfig};
 use jobstream_sink::consumer::StageConfig;
 use jobstream_sink::kafka::KafkaConfig;
 use jobstream_sink::parquet::ParquetConfig;
@@ -17,151 +15,58 @@ use serde::Deserialize;
 
 use crate::{Failure, EXIT_CONFIG};
 
-/// The configuration file (`--config`). Every key is optional; unknown keys are errors.
+/// The configuration file (`--config`): each section is the configuration of the library
+/// that owns it and deserializes itself there, with its defaults, its documented keys and
+/// unknown keys refused. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// The MQTT side.
-    pub mqtt: MqttSettings,
-    /// The Kafka side.
-    pub kafka: KafkaSettings,
-    /// Parsing and hand-off.
-    pub pipeline: PipelineSettings,
-    /// The Kafka → Parquet stage.
-    pub parquet: ParquetSettings,
-    /// The `/metrics`, `/health` and `/ready` endpoint.
+    /// `[mqtt]`: the MQTT side.
+    pub mqtt: MqttConfig,
+    /// `[kafka]`: the Kafka side.
+    pub kafka: KafkaConfig,
+    /// `[pipeline]`: parsing and hand-off.
+    pub pipeline: PipelineConfig,
+    /// `[parquet]`: the Parquet files and the Kafka → Parquet stage.
+    pub parquet: ParquetConfig,
+    /// `[metrics]`: the `/metrics`, `/health` and `/ready` endpoint.
     pub metrics: crate::ops::MetricsSettings,
-    /// Log format and filter.
+    /// `[log]`: log format and filter.
     pub log: crate::ops::LogSettings,
 }
 
-/// `[parquet]`: the Kafka → Parquet stage (runs when `dir` is set).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ParquetSettings {
-    /// Root directory of the two tables.
-    pub dir: Option<PathBuf>,
-    /// Kafka consumer group; processes with the same group share the partitions.
-    pub group_id: Option<String>,
-    /// zstd (default), lz4, snappy or none; `zstd:LEVEL` sets the level.
-    pub compression: Option<String>,
-    /// Page encoding of ids, ARNs and status details: delta (default) or plain (for readers
-    /// without the delta encodings, such as Spark before 3.3).
-    pub encodings: Option<String>,
-    /// A file is published once it holds this many rows…
-    pub max_file_rows: Option<u64>,
-    /// …or this many bytes…
-    pub max_file_bytes: Option<u64>,
-    /// …or has been open this long, seconds…
-    pub max_file_age_secs: Option<u64>,
-    /// …or has received nothing for this long, seconds.
-    pub idle_timeout_secs: Option<u64>,
-    /// Encoded bytes buffered before a row group is flushed (memory per open file).
-    pub row_group_bytes: Option<usize>,
-    /// Offsets per partition looked back at for an earlier copy of an event (same eventId);
-    /// a copy found there is not written. 0 writes every copy.
-    pub dedup_window: Option<u64>,
+/// A configuration file, read: the settings, and which keys it wrote (some defaults depend on
+/// what is left out).
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    /// The settings, defaults filled in.
+    pub settings: Settings,
+    /// The file as written.
+    written: toml::Table,
 }
 
-/// `[mqtt]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttSettings {
-    /// `mqtt://host:port` or `mqtts://host:port`.
-    pub url: Option<String>,
-    /// Protocol version: "3.1.1" (default) or "5".
-    pub version: Option<String>,
-    /// MQTT 5: how long the broker keeps the session after a disconnect, seconds.
-    pub session_expiry_secs: Option<u64>,
-    /// Stable base client id (the broker keeps unacknowledged messages under it).
-    pub client_id: Option<String>,
-    /// Parallel connections (joined in a shared subscription when more than one).
-    pub connections: Option<usize>,
-    /// Shared subscription group name.
-    pub share_group: Option<String>,
-    /// Topic filters.
-    pub filters: Option<Vec<String>>,
-    /// 1 (acknowledged after Kafka) or 0 (fire-and-forget).
-    pub qos: Option<u8>,
-    /// Keep-alive, seconds.
-    pub keep_alive_secs: Option<u64>,
-    /// Largest payload kept whole; larger ones go to the DLQ cut to their first 64 KiB.
-    pub max_packet_bytes: Option<usize>,
-    /// How long the first connection may take, seconds.
-    pub connect_timeout_secs: Option<u64>,
-    /// User name.
-    pub username: Option<String>,
-    /// Password (prefer JOBSTREAM_MQTT_PASSWORD).
-    pub password: Option<String>,
-    /// CA certificate file (PEM).
-    pub ca: Option<PathBuf>,
-    /// Client certificate file (PEM).
-    pub cert: Option<PathBuf>,
-    /// Client key file (PEM; PKCS#1 or PKCS#8).
-    pub key: Option<PathBuf>,
-    /// ALPN protocol (`x-amzn-mqtt-ca` for AWS IoT Core on port 443; automatic there).
-    pub alpn: Option<String>,
+impl ConfigFile {
+    /// Whether the file sets `key` in `[section]`.
+    fn sets(&self, section: &str, key: &str) -> bool {
+        self.written
+            .get(section)
+            .and_then(toml::Value::as_table)
+            .is_some_and(|table| table.contains_key(key))
+    }
 }
 
-/// `[kafka]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaSettings {
-    /// `bootstrap.servers`.
-    pub brokers: Option<String>,
-    /// Topic for JOB events.
-    pub job_topic: Option<String>,
-    /// Topic for JOB_EXECUTION events.
-    pub execution_topic: Option<String>,
-    /// Topic for rejects.
-    pub dlq_topic: Option<String>,
-    /// lz4, zstd, snappy, gzip or none.
-    pub compression: Option<String>,
-    /// Partitions of topics created at start.
-    pub partitions: Option<i32>,
-    /// Replication factor of topics created at start (unset: the broker's
-    /// `default.replication.factor`).
-    pub replication: Option<i32>,
-    /// Seconds the first connection may take before `run` gives up.
-    pub connect_timeout_secs: Option<u64>,
-    /// Create missing topics at start.
-    pub create_topics: Option<bool>,
-    /// Settings of the topics created at start (`min.insync.replicas`, `retention.ms`, …).
-    pub topic_config: BTreeMap<String, String>,
-    /// Records librdkafka may queue before producing waits (memory bound).
-    pub max_queued: Option<usize>,
-    /// librdkafka options passed through as they are.
-    pub options: BTreeMap<String, String>,
-}
-
-/// `[pipeline]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineSettings {
-    /// Prefix before `job/` and `jobExecution/`.
-    pub topic_prefix: Option<String>,
-    /// Larger payloads go to the DLQ.
-    pub max_payload_bytes: Option<usize>,
-    /// Parser worker threads (MQTT → Kafka; MQTT → Parquet has one writer thread).
-    pub workers: Option<usize>,
-    /// Messages per hand-off batch.
-    pub batch_size: Option<usize>,
-    /// Batches queued between the network and the parsers.
-    pub queue_batches: Option<usize>,
-    /// Event ids remembered for duplicate detection (0 disables it).
-    pub dedup_window: Option<usize>,
-    /// Graceful shutdown deadline, seconds.
-    pub drain_timeout_secs: Option<u64>,
-}
-
-/// Reads and checks a configuration file.
+/// Reads a configuration file: every section into its library's config.
 ///
 /// # Errors
 /// The file cannot be read, or is not valid (the message names the key and line).
-pub fn load_settings(path: &Path) -> anyhow::Result<Settings> {
+fn load(path: &Path) -> anyhow::Result<ConfigFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    let invalid = |e: toml::de::Error| anyhow::anyhow!("config file {}: {e}", path.display());
+    Ok(ConfigFile {
+        settings: toml::from_str(&text).map_err(invalid)?,
+        written: toml::from_str(&text).map_err(invalid)?,
+    })
 }
 
 /// How to authenticate to the MQTT broker: the flags `run` and `simulate` share.
@@ -190,10 +95,10 @@ pub struct MqttAuthArgs {
 impl MqttAuthArgs {
     /// Sets TLS files and credentials on `mqtt`, each flag winning over what is there.
     pub fn apply(&self, mqtt: &mut MqttConfig) {
-        mqtt.tls.ca = self.mqtt_ca.clone().or(mqtt.tls.ca.take());
-        mqtt.tls.cert = self.mqtt_cert.clone().or(mqtt.tls.cert.take());
-        mqtt.tls.key = self.mqtt_key.clone().or(mqtt.tls.key.take());
-        mqtt.tls.alpn = self.mqtt_alpn.clone().or(mqtt.tls.alpn.take());
+        mqtt.ca = self.mqtt_ca.clone().or(mqtt.ca.take());
+        mqtt.cert = self.mqtt_cert.clone().or(mqtt.cert.take());
+        mqtt.key = self.mqtt_key.clone().or(mqtt.key.take());
+        mqtt.alpn = self.mqtt_alpn.clone().or(mqtt.alpn.take());
         mqtt.username = self.mqtt_username.clone().or(mqtt.username.take());
         mqtt.password = self.mqtt_password.clone().or(mqtt.password.take());
     }
@@ -316,104 +221,134 @@ pub struct Plan {
 
 /// Builds the plan from defaults, the file, the environment and the flags.
 pub fn plan(args: &RunArgs) -> Result<Plan, Failure> {
-    let settings = match &args.config {
-        Some(path) => load_settings(path).map_err(|e| Failure::new(EXIT_CONFIG, e))?,
-        None => Settings::default(),
+    let file = match &args.config {
+        Some(path) => load(path).map_err(|e| Failure::new(EXIT_CONFIG, e))?,
+        None => ConfigFile::default(),
     };
-    let (m, k, p, q) = (
-        settings.mqtt,
-        settings.kafka,
-        settings.pipeline,
-        settings.parquet,
-    );
-    let url = args.mqtt.clone().or(m.url.clone());
-    let parquet_dir = args.parquet.clone().or(q.dir.clone());
-    if url.is_none() && parquet_dir.is_none() {
+    let direct_file_age_unset =
+        args.max_file_age_secs.is_none() && !file.sets("parquet", "max_file_age_secs");
+    let mut settings = file.settings;
+    layer_flags(args, &mut settings)?;
+    let Settings {
+        mqtt,
+        kafka,
+        pipeline,
+        mut parquet,
+        ..
+    } = settings;
+    let bridges = !mqtt.url.is_empty();
+    let writes_parquet = !parquet.root.as_os_str().is_empty();
+    if !bridges && !writes_parquet {
         return Err(config_error(
             "nothing to run: pass --mqtt mqtt://host:1883 to bridge MQTT into Kafka, --parquet DIR to write Kafka's events to Parquet, or both (or set mqtt.url / parquet.dir in --config)",
         ));
     }
-    if args.stop_at_end && (url.is_some() || parquet_dir.is_none()) {
+    if args.stop_at_end && (bridges || !writes_parquet) {
         return Err(config_error(
             "--stop-at-end applies to the Parquet stage alone: pass --parquet DIR without --mqtt",
         ));
     }
-    let brokers = args.kafka.clone().or(k.brokers.clone());
-    let parser = ParserConfig {
-        topic_prefix: args
-            .topic_prefix
-            .clone()
-            .or(p.topic_prefix.clone())
-            .unwrap_or_else(|| jobstream_parser::DEFAULT_PREFIX.to_owned()),
-        max_payload_bytes: p
-            .max_payload_bytes
-            .unwrap_or(jobstream_parser::DEFAULT_MAX_PAYLOAD_BYTES),
+    let bridge_config = |output| {
+        let mut bridge = BridgeConfig::new(mqtt.clone(), output);
+        bridge.pipeline = pipeline.clone();
+        bridge.crash = crash_point();
+        bridge.validate().map_err(invalid)?;
+        Ok::<_, Failure>(bridge)
     };
-    let Some(brokers) = brokers else {
-        // MQTT straight to Parquet: no Kafka, no consumer group.
-        return match (url, parquet_dir) {
-            (Some(url), Some(dir)) => {
-                let mut parquet = parquet_config(args, &q, dir)?;
-                if args.max_file_age_secs.or(q.max_file_age_secs).is_none() {
-                    parquet.max_file_age = Some(jobstream_bridge::DEFAULT_DIRECT_FILE_AGE);
-                }
-                let mut bridge = bridge_config(args, m, p, url, Output::Parquet(parquet), parser)?;
-                bridge.crash = crash_point();
-                Ok(Plan {
-                    bridge: Some(bridge),
-                    stage: None,
-                })
-            }
-            _ => Err(config_error(
+    if kafka.brokers.is_empty() {
+        if !(bridges && writes_parquet) {
+            return Err(config_error(
                 "no Kafka brokers: pass --kafka host:9092 (or set kafka.brokers in --config, or JOBSTREAM_KAFKA_BROKERS); to write MQTT straight to Parquet without Kafka, pass both --mqtt and --parquet",
-            )),
-        };
+            ));
+        }
+        // MQTT straight to Parquet: no Kafka, no consumer group; files roll often, since
+        // their messages stay unacknowledged until they are published.
+        if direct_file_age_unset {
+            parquet.max_file_age = Some(jobstream_bridge::DEFAULT_DIRECT_FILE_AGE);
+        }
+        return Ok(Plan {
+            bridge: Some(bridge_config(Output::Parquet(parquet))?),
+            stage: None,
+        });
+    }
+    let stage = if writes_parquet {
+        let mut stage = StageConfig::new(kafka.clone(), parquet);
+        stage.parser = pipeline.parser();
+        stage.stop_at_end = args.stop_at_end;
+        stage.crash = crash_point();
+        stage.validate().map_err(|e| config_error(e.to_string()))?;
+        Some(stage)
+    } else {
+        kafka.validate().map_err(|e| config_error(e.to_string()))?;
+        None
     };
-    let kafka = kafka_config(args, k, brokers)?;
-    let stage = match parquet_dir {
-        Some(dir) => Some(stage_config(args, q, dir, kafka.clone(), parser.clone())?),
-        None => None,
-    };
-    let bridge = match url {
-        Some(url) => Some(bridge_config(
-            args,
-            m,
-            p,
-            url,
-            Output::Kafka(kafka),
-            parser,
-        )?),
-        None => None,
+    let bridge = if bridges {
+        Some(bridge_config(Output::Kafka(kafka))?)
+    } else {
+        None
     };
     Ok(Plan { bridge, stage })
 }
 
-fn stage_config(
-    args: &RunArgs,
-    q: ParquetSettings,
-    dir: PathBuf,
-    kafka: KafkaConfig,
-    parser: ParserConfig,
-) -> Result<StageConfig, Failure> {
-    let parquet = parquet_config(args, &q, dir)?;
-    let mut stage = StageConfig::new(kafka, parquet);
-    if let Some(v) = args.group_id.clone().or(q.group_id) {
-        if v.is_empty() {
-            return Err(config_error("parquet.group_id must not be empty"));
+fn invalid(error: BridgeError) -> Failure {
+    config_error(error.to_string())
+}
+
+/// The flags and `JOBSTREAM_*` variables, each winning over what the file says.
+fn layer_flags(args: &RunArgs, settings: &mut Settings) -> Result<(), Failure> {
+    fn set<T: Clone>(target: &mut T, flag: &Option<T>) {
+        if let Some(value) = flag {
+            *target = value.clone();
         }
-        stage.group_id = v;
     }
-    stage.parser = parser;
-    stage.stop_at_end = args.stop_at_end;
-    if let Some(v) = args.parquet_dedup_window.or(q.dedup_window) {
-        stage.dedup_window = v;
+    let Settings {
+        mqtt,
+        kafka,
+        pipeline,
+        parquet,
+        ..
+    } = settings;
+    set(&mut mqtt.url, &args.mqtt);
+    if let Some(version) = &args.mqtt_version {
+        mqtt.version = version.parse().map_err(|e: BridgeError| {
+            config_error(format!("mqtt.version / --mqtt-version: {e}"))
+        })?;
     }
-    stage.crash = crash_point();
-    stage
-        .kafka
-        .consumer_config(&stage.group_id)
-        .map_err(|e| config_error(e.to_string()))?;
-    Ok(stage)
+    if let Some(secs) = args.mqtt_session_expiry_secs {
+        mqtt.session_expiry = Duration::from_secs(secs);
+    }
+    set(&mut mqtt.max_packet_bytes, &args.mqtt_max_packet_bytes);
+    set(&mut mqtt.client_id, &args.client_id);
+    set(&mut mqtt.connections, &args.connections);
+    set(&mut mqtt.filters, &args.filters);
+    set(&mut mqtt.qos, &args.qos);
+    args.mqtt_auth.apply(mqtt);
+    if let Some(secs) = args.connect_timeout_secs {
+        mqtt.connect_timeout = Duration::from_secs(secs);
+        kafka.connect_timeout = Duration::from_secs(secs);
+    }
+
+    set(&mut kafka.brokers, &args.kafka);
+    kafka.options.extend(args.kafka_options.iter().cloned());
+    if let Some(v) = &args.kafka_username {
+        kafka.options.insert("sasl.username".into(), v.clone());
+    }
+    if let Some(v) = &args.kafka_password {
+        kafka.options.insert("sasl.password".into(), v.clone());
+    }
+
+    set(&mut pipeline.topic_prefix, &args.topic_prefix);
+    set(&mut pipeline.workers, &args.workers);
+    set(&mut pipeline.dedup_window, &args.dedup_window);
+
+    set(&mut parquet.root, &args.parquet);
+    set(&mut parquet.group_id, &args.group_id);
+    set(&mut parquet.max_file_rows, &args.max_file_rows);
+    set(&mut parquet.dedup_window, &args.parquet_dedup_window);
+    if let Some(secs) = args.max_file_age_secs {
+        parquet.max_file_age = Some(Duration::from_secs(secs));
+    }
+    Ok(())
 }
 
 /// Fault injection for the crash tests (test_parquet_stage.py, test_direct_parquet.py): abort
@@ -432,177 +367,6 @@ fn crash_point() -> jobstream_sink::CrashPoint {
 #[cfg(not(feature = "fault-injection"))]
 fn crash_point() -> jobstream_sink::CrashPoint {
     jobstream_sink::CrashPoint::never()
-}
-
-/// The `[parquet]` settings and flags both Parquet writers share (the Kafka stage and direct
-/// MQTT → Parquet).
-fn parquet_config(
-    args: &RunArgs,
-    q: &ParquetSettings,
-    dir: PathBuf,
-) -> Result<ParquetConfig, Failure> {
-    let mut parquet = ParquetConfig::new(dir);
-    if let Some(v) = &q.compression {
-        parquet.codec = v
-            .parse()
-            .map_err(|e| config_error(format!("parquet.compression = {v:?}: {e}")))?;
-    }
-    if let Some(v) = &q.encodings {
-        parquet.encodings = v
-            .parse()
-            .map_err(|e| config_error(format!("parquet.encodings = {v:?}: {e}")))?;
-    }
-    if let Some(v) = args.max_file_rows.or(q.max_file_rows) {
-        parquet.max_file_rows = v;
-    }
-    if let Some(v) = q.max_file_bytes {
-        parquet.max_file_bytes = v;
-    }
-    if let Some(v) = args.max_file_age_secs.or(q.max_file_age_secs) {
-        parquet.max_file_age = Some(Duration::from_secs(v.max(1)));
-    }
-    if let Some(v) = q.idle_timeout_secs {
-        parquet.idle_timeout = Some(Duration::from_secs(v.max(1)));
-    }
-    if let Some(v) = q.row_group_bytes {
-        parquet.row_group_bytes = v;
-    }
-    parquet
-        .validate()
-        .map_err(|e| config_error(e.to_string()))?;
-    Ok(parquet)
-}
-
-fn bridge_config(
-    args: &RunArgs,
-    m: MqttSettings,
-    p: PipelineSettings,
-    url: String,
-    output: Output,
-    parser: ParserConfig,
-) -> Result<BridgeConfig, Failure> {
-    let mut mqtt = MqttConfig::new(url);
-    if let Some(v) = args.mqtt_version.clone().or(m.version) {
-        mqtt.version = v.parse().map_err(|e: BridgeError| {
-            config_error(format!("mqtt.version / --mqtt-version: {e}"))
-        })?;
-    }
-    if let Some(v) = args.mqtt_session_expiry_secs.or(m.session_expiry_secs) {
-        if v == 0 {
-            return Err(config_error(
-                "mqtt.session_expiry_secs must be at least 1: with 0 the broker forgets the unacknowledged messages when the connection drops",
-            ));
-        }
-        mqtt.session_expiry = Duration::from_secs(v);
-    }
-    if let Some(v) = args.client_id.clone().or(m.client_id) {
-        mqtt.client_id = v;
-    }
-    if let Some(v) = args.connections.or(m.connections) {
-        if v == 0 {
-            return Err(config_error("mqtt.connections must be at least 1"));
-        }
-        mqtt.connections = v;
-    }
-    if let Some(v) = m.share_group {
-        mqtt.share_group = v;
-    }
-    if let Some(v) = args.filters.clone().or(m.filters) {
-        if v.is_empty() {
-            return Err(config_error(
-                "mqtt.filters must name at least one topic filter",
-            ));
-        }
-        mqtt.filters = v;
-    }
-    if let Some(v) = args.qos.or(m.qos) {
-        mqtt.qos = v;
-    }
-    if let Some(v) = args.mqtt_max_packet_bytes.or(m.max_packet_bytes) {
-        if v < 1024 {
-            return Err(config_error(format!(
-                "mqtt.max_packet_bytes / --mqtt-max-packet-bytes = {v}: must be at least 1024 (AWS IoT Core sends up to 131072)"
-            )));
-        }
-        mqtt.max_packet_bytes = v;
-    }
-    if let Some(v) = m.keep_alive_secs {
-        mqtt.keep_alive = Duration::from_secs(v.max(5));
-    }
-    if let Some(v) = args.connect_timeout_secs.or(m.connect_timeout_secs) {
-        mqtt.connect_timeout = Duration::from_secs(v.max(1));
-    }
-    mqtt.username = m.username;
-    mqtt.password = m.password;
-    mqtt.tls.ca = m.ca;
-    mqtt.tls.cert = m.cert;
-    mqtt.tls.key = m.key;
-    mqtt.tls.alpn = m.alpn;
-    args.mqtt_auth.apply(&mut mqtt);
-    mqtt.qos().map_err(|e| config_error(e.to_string()))?;
-    // Surfaces URL and TLS errors before anything connects.
-    mqtt.options(0).map_err(|e| config_error(e.to_string()))?;
-
-    let mut config = BridgeConfig::new(mqtt, output);
-    config.parser = parser;
-    if let Some(v) = args.workers.or(p.workers) {
-        config.workers = v.max(1);
-    }
-    if let Some(v) = p.batch_size {
-        config.batch_size = v.max(1);
-    }
-    if let Some(v) = p.queue_batches {
-        config.queue_batches = v.max(1);
-    }
-    if let Some(v) = args.dedup_window.or(p.dedup_window) {
-        config.dedup_window = v;
-    }
-    if let Some(v) = p.drain_timeout_secs {
-        config.drain_timeout = Duration::from_secs(v.max(1));
-    }
-    Ok(config)
-}
-
-fn kafka_config(args: &RunArgs, k: KafkaSettings, brokers: String) -> Result<KafkaConfig, Failure> {
-    let mut kafka = KafkaConfig::new(brokers);
-    if let Some(v) = k.job_topic {
-        kafka.job_topic = v;
-    }
-    if let Some(v) = k.execution_topic {
-        kafka.execution_topic = v;
-    }
-    if let Some(v) = k.dlq_topic {
-        kafka.dlq_topic = v;
-    }
-    if let Some(v) = k.compression {
-        kafka.compression = v;
-    }
-    if let Some(v) = k.partitions {
-        kafka.partitions = v;
-    }
-    kafka.replication = k.replication;
-    if let Some(v) = args.connect_timeout_secs.or(k.connect_timeout_secs) {
-        kafka.connect_timeout = Duration::from_secs(v.max(1));
-    }
-    if let Some(v) = k.create_topics {
-        kafka.create_topics = v;
-    }
-    kafka.topic_config = k.topic_config;
-    if let Some(v) = k.max_queued {
-        kafka.max_queued = v.max(1);
-    }
-    kafka.options = k.options;
-    kafka.options.extend(args.kafka_options.iter().cloned());
-    if let Some(v) = &args.kafka_username {
-        kafka.options.insert("sasl.username".into(), v.clone());
-    }
-    if let Some(v) = &args.kafka_password {
-        kafka.options.insert("sasl.password".into(), v.clone());
-    }
-    kafka
-        .producer_config()
-        .map_err(|e| config_error(e.to_string()))?;
-    Ok(kafka)
 }
 
 async fn shutdown_signal() {
@@ -710,14 +474,14 @@ fn print_plan(plan: &Plan) {
         }
         // Straight to Parquet, one writer thread parses and writes, whatever `workers` says.
         let workers = match config.output {
-            Output::Kafka(_) => format!("{} parser worker(s)", config.workers),
+            Output::Kafka(_) => format!("{} parser worker(s)", config.pipeline.workers),
             Output::Parquet(_) => "1 parsing writer thread".to_owned(),
         };
         outln!(
             "  pipeline    prefix {:?}, {workers}, batches of {}, dedup window {}",
-            config.parser.topic_prefix,
-            config.batch_size,
-            config.dedup_window
+            config.pipeline.topic_prefix,
+            config.pipeline.batch_size,
+            config.pipeline.dedup_window
         );
     }
     if let Some(stage) = &plan.stage {
@@ -728,7 +492,7 @@ fn print_plan(plan: &Plan) {
             stage.parquet.root.display(),
             stage.kafka.job_topic,
             stage.kafka.execution_topic,
-            stage.group_id,
+            stage.parquet.group_id,
             stage.kafka.dlq_topic
         );
         outln!(
@@ -754,4 +518,37 @@ fn topic_creation(kafka: &KafkaConfig) -> String {
         "missing topics created with {} partitions, replication factor {factor}",
         kafka.partitions
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_section_of_the_example_file_lands_in_its_library_config() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/jobstream.toml");
+        let file = load(&example).expect("the example loads");
+        let Settings {
+            mqtt,
+            kafka,
+            pipeline,
+            parquet,
+            ..
+        } = &file.settings;
+        // What the example writes, a value or two per section (the URL, brokers and dir are
+        // not defaults; a section read into the wrong struct would fail on them).
+        assert_eq!(mqtt.url, "mqtt://mosquitto:1883");
+        assert_eq!(mqtt.keep_alive, Duration::from_secs(30));
+        assert_eq!(kafka.brokers, "kafka:9092");
+        assert_eq!(kafka.partitions, 3);
+        assert_eq!(pipeline.max_payload_bytes, 131_072);
+        assert_eq!(parquet.root, Path::new("/var/lib/jobstream/parquet"));
+        assert_eq!(parquet.max_file_age, Some(Duration::from_secs(600)));
+        assert!(file.sets("parquet", "max_file_age_secs"));
+        assert!(!file.sets("parquet", "batch_rows"));
+        mqtt.validate().expect("mqtt");
+        kafka.validate().expect("kafka");
+        pipeline.validate().expect("pipeline");
+        parquet.validate().expect("parquet");
+    }
 }

@@ -61,9 +61,8 @@ pub struct StageConfig {
     /// Brokers, topic names (the two event topics are read, rejects go to the DLQ topic) and
     /// pass-through librdkafka options.
     pub kafka: KafkaConfig,
-    /// Consumer group id: processes with the same id share the partitions.
-    pub group_id: String,
-    /// Where and how files are written; rolling on rows, bytes, age and inactivity.
+    /// Where and how files are written; rolling on rows, bytes, age and inactivity; the
+    /// consumer group (`parquet.group_id`) and the look-back for copies (`dedup_window`).
     pub parquet: ParquetConfig,
     /// Topic prefix and payload cap, as in the live pipeline.
     pub parser: ParserConfig,
@@ -76,24 +75,31 @@ pub struct StageConfig {
     /// the process aborts between publishing files and committing their offsets.
     #[doc(hidden)]
     pub crash: CrashPoint,
-    /// Offsets per partition looked back at for an earlier copy of an event (same `eventId`);
-    /// a copy found there is not written ([`crate::recent`]). 0 writes every copy.
-    pub dedup_window: u64,
 }
 
 impl StageConfig {
-    /// Defaults: group `jobstream-parquet`, one-second ticks.
+    /// Defaults: one-second ticks, the default parser.
     pub fn new(kafka: KafkaConfig, parquet: ParquetConfig) -> Self {
         StageConfig {
             kafka,
-            group_id: "jobstream-parquet".to_owned(),
             parquet,
             parser: ParserConfig::default(),
             tick: Duration::from_secs(1),
             stop_at_end: false,
             crash: CrashPoint::never(),
-            dedup_window: crate::recent::DEFAULT_WINDOW,
         }
+    }
+
+    /// Checks the whole configuration before anything connects: the files' settings, Kafka's,
+    /// and the consumer options librdkafka is given.
+    ///
+    /// # Errors
+    /// The first setting that is wrong, named as users write it.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        self.parquet.validate()?;
+        self.kafka.validate()?;
+        self.kafka.consumer_config(&self.parquet.group_id)?;
+        Ok(())
     }
 }
 
@@ -477,11 +483,11 @@ pub fn run(
     stats: Arc<StageStats>,
     stop: &AtomicBool,
 ) -> Result<(), SinkError> {
-    config.parquet.validate()?;
+    config.validate()?;
     // Before joining the group: a refused connection stops the stage with what to fix.
     let grants = Grants {
         brokers: config.kafka.brokers.clone(),
-        group_id: config.group_id.clone(),
+        group_id: config.parquet.group_id.clone(),
         topics: [
             config.kafka.job_topic.clone(),
             config.kafka.execution_topic.clone(),
@@ -489,7 +495,7 @@ pub fn run(
         ],
     };
     let role = crate::kafka::ClientRole::Consumer {
-        group_id: &config.group_id,
+        group_id: &config.parquet.group_id,
     };
     crate::kafka::check_connection(&config.kafka, role).map_err(|e| match e {
         SinkError::KafkaRefused {
@@ -508,9 +514,9 @@ pub fn run(
         stop_at_end: config.stop_at_end,
         recent: RecentSettings {
             kafka: config.kafka.clone(),
-            group_id: config.group_id.clone(),
+            group_id: config.parquet.group_id.clone(),
             parser: config.parser.clone(),
-            window: config.dedup_window,
+            window: config.parquet.dedup_window,
         },
     }));
     let context = StageContext {
@@ -520,7 +526,7 @@ pub fn run(
     };
     let consumer: BaseConsumer<StageContext> = config
         .kafka
-        .consumer_config(&config.group_id)?
+        .consumer_config(&config.parquet.group_id)?
         .create_with_context(context)
         .map_err(|e| SinkError::Config {
             setting: "kafka",

@@ -25,12 +25,16 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
+use serde::Deserialize;
 
-use crate::{Refusal, SinkError};
+use crate::{config_fields, Refusal, SinkError};
 
 /// Where and how to produce. Its `Debug` output hides secret option values
-/// ([`is_secret_option`]), so a configuration can be logged.
-#[derive(Clone)]
+/// ([`is_secret_option`]), so a configuration can be logged. It is the `[kafka]` section of a
+/// configuration file, which deserializes into it (`connect_timeout_secs`, unknown keys
+/// refused); a key left out keeps the default of [`KafkaConfig::new`].
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -54,6 +58,10 @@ pub struct KafkaConfig {
     pub topic_config: BTreeMap<String, String>,
     /// How long the first connection may take before the command gives up (also the Admin
     /// API's timeout when creating topics).
+    #[serde(
+        rename = "connect_timeout_secs",
+        deserialize_with = "config_fields::seconds"
+    )]
     pub connect_timeout: Duration,
     /// Records librdkafka may hold before `produce` waits (`queue.buffering.max.messages`):
     /// the bound on memory while Kafka is slow or down.
@@ -105,6 +113,14 @@ impl std::fmt::Debug for KafkaConfig {
     }
 }
 
+impl Default for KafkaConfig {
+    /// The defaults of [`KafkaConfig::new`] with no brokers yet (a configuration file may
+    /// leave them to a flag).
+    fn default() -> Self {
+        KafkaConfig::new("")
+    }
+}
+
 impl KafkaConfig {
     /// Defaults: the DESIGN.md topic names, lz4, 3 partitions, the broker's replication factor,
     /// a 30 s connect timeout, 100k queued.
@@ -123,6 +139,57 @@ impl KafkaConfig {
             max_queued: 100_000,
             options: BTreeMap::new(),
         }
+    }
+
+    /// Checks every setting before anything connects: brokers named, topic names and numbers
+    /// in range, and no pass-through option that would weaken durability or let librdkafka
+    /// commit on its own.
+    ///
+    /// # Errors
+    /// The first setting that is wrong, named as users write it.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        let invalid = |setting: &'static str, value: String, reason: &str| SinkError::Config {
+            setting,
+            value,
+            reason: reason.into(),
+        };
+        if self.brokers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.brokers",
+                format!("{:?}", self.brokers),
+                "must name at least one host:port",
+            ));
+        }
+        for (setting, topic) in [
+            ("kafka.job_topic", &self.job_topic),
+            ("kafka.execution_topic", &self.execution_topic),
+            ("kafka.dlq_topic", &self.dlq_topic),
+        ] {
+            if topic.is_empty() {
+                return Err(invalid(setting, "\"\"".into(), "must name a topic"));
+            }
+        }
+        if self.partitions < 1 {
+            return Err(invalid(
+                "kafka.partitions",
+                self.partitions.to_string(),
+                "must be at least 1",
+            ));
+        }
+        if let Some(replication) = self.replication.filter(|r| *r < 1) {
+            return Err(invalid(
+                "kafka.replication",
+                replication.to_string(),
+                "must be at least 1 (leave it out for the broker's default.replication.factor)",
+            ));
+        }
+        config_fields::at_least_one(
+            "kafka.connect_timeout_secs",
+            u64::from(!self.connect_timeout.is_zero()),
+        )?;
+        config_fields::at_least_one("kafka.max_queued", self.max_queued as u64)?;
+        self.producer_config()?;
+        Ok(())
     }
 
     /// librdkafka settings for the producer (also usable for an admin client).

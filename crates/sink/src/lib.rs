@@ -12,6 +12,7 @@
 //! Execution model: everything here is synchronous and single-owner; the async pipeline calls
 //! it from dedicated blocking tasks. Errors are [`SinkError`]s that name the path or setting.
 
+pub mod config_fields;
 pub mod consumer;
 pub mod dlq;
 mod error;

@@ -8,8 +8,12 @@ use jobstream_parser::columns;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use serde::Deserialize;
 
-use crate::SinkError;
+use crate::{config_fields, SinkError};
+
+/// The Kafka → Parquet stage's consumer group unless configured.
+pub const DEFAULT_GROUP_ID: &str = "jobstream-parquet";
 
 /// Compression codec for Parquet pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,14 +104,20 @@ impl FromStr for Encodings {
     }
 }
 
-/// How Parquet files are written and when they roll.
-#[derive(Debug, Clone)]
+/// How Parquet files are written and when they roll: the `[parquet]` section of a
+/// configuration file, which deserializes into it (durations as `*_secs` keys, unknown keys
+/// refused). A key left out keeps the default of [`ParquetConfig::new`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ParquetConfig {
     /// Output root; tables go to `<root>/job_events/` and `<root>/job_execution_events/`.
+    #[serde(rename = "dir")]
     pub root: PathBuf,
-    /// Page compression.
+    /// Page compression: `zstd` (level 1), `zstd:LEVEL`, `lz4`, `snappy` or `none`.
+    #[serde(rename = "compression", deserialize_with = "config_fields::parsed")]
     pub codec: Codec,
-    /// Page encoding of the high-cardinality string columns.
+    /// Page encoding of the high-cardinality string columns: `delta` or `plain`.
+    #[serde(deserialize_with = "config_fields::parsed")]
     pub encodings: Encodings,
     /// Rows buffered in Arrow builders before they are encoded (bounds builder memory).
     pub batch_rows: usize,
@@ -118,12 +128,35 @@ pub struct ParquetConfig {
     /// A file is published once its size reaches this many bytes.
     pub max_file_bytes: u64,
     /// A file is published once it has been open this long (`None`: never by age).
+    #[serde(
+        rename = "max_file_age_secs",
+        deserialize_with = "config_fields::some_seconds"
+    )]
     pub max_file_age: Option<Duration>,
     /// A file is published once no row arrived for this long (`None`: never by inactivity).
+    #[serde(
+        rename = "idle_timeout_secs",
+        deserialize_with = "config_fields::some_seconds"
+    )]
     pub idle_timeout: Option<Duration>,
     /// Open files at most; the least recently written is published to make room. Each open
     /// file holds up to `batch_rows` rows and one row group in memory.
     pub max_open_files: usize,
+    /// Kafka → Parquet stage: the consumer group; processes with the same group share the
+    /// partitions. (Without Kafka there is no group and this is not used.)
+    pub group_id: String,
+    /// Kafka → Parquet stage: offsets per partition looked back at for an earlier copy of an
+    /// event (same `eventId`), which is then not written ([`crate::recent`]); 0 writes every
+    /// copy. (Without Kafka the bridge's own `dedup_window` applies.)
+    pub dedup_window: u64,
+}
+
+impl Default for ParquetConfig {
+    /// The defaults of [`ParquetConfig::new`] with no root yet (a configuration file may
+    /// leave it to a flag).
+    fn default() -> Self {
+        ParquetConfig::new(PathBuf::new())
+    }
 }
 
 impl ParquetConfig {
@@ -147,6 +180,8 @@ impl ParquetConfig {
             max_file_age: Some(Duration::from_secs(600)),
             idle_timeout: Some(Duration::from_secs(60)),
             max_open_files: 32,
+            group_id: DEFAULT_GROUP_ID.to_owned(),
+            dedup_window: crate::recent::DEFAULT_WINDOW,
         }
     }
 
@@ -155,22 +190,30 @@ impl ParquetConfig {
     /// # Errors
     /// The first setting out of range, named as users write it.
     pub fn validate(&self) -> Result<(), SinkError> {
-        let positive = |setting: &'static str, value: u64| {
-            if value == 0 {
-                Err(SinkError::Config {
-                    setting,
-                    value: "0".into(),
-                    reason: "must be at least 1".into(),
-                })
-            } else {
-                Ok(())
-            }
-        };
+        if self.root.as_os_str().is_empty() {
+            return Err(SinkError::Config {
+                setting: "parquet.dir",
+                value: "\"\"".into(),
+                reason: "must name the output directory".into(),
+            });
+        }
+        if self.group_id.is_empty() {
+            return Err(SinkError::Config {
+                setting: "parquet.group_id",
+                value: "\"\"".into(),
+                reason: "must not be empty".into(),
+            });
+        }
+        let positive = config_fields::at_least_one;
+        // A zero duration is refused; a sub-second one (as tests use) is not.
+        let seconds = |d: Option<Duration>| d.map_or(1, |d| u64::from(!d.is_zero()));
         positive("parquet.batch_rows", self.batch_rows as u64)?;
         positive("parquet.row_group_bytes", self.row_group_bytes as u64)?;
         positive("parquet.max_file_rows", self.max_file_rows)?;
         positive("parquet.max_file_bytes", self.max_file_bytes)?;
         positive("parquet.max_open_files", self.max_open_files as u64)?;
+        positive("parquet.max_file_age_secs", seconds(self.max_file_age))?;
+        positive("parquet.idle_timeout_secs", seconds(self.idle_timeout))?;
         self.codec.to_parquet().map(|_| ())
     }
 }

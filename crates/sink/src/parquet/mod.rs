@@ -55,7 +55,7 @@ mod encoder;
 mod naming;
 mod writeback;
 
-pub use config::{writer_properties, Codec, Encodings, ParquetConfig};
+pub use config::{writer_properties, Codec, Encodings, ParquetConfig, DEFAULT_GROUP_ID};
 pub use encoder::{ENCODER_QUEUE, IDLE_FLUSH_MIN_ROWS, IDLE_FLUSH_ROWS, SIZE_LAG_BATCHES};
 pub(crate) use naming::parse_final_name;
 pub use naming::{sanitize_source, RESUME_FROM_KEY};
