@@ -125,7 +125,7 @@ fn an_unknown_parquet_encoding_is_refused_with_the_setting_and_the_choices_named
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("encodings")
+        stderr.contains("parquet.encodings")
             && stderr.contains("line 6")
             && stderr.contains("delta")
             && stderr.contains("plain"),

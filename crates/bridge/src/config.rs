@@ -45,9 +45,9 @@ impl std::str::FromStr for MqttVersion {
         match text.trim() {
             "3.1.1" | "3" | "4" | "v3" | "v4" | "311" => Ok(MqttVersion::V311),
             "5" | "5.0" | "v5" => Ok(MqttVersion::V5),
-            other => Err(BridgeError::Config(format!(
-                "MQTT version must be 3.1.1 or 5, got {other:?}"
-            ))),
+            other => Err(BridgeError::UnknownMqttVersion {
+                given: other.to_owned(),
+            }),
         }
     }
 }
@@ -83,7 +83,7 @@ pub struct MqttConfig {
     /// `mqtt://[user[:password]@]host[:port]` (1883) or `mqtts://…` (8883, TLS).
     pub url: String,
     /// Protocol version: `3.1.1` or `5`.
-    #[serde(deserialize_with = "config_fields::parsed")]
+    #[serde(deserialize_with = "version_setting")]
     pub version: MqttVersion,
     /// MQTT 5: how long the broker keeps the session after a disconnect (3.1.1: ignored).
     #[serde(
@@ -160,6 +160,12 @@ impl std::fmt::Debug for MqttConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
     }
+}
+
+fn version_setting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<MqttVersion, D::Error> {
+    config_fields::parsed_as("mqtt.version", deserializer)
 }
 
 impl Default for MqttConfig {
@@ -351,10 +357,7 @@ impl MqttConfig {
         // as a scheme mismatch or a PEM error.
         for path in [&self.ca, &self.cert, &self.key].into_iter().flatten() {
             if !path.is_file() {
-                return Err(BridgeError::Config(format!(
-                    "TLS file {} does not exist",
-                    path.display()
-                )));
+                return Err(TlsError::MissingFile { path: path.clone() }.into());
             }
         }
         let client_id = if self.connections > 1 || index > 0 {
@@ -369,10 +372,10 @@ impl MqttConfig {
                 Arc::new(self.rustls_config(url.port)?),
             )))
         } else if self.cert.is_some() || self.ca.is_some() {
-            return Err(BridgeError::Config(format!(
-                "TLS files are set but the URL {} is not mqtts://",
-                redact(&self.url)
-            )));
+            return Err(TlsError::FilesWithoutTls {
+                url: redact(&self.url),
+            }
+            .into());
         } else {
             None
         };
@@ -393,51 +396,40 @@ impl MqttConfig {
         match &self.ca {
             Some(ca) => {
                 let certs = CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| tls_error(ca, "CA file", e))?
+                    .map_err(|e| pem_error(ca, "CA file", e))?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| tls_error(ca, "CA file", e))?;
+                    .map_err(|e| pem_error(ca, "CA file", e))?;
                 if certs.is_empty() {
-                    return Err(BridgeError::Config(format!(
-                        "CA file {} holds no PEM certificate",
-                        ca.display()
-                    )));
+                    return Err(TlsError::EmptyCa { path: ca.clone() }.into());
                 }
                 for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| tls_error(ca, "CA certificate", e))?;
+                    roots.add(cert).map_err(|source| TlsError::BadCa {
+                        path: ca.clone(),
+                        source,
+                    })?;
                 }
             }
-            None => {
-                return Err(BridgeError::Config(
-                    "mqtts:// needs a CA file (--mqtt-ca); for AWS IoT Core use AmazonRootCA1.pem"
-                        .to_owned(),
-                ))
-            }
+            None => return Err(TlsError::NoCa.into()),
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| BridgeError::Config(format!("TLS setup: {e}")))?
+            .map_err(TlsError::Setup)?
             .with_root_certificates(roots);
         let mut config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| tls_error(cert, "client certificate", e))?
+                    .map_err(|e| pem_error(cert, "client certificate", e))?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| tls_error(cert, "client certificate", e))?;
+                    .map_err(|e| pem_error(cert, "client certificate", e))?;
                 let key_der = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| tls_error(key, "private key", e))?;
+                    .map_err(|e| pem_error(key, "private key", e))?;
                 builder
                     .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| BridgeError::Config(format!("client certificate and key: {e}")))?
+                    .map_err(TlsError::ClientAuth)?
             }
             (None, None) => builder.with_no_client_auth(),
-            _ => {
-                return Err(BridgeError::Config(
-                    "mutual TLS needs both --mqtt-cert and --mqtt-key".to_owned(),
-                ))
-            }
+            _ => return Err(TlsError::HalfClientAuth.into()),
         };
         let alpn = self
             .alpn
@@ -450,8 +442,96 @@ impl MqttConfig {
     }
 }
 
-fn tls_error(path: &Path, what: &str, error: impl std::fmt::Display) -> BridgeError {
-    BridgeError::Config(format!("{what} {}: {error}", path.display()))
+fn pem_error(path: &Path, what: &'static str, source: rustls::pki_types::pem::Error) -> TlsError {
+    TlsError::Pem {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Why the TLS material for `mqtts://` is unusable. Each message names the file, or the flag
+/// to set.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A CA, certificate or key path that is not a file.
+    #[error("TLS file {} does not exist", path.display())]
+    MissingFile {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// TLS files with an `mqtt://` URL: almost always a URL typed wrong, not a wish for
+    /// plain text.
+    #[error("TLS files are set but the URL {url} is not mqtts://")]
+    FilesWithoutTls {
+        /// The URL, password hidden.
+        url: String,
+    },
+    /// `mqtts://` without a CA: there is no system trust store to fall back on here.
+    #[error("mqtts:// needs a CA file (--mqtt-ca); for AWS IoT Core use AmazonRootCA1.pem")]
+    NoCa,
+    /// The CA file parses but holds no certificate.
+    #[error("CA file {} holds no PEM certificate", path.display())]
+    EmptyCa {
+        /// The CA file.
+        path: PathBuf,
+    },
+    /// A file that is not the PEM it should be.
+    #[error("{what} {}: {source}", path.display())]
+    Pem {
+        /// Which file: the CA file, client certificate or private key.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A CA certificate rustls will not trust.
+    #[error("CA certificate {}: {source}", path.display())]
+    BadCa {
+        /// The CA file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused its own default protocol versions (a build problem, not a setting).
+    #[error("TLS setup: {0}")]
+    Setup(#[source] rustls::Error),
+    /// The client certificate and key do not go together.
+    #[error("client certificate and key: {0}")]
+    ClientAuth(#[source] rustls::Error),
+    /// Only one of the two files mutual TLS needs.
+    #[error("mutual TLS needs both --mqtt-cert and --mqtt-key")]
+    HalfClientAuth,
+}
+
+/// An MQTT URL that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT URL {url:?} {problem}; expected mqtt://host[:port] or mqtts://host[:port]")]
+pub struct MqttUrlError {
+    /// The URL, password hidden.
+    pub url: String,
+    /// What is wrong with it.
+    pub problem: UrlProblem,
+}
+
+/// What is wrong with an MQTT URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UrlProblem {
+    /// Neither `mqtt://` nor `mqtts://`.
+    #[error("has an unknown scheme")]
+    UnknownScheme,
+    /// An IPv6 address without its closing bracket.
+    #[error("has an unclosed [")]
+    UnclosedBracket,
+    /// A port that is not a number from 0 to 65535.
+    #[error("has a bad port")]
+    BadPort,
+    /// Nothing before the port, or a path where the host should be.
+    #[error("has no host")]
+    NoHost,
 }
 
 /// The URL with any password replaced, for messages and logs.
@@ -488,19 +568,17 @@ impl ParsedUrl {
     ///
     /// # Errors
     /// Any other scheme, a missing host, or a bad port, with the URL (password hidden).
-    pub fn parse(url: &str) -> Result<Self, BridgeError> {
-        let bad = |why: &str| {
-            BridgeError::Config(format!(
-                "MQTT URL {:?} {why}; expected mqtt://host[:port] or mqtts://host[:port]",
-                redact(url)
-            ))
+    pub fn parse(url: &str) -> Result<Self, MqttUrlError> {
+        let bad = |problem| MqttUrlError {
+            url: redact(url),
+            problem,
         };
         let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
             (false, rest)
         } else if let Some(rest) = url.strip_prefix("mqtts://") {
             (true, rest)
         } else {
-            return Err(bad("has an unknown scheme"));
+            return Err(bad(UrlProblem::UnknownScheme));
         };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -518,9 +596,9 @@ impl ParsedUrl {
         let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
             let (host, after) = bracketed
                 .split_once(']')
-                .ok_or_else(|| bad("has an unclosed ["))?;
+                .ok_or_else(|| bad(UrlProblem::UnclosedBracket))?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad("has a bad port"))?,
+                Some(p) => p.parse().map_err(|_| bad(UrlProblem::BadPort))?,
                 None => default_port,
             };
             (host.to_owned(), port)
@@ -528,13 +606,13 @@ impl ParsedUrl {
             match hostport.rsplit_once(':') {
                 Some((host, port)) => (
                     host.to_owned(),
-                    port.parse().map_err(|_| bad("has a bad port"))?,
+                    port.parse().map_err(|_| bad(UrlProblem::BadPort))?,
                 ),
                 None => (hostport.to_owned(), default_port),
             }
         };
         if host.is_empty() || host.contains('/') {
-            return Err(bad("has no host"));
+            return Err(bad(UrlProblem::NoHost));
         }
         Ok(ParsedUrl {
             tls,
@@ -562,8 +640,15 @@ mod tests {
         );
         let u = ParsedUrl::parse("mqtt://[::1]:1884").expect("valid");
         assert_eq!((u.host.as_str(), u.port), ("::1", 1884));
-        for bad in ["http://x", "mqtt://", "mqtt://host:port", "mqtt://h:99999"] {
-            assert!(ParsedUrl::parse(bad).is_err(), "{bad}");
+        for (bad, problem) in [
+            ("http://x", UrlProblem::UnknownScheme),
+            ("mqtt://", UrlProblem::NoHost),
+            ("mqtt://host:port", UrlProblem::BadPort),
+            ("mqtt://h:99999", UrlProblem::BadPort),
+            ("mqtt://[::1:1884", UrlProblem::UnclosedBracket),
+        ] {
+            let error = ParsedUrl::parse(bad).expect_err(bad);
+            assert_eq!(error.problem, problem, "{bad}");
         }
         let error = ParsedUrl::parse("tcp://user:secret@h")
             .expect_err("bad scheme")

@@ -53,7 +53,7 @@ mod settings;
 mod stats;
 mod worker;
 
-pub use config::{MqttConfig, MqttVersion};
+pub use config::{MqttConfig, MqttUrlError, MqttVersion, TlsError, UrlProblem};
 pub use direct::DEFAULT_DIRECT_FILE_AGE;
 pub use mqtt::MqttError;
 pub use pipeline::run;
@@ -65,9 +65,18 @@ pub use stats::BridgeStats;
 /// cause is also its [`source`](std::error::Error::source) for code that walks the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    /// The URL or the TLS material is unusable; the message names the file or the URL.
-    #[error("configuration: {0}")]
-    Config(String),
+    /// The MQTT URL does not parse.
+    #[error(transparent)]
+    MqttUrl(#[from] config::MqttUrlError),
+    /// The TLS material the URL needs is missing or unusable; the message names the file.
+    #[error(transparent)]
+    Tls(#[from] config::TlsError),
+    /// An MQTT protocol version other than 3.1.1 or 5.
+    #[error("MQTT version must be 3.1.1 or 5, got {given:?}")]
+    UnknownMqttVersion {
+        /// What was given.
+        given: String,
+    },
     /// A setting is out of range.
     #[error("invalid setting {setting} = {value}: {reason}")]
     InvalidSetting {

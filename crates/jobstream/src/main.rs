@@ -157,7 +157,10 @@ pub fn bridge_exit_code(error: &jobstream_bridge::BridgeError) -> u8 {
     use jobstream_bridge::BridgeError;
     use jobstream_sink::SinkError;
     match error {
-        BridgeError::Config(_) | BridgeError::InvalidSetting { .. } => EXIT_CONFIG,
+        BridgeError::MqttUrl(_)
+        | BridgeError::Tls(_)
+        | BridgeError::UnknownMqttVersion { .. }
+        | BridgeError::InvalidSetting { .. } => EXIT_CONFIG,
         BridgeError::MqttUnreachable { .. } => EXIT_UNAVAILABLE,
         BridgeError::Kafka(error @ (SinkError::KafkaRefused { .. } | SinkError::Config { .. })) => {
             sink_exit_code(error)

@@ -43,6 +43,23 @@ where
     text.parse().map_err(D::Error::custom)
 }
 
+/// Like [`parsed`], the message starting with the setting's name as users write it
+/// (`parquet.encodings: unknown encodings "rle": …`): the type's own message is shared with
+/// flags that are not that setting.
+///
+/// # Errors
+/// The text does not parse.
+pub fn parsed_as<'de, D, T>(setting: &str, deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse()
+        .map_err(|e| D::Error::custom(format!("{setting}: {e}")))
+}
+
 /// A setting that must be at least 1, checked by the configs' `validate`.
 ///
 /// # Errors

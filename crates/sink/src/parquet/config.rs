@@ -114,10 +114,10 @@ pub struct ParquetConfig {
     #[serde(rename = "dir")]
     pub root: PathBuf,
     /// Page compression: `zstd` (level 1), `zstd:LEVEL`, `lz4`, `snappy` or `none`.
-    #[serde(rename = "compression", deserialize_with = "config_fields::parsed")]
+    #[serde(rename = "compression", deserialize_with = "compression_setting")]
     pub codec: Codec,
     /// Page encoding of the high-cardinality string columns: `delta` or `plain`.
-    #[serde(deserialize_with = "config_fields::parsed")]
+    #[serde(deserialize_with = "encodings_setting")]
     pub encodings: Encodings,
     /// Rows buffered in Arrow builders before they are encoded (bounds builder memory).
     pub batch_rows: usize,
@@ -216,6 +216,18 @@ impl ParquetConfig {
         positive("parquet.idle_timeout_secs", seconds(self.idle_timeout))?;
         self.codec.to_parquet().map(|_| ())
     }
+}
+
+fn compression_setting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Codec, D::Error> {
+    config_fields::parsed_as("parquet.compression", deserializer)
+}
+
+fn encodings_setting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Encodings, D::Error> {
+    config_fields::parsed_as("parquet.encodings", deserializer)
 }
 
 /// Target size of a data page before compression.
