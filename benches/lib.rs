@@ -180,7 +180,7 @@ impl SerdePath {
     }
 }
 
-/// The average sizes the parser's builders assume (`columnar.rs`).
+/// The average sizes the parser's builders assume (`columnar/table.rs`).
 fn strings(rows: usize, avg: usize) -> StringBuilder {
     StringBuilder::with_capacity(rows, rows * avg)
 }

@@ -77,3 +77,24 @@ def test_mutual_tls_without_a_client_certificate_fails_clearly(tmp_path, certs, 
         assert "panicked" not in result.stderr
     finally:
         mosquitto.stop()
+
+
+def test_simulate_against_a_server_its_ca_did_not_sign_exits_78_naming_tls(tmp_path, certs):
+    # A CA of its own: the handshake fails on the operator's setting, not on the network, so the
+    # exit is the configuration one (78), decided by the error's type (PublishError::Connect
+    # with a TLS source), not by its text.
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem",
+            "-days", "2", "-subj", "/CN=some other CA", cwd=tmp_path)
+    mosquitto = start_mosquitto(tmp_path, certs, require_certificate=False)
+    try:
+        url = f"mqtts://127.0.0.1:{mosquitto.tls_port}"
+        wrong = run("simulate", "--mqtt", url, "--mqtt-ca", tmp_path / "other.pem", "--events", 10,
+                    "--connect-timeout-secs", "5", "--quiet", check=False, timeout=60)
+        assert wrong.returncode == 78, wrong.stderr
+        assert "TLS" in wrong.stderr and f"127.0.0.1:{mosquitto.tls_port}" in wrong.stderr
+        assert "panicked" not in wrong.stderr
+        right = run("simulate", "--mqtt", url, "--mqtt-ca", certs / "ca.pem", "--events", 10,
+                    "--connect-timeout-secs", "5", "--quiet", "--report", "-", timeout=60)
+        assert json.loads(right.stdout)["events"] >= 10
+    finally:
+        mosquitto.stop()

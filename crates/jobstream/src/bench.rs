@@ -41,8 +41,8 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::json;
 
 use crate::run::parse_key_value;
-use crate::simulate::{self, PublishSettings};
 use crate::{Failure, EXIT_CONFIG};
+use jobstream_publisher::{self as publisher, PublishSettings};
 
 const PYTHON_BRIDGE: &str = include_str!("../../../benches/baselines/python_bridge.py");
 const TSV_PRODUCER: &str = include_str!("../../../benches/baselines/tsv_producer.py");
@@ -925,7 +925,7 @@ impl Bench {
             let settings = self.publish_settings(None);
             let sent = self
                 .runtime
-                .block_on(simulate::publish(&settings, fleet, |m| {
+                .block_on(publisher::publish(&settings, fleet, |m| {
                     if let Some(id) = event_id(&m.payload) {
                         published.backlog.insert(id.to_owned());
                     }
@@ -1020,7 +1020,7 @@ impl Bench {
             let fleet = self.fleet(seed + 500_000, latency_n, &plan.prefix);
             let (ids, sent) = (&mut published.latency_ids, &mut published.latency_sent);
             self.runtime
-                .block_on(simulate::publish(&settings, fleet, |m| {
+                .block_on(publisher::publish(&settings, fleet, |m| {
                     if let Some(id) = event_id(&m.payload) {
                         ids.insert(id.to_owned());
                         sent.push(Instant::now());

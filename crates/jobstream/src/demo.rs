@@ -22,8 +22,8 @@ use jobstream_sink::kafka::KafkaConfig;
 use jobstream_sink::parquet::ParquetConfig;
 use rumqttc::QoS;
 
-use crate::simulate::{publish, PublishSettings};
 use crate::{Failure, EXIT_CONFIG};
+use jobstream_publisher::{publish, PublishSettings};
 
 const PREFIX: &str = "demo/aws/events/";
 /// How long the demo may take before it says what it is still waiting for.
