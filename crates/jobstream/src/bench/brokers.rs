@@ -1,0 +1,170 @@
+//! The brokers a bench run needs when none is given: a mosquitto and an Apache Kafka of its
+//! own, each stopped when its handle drops.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use super::BenchArgs;
+
+/// A broker process bench started, stopped on drop.
+#[derive(Debug)]
+pub(super) struct Managed(Child);
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        let _ = signal(self.0.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(super) fn signal(pid: u32, name: &str) -> std::io::Result<()> {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|_| ())
+}
+
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not open port {port} within 30 s (see its log in the work directory)")
+}
+
+pub(super) fn start_mosquitto(args: &BenchArgs, dir: &Path) -> anyhow::Result<(Managed, String)> {
+    let port = free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n\
+             # Unlimited in-flight window and queue: the backlog must fit, and the hand-off\n\
+             # must not be throttled to 20 messages in flight (mosquitto's default).\n\
+             max_inflight_messages 0\nmax_queued_messages 0\n"
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("mosquitto.log"))?;
+    let child = Command::new(&args.mosquitto)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.mosquitto.display()))?;
+    let managed = Managed(child);
+    wait_port(port, "mosquitto")?;
+    Ok((managed, format!("mqtt://127.0.0.1:{port}")))
+}
+
+/// Starts Apache Kafka with `scripts/kafka start` (one KRaft node, freshly formatted, the same
+/// settings as the tests' broker) and waits until its log says it started.
+pub(super) fn start_kafka(
+    args: &BenchArgs,
+    dir: &Path,
+) -> anyhow::Result<(Managed, String, KafkaBroker)> {
+    let (port, controller_port) = (free_port()?, free_port()?);
+    let data = dir.join("kafka");
+    std::fs::create_dir_all(&data)?;
+    let libs = Command::new(&args.kafka_script)
+        .arg("libs")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", args.kafka_script.display()))?;
+    if !libs.status.success() {
+        bail!(
+            "no Apache Kafka to start: run `{} fetch` once (Maven resolves the broker's jars), or pass --kafka BROKERS for a broker you run",
+            args.kafka_script.display()
+        );
+    }
+    let libs = PathBuf::from(String::from_utf8_lossy(&libs.stdout).trim());
+    let version = std::fs::read_dir(&libs)?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find_map(|name| {
+            Some(
+                name.strip_prefix("kafka_2.13-")?
+                    .strip_suffix(".jar")?
+                    .to_owned(),
+            )
+        });
+    let child = Command::new(&args.kafka_script)
+        .arg("start")
+        .arg("--dir")
+        .arg(&data)
+        .args(["--port", &port.to_string()])
+        .args(["--controller-port", &controller_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.kafka_script.display()))?;
+    let mut managed = Managed(child);
+    // The port opens before requests are served; the broker's own word is the signal.
+    let log = data.join("kafka.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if std::fs::read_to_string(&log).is_ok_and(|text| text.contains("Kafka Server started")) {
+            break;
+        }
+        if let Ok(Some(status)) = managed.0.try_wait() {
+            bail!(
+                "Apache Kafka exited ({status}) before it started: see {}",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "Apache Kafka did not start within 120 s: see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let broker = KafkaBroker {
+        started: true,
+        version: version.map(|v| format!("Apache Kafka {v}")),
+    };
+    Ok((managed, format!("127.0.0.1:{port}"), broker))
+}
+
+/// The Kafka broker the runs go to.
+#[derive(Debug)]
+pub(super) struct KafkaBroker {
+    /// Started by bench (else given with --kafka).
+    pub(super) started: bool,
+    /// "Apache Kafka 4.1.1" when bench started it.
+    pub(super) version: Option<String>,
+}
+
+impl KafkaBroker {
+    pub(super) fn describe(&self) -> String {
+        match (self.started, &self.version) {
+            (true, Some(version)) => format!("{version}, started by bench"),
+            (true, None) => "Apache Kafka, started by bench".to_owned(),
+            (false, _) => "external broker (--kafka)".to_owned(),
+        }
+    }
+}

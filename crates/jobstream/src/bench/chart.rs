@@ -1,0 +1,172 @@
+//! The rate-over-time chart (SVG) of the runs.
+
+use std::fmt::Write as _;
+
+use super::result::RunResult;
+
+/// The rate over time of one run per contender (its median repetition), as an SVG.
+pub(super) fn chart(runs: &[&RunResult]) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 420.0;
+    const LEFT: f64 = 80.0;
+    const RIGHT: f64 = 230.0;
+    const TOP: f64 = 40.0;
+    const BOTTOM: f64 = 50.0;
+    const COLORS: &[&str] = &[
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+        "#17becf",
+    ];
+    let rates: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| rate_series(&r.series)).collect();
+    let max_t = runs
+        .iter()
+        .map(|r| r.seconds)
+        .fold(0.0f64, f64::max)
+        .max(0.001);
+    let max_rate = rates
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.0f64, f64::max)
+        .max(1.0);
+    let (step_r, max_r) = nice_axis(max_rate);
+    let (step_t, max_t) = nice_axis(max_t);
+    let x = |t: f64| LEFT + (W - LEFT - RIGHT) * t / max_t;
+    let y = |r: f64| H - BOTTOM - (H - TOP - BOTTOM) * r / max_r;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="22" font-size="15">jobstream bench: drain rate over time (events/s into Kafka; ceiling: average)</text>"#
+    );
+    let mut r = 0.0;
+    while r <= max_r + 1e-9 {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            W - RIGHT,
+            y(r),
+            y(r),
+            LEFT - 6.0,
+            y(r) + 4.0,
+            human(r)
+        );
+        r += step_r;
+    }
+    let mut t = 0.0;
+    while t <= max_t + 1e-9 {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            x(t),
+            x(t),
+            TOP,
+            H - BOTTOM,
+            x(t),
+            H - BOTTOM + 16.0,
+            format_seconds(t)
+        );
+        t += step_t;
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds since the contender started</text>"#,
+        LEFT + (W - LEFT - RIGHT) / 2.0,
+        H - 12.0
+    );
+    for (i, (run, points)) in runs.iter().zip(&rates).enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|(t, r)| format!("{:.1},{:.1}", x(*t), y(*r)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        let ly = TOP + 10.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} ({})</text>"#,
+            W - RIGHT + 12.0,
+            W - RIGHT + 32.0,
+            W - RIGHT + 38.0,
+            ly + 4.0,
+            xml_escape(&run.contender),
+            human(run.events_per_sec)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Events/s over windows of about 200 ms from cumulative (t, count) samples.
+pub(super) fn rate_series(series: &[(f64, u64)]) -> Vec<(f64, f64)> {
+    if series.len() == 2 && series[0].1 == 0 {
+        // Only start and end are known (the ceiling): its average rate.
+        let (t, n) = series[1];
+        let rate = n as f64 / t.max(1e-9);
+        return vec![(0.0, rate), (t, rate)];
+    }
+    let mut out = vec![(0.0, 0.0)];
+    let mut last = (0.0, 0u64);
+    for &(t, count) in series {
+        if t - last.0 >= 0.2 {
+            let rate = (count.saturating_sub(last.1)) as f64 / (t - last.0);
+            out.push(((t + last.0) / 2.0, rate));
+            last = (t, count);
+        }
+    }
+    out
+}
+
+pub(super) fn nice_axis(max: f64) -> (f64, f64) {
+    let raw = max / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(raw);
+    (step, (max / step).ceil() * step)
+}
+
+pub(super) fn human(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{:.2}M", value / 1e6)
+    } else if value >= 1e3 {
+        format!("{:.1}k", value / 1e3)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+pub(super) fn format_seconds(t: f64) -> String {
+    if t.fract().abs() < 1e-9 {
+        format!("{t:.0}")
+    } else {
+        format!("{t:.2}")
+    }
+}
+
+pub(super) fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axes_end_on_a_round_value_and_rates_come_from_the_counts() {
+        assert_eq!(nice_axis(9.0), (2.0, 10.0));
+        let rates = rate_series(&[(0.0, 0), (0.5, 1000)]);
+        assert_eq!(rates, vec![(0.0, 2000.0), (0.5, 2000.0)]);
+    }
+}
