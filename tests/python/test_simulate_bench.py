@@ -147,6 +147,25 @@ def test_bench_refuses_an_output_it_cannot_write_before_measuring_anything(tmp_p
         assert "panicked" not in refused.stderr
 
 
+def test_bench_refuses_bad_flags_with_exit_78_before_starting_anything(tmp_path):
+    # Brokers are given (and unreachable) so that nothing is started: each refusal must come
+    # from the flag's check, typed as BenchError::InvalidFlag.
+    given = ["--kafka", "127.0.0.1:1", "--python", sys.executable, "--output", tmp_path / "r.json",
+             "--chart", tmp_path / "r.svg"]
+    cases = [
+        (["--events", "0", "--mqtt", "mqtt://127.0.0.1:1"], "--events"),
+        (["--latency-rate=0", "--mqtt", "mqtt://127.0.0.1:1"], "--latency-rate"),
+        (["--mqtt", "mqtts://127.0.0.1:1"], "mqtt://"),
+        (["--mqtt", "tcp://127.0.0.1:1"], "--mqtt"),
+    ]
+    for flags, named in cases:
+        refused = run("bench", *flags, *given, check=False, timeout=60)
+        assert refused.returncode == 78, (flags, refused.stderr)
+        assert named in refused.stderr, (flags, refused.stderr)
+        assert "panicked" not in refused.stderr
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.svg").exists()
+
+
 def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_duplicates_nothing(tmp_path):
     # A folder that does not exist yet: bench makes it (before measuring, not after).
     result_path, chart_path = tmp_path / "results" / "result.json", tmp_path / "charts" / "rate.svg"

@@ -75,6 +75,20 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
+impl Message {
+    /// Writes the message as a capture line, `TOPIC<TAB>PAYLOAD`: the format `replay` reads and
+    /// `mosquitto_sub -F '%t\t%p'` writes.
+    ///
+    /// # Errors
+    /// The writer's.
+    pub fn write_capture(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(self.topic.as_bytes())?;
+        out.write_all(b"\t")?;
+        out.write_all(&self.payload)?;
+        out.write_all(b"\n")
+    }
+}
+
 /// Counts of what a stream held, per family and operation (`job/completed`,
 /// `jobExecution/succeeded`, …), so a run can be checked against what arrived.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -37,17 +37,6 @@ pub struct GenerateArgs {
     output: PathBuf,
 }
 
-/// Writes one message as a capture line, `TOPIC<TAB>PAYLOAD\n` (what `replay` reads).
-pub fn write_capture_line(
-    out: &mut impl Write,
-    message: &jobstream_fleet::Message,
-) -> io::Result<()> {
-    out.write_all(message.topic.as_bytes())?;
-    out.write_all(b"\t")?;
-    out.write_all(&message.payload)?;
-    out.write_all(b"\n")
-}
-
 pub fn run(args: GenerateArgs) -> Result<(), Failure> {
     if args.things_per_job == 0 {
         return Err(Failure::new(
@@ -76,7 +65,9 @@ pub fn run(args: GenerateArgs) -> Result<(), Failure> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let mut fleet = Fleet::new(config);
     for message in fleet.by_ref() {
-        write_capture_line(&mut out, &message).context("writing the capture")?;
+        message
+            .write_capture(&mut out)
+            .context("writing the capture")?;
     }
     out.flush().context("writing the capture")?;
     let tally = fleet.tally();

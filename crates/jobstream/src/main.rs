@@ -13,15 +13,6 @@ macro_rules! outln {
     }};
 }
 
-/// `print!` that never panics; see [`outln`].
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-mod bench;
 mod demo;
 mod generate;
 mod ops;
@@ -102,7 +93,7 @@ enum Command {
     /// Publish a realistic fleet's job lifecycles to an MQTT broker and report what was sent.
     Simulate(Box<simulate::SimulateArgs>),
     /// Measure MQTT → Kafka ingest rates against baselines on real brokers, with a report.
-    Bench(Box<bench::BenchArgs>),
+    Bench(Box<jobstream_bench::BenchArgs>),
 }
 
 /// An error with the exit code it maps to.
@@ -173,6 +164,24 @@ pub fn bridge_exit_code(error: &jobstream_bridge::BridgeError) -> u8 {
     }
 }
 
+/// The exit code of a bench error: flags are configuration errors, brokers that do not come up
+/// are unavailable services, files are I/O.
+fn bench_exit_code(error: &jobstream_bench::BenchError) -> u8 {
+    use jobstream_bench::BenchError;
+    match error {
+        BenchError::InvalidFlag(_) => EXIT_CONFIG,
+        BenchError::Output { .. } | BenchError::Io { .. } => EXIT_IO,
+        BenchError::BrokerStart(_) | BenchError::Kafka { .. } | BenchError::Run(_) => {
+            EXIT_UNAVAILABLE
+        }
+        BenchError::Topics(error) => sink_exit_code(error),
+        BenchError::Publish(error) if error.is_settings() => EXIT_CONFIG,
+        BenchError::Publish(_) => EXIT_UNAVAILABLE,
+        BenchError::Mqtt(error) => bridge_exit_code(error),
+        BenchError::Encode(_) => EXIT_SOFTWARE,
+    }
+}
+
 impl From<jobstream_topology::TopologyError> for Failure {
     fn from(error: jobstream_topology::TopologyError) -> Self {
         use jobstream_topology::TopologyError;
@@ -236,7 +245,8 @@ fn main() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Simulate(args) => simulate::run(*args),
-        Command::Bench(args) => bench::run(*args),
+        Command::Bench(args) => jobstream_bench::run(*args, &mut std::io::stdout().lock())
+            .map_err(|error| Failure::new(bench_exit_code(&error), error)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

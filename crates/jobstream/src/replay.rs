@@ -26,7 +26,7 @@ pub struct ReplayArgs {
     #[arg(long, env = "JOBSTREAM_KAFKA_BROKERS")]
     kafka: Option<String>,
     /// A librdkafka option KEY=VALUE passed through (repeatable).
-    #[arg(long = "kafka-option", value_parser = crate::run::parse_key_value)]
+    #[arg(long = "kafka-option", value_parser = jobstream_sink::kafka::parse_option)]
     kafka_options: Vec<(String, String)>,
     /// Topic prefix before `job/` and `jobExecution/`.
     #[arg(long, default_value = jobstream_parser::DEFAULT_PREFIX)]

@@ -168,7 +168,7 @@ pub struct RunArgs {
     #[command(flatten)]
     mqtt_auth: MqttAuthArgs,
     /// A librdkafka option KEY=VALUE passed through (repeatable), e.g. security.protocol=SASL_SSL.
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", value_parser = jobstream_sink::kafka::parse_option)]
     kafka_options: Vec<(String, String)>,
     /// SASL user name for Kafka (librdkafka's `sasl.username`).
     #[arg(long, env = "JOBSTREAM_KAFKA_USERNAME")]
@@ -197,13 +197,6 @@ pub struct RunArgs {
     /// Serve /metrics (Prometheus), /health and /ready on this address, e.g. 127.0.0.1:9464.
     #[arg(long, env = "JOBSTREAM_METRICS_LISTEN")]
     metrics_listen: Option<String>,
-}
-
-pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
 }
 
 fn config_error(message: impl Into<String>) -> Failure {

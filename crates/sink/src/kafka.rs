@@ -928,6 +928,18 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// A librdkafka option as given on a command line, `KEY=VALUE` (both trimmed; the key not
+/// empty): the parser of every `--kafka-option` flag.
+///
+/// # Errors
+/// The text has no `=` or an empty key; the message shows it.
+pub fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use crate::error::{BenchError, IoContext as _, KafkaContext as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -63,7 +63,7 @@ pub(super) struct Sampler {
 pub(super) fn consumer(
     brokers: &str,
     options: &[(String, String)],
-) -> anyhow::Result<BaseConsumer> {
+) -> Result<BaseConsumer, BenchError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -80,18 +80,19 @@ pub(super) fn consumer(
             config.set(key, value);
         }
     }
-    config.create().context("creating a Kafka consumer")
+    config.create().kafka("creating a Kafka consumer")
 }
 
 pub(super) fn partitions_list(
     topics: &[String],
     partitions: i32,
-) -> anyhow::Result<TopicPartitionList> {
+) -> Result<TopicPartitionList, BenchError> {
     let mut list = TopicPartitionList::new();
     for topic in topics {
         for partition in 0..partitions {
             // The offset field carries the timestamp for ListOffsets: -1 is "latest".
-            list.add_partition_offset(topic, partition, Offset::End)?;
+            list.add_partition_offset(topic, partition, Offset::End)
+                .kafka("listing the partitions to sample")?;
         }
     }
     Ok(list)
@@ -100,8 +101,10 @@ pub(super) fn partitions_list(
 pub(super) fn watermarks(
     consumer: &BaseConsumer,
     list: &TopicPartitionList,
-) -> anyhow::Result<Vec<i64>> {
-    let answer = consumer.offsets_for_times(list.clone(), Duration::from_secs(10))?;
+) -> Result<Vec<i64>, BenchError> {
+    let answer = consumer
+        .offsets_for_times(list.clone(), Duration::from_secs(10))
+        .kafka("reading Kafka watermarks")?;
     Ok(answer
         .elements()
         .iter()
@@ -119,10 +122,10 @@ impl Sampler {
         topics: &[String],
         partitions: i32,
         every: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, BenchError> {
         let consumer = consumer(brokers, options)?;
         let list = partitions_list(topics, partitions)?;
-        watermarks(&consumer, &list).context("reading Kafka watermarks")?;
+        watermarks(&consumer, &list)?;
         let stop = Arc::new(AtomicBool::new(false));
         let total = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));
@@ -145,7 +148,7 @@ impl Sampler {
                     std::thread::sleep(every);
                 }
             })
-            .context("starting the sampler thread")?;
+            .io("starting the sampler thread")?;
         Ok(Sampler {
             stop,
             total,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use crate::error::{BenchError, IoContext as _};
 use jobstream_bridge::MqttConfig;
 use jobstream_fleet::{Fleet, FleetConfig};
 use jobstream_sink::kafka::KafkaConfig;
@@ -23,13 +23,12 @@ use super::result::{ParquetResult, RunResult};
 use super::sampling::{ProcUsage, Sampler};
 use super::statistics::latency;
 use super::verification::{event_id, Published};
-use super::{config_error, BenchArgs};
-use crate::Failure;
+use super::BenchArgs;
+use crate::error::invalid_flag;
 use jobstream_publisher::{self as publisher, PublishSettings};
 
-pub(super) const PYTHON_BRIDGE: &str =
-    include_str!("../../../../benches/baselines/python_bridge.py");
-pub(super) const TSV_PRODUCER: &str = include_str!("../../../../benches/baselines/tsv_producer.py");
+pub(super) const PYTHON_BRIDGE: &str = include_str!("../../../benches/baselines/python_bridge.py");
+pub(super) const TSV_PRODUCER: &str = include_str!("../../../benches/baselines/tsv_producer.py");
 
 pub(super) struct Bench {
     pub(super) args: BenchArgs,
@@ -57,12 +56,12 @@ impl Bench {
     ///
     /// # Errors
     /// A URL bench cannot use (78), or a broker, script or runtime that cannot be started.
-    pub(super) fn start(args: BenchArgs) -> Result<Bench, Failure> {
+    pub(super) fn start(args: BenchArgs) -> Result<Bench, BenchError> {
         let temp;
         let dir = match &args.workdir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                    .io_with(|| format!("cannot create {}", dir.display()))?;
                 dir.clone()
             }
             None => {
@@ -91,9 +90,9 @@ impl Bench {
                 (Some(managed), brokers, broker)
             }
         };
-        let url = ParsedUrl::parse(&mqtt_url).map_err(|e| config_error(e.to_string()))?;
+        let url = ParsedUrl::parse(&mqtt_url).map_err(|e| invalid_flag(format!("--mqtt: {e}")))?;
         if url.tls {
-            return Err(config_error(
+            return Err(invalid_flag(
                 "bench drives mosquitto_sub and paho without TLS: pass an mqtt:// URL",
             ));
         }
@@ -101,16 +100,16 @@ impl Bench {
         let tsv_producer = dir.join("tsv_producer.py");
         std::fs::write(&python_bridge, PYTHON_BRIDGE)
             .and_then(|()| std::fs::write(&tsv_producer, TSV_PRODUCER))
-            .context("writing the baseline scripts")?;
+            .io("writing the baseline scripts")?;
         let jobstream_bin = dir.join("jobstream");
         std::env::current_exe()
             .and_then(|exe| std::fs::copy(exe, &jobstream_bin))
-            .context("copying the jobstream binary into the work directory")?;
+            .io("copying the jobstream binary into the work directory")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .context("starting the async runtime")?;
+            .io("starting the async runtime")?;
         Ok(Bench {
             mqtt_url,
             host: url.host,
@@ -209,7 +208,7 @@ impl Bench {
         mqtt: &MqttConfig,
         listen: Duration,
         clean: bool,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64, BenchError> {
         let subscriptions = mqtt.subscriptions();
         let mut received = 0;
         for index in 0..mqtt.connections.max(1) {
@@ -226,7 +225,11 @@ impl Bench {
                     let event = match tokio::time::timeout_at(wait, eventloop.poll()).await {
                         Ok(event) => event,
                         Err(_) if until.is_some() => break,
-                        Err(_) => bail!("no SUBACK from the MQTT broker within 30 s"),
+                        Err(_) => {
+                            return Err(BenchError::Run(
+                                "no SUBACK from the MQTT broker within 30 s".into(),
+                            ))
+                        }
                     };
                     match event {
                         Ok(Event::Incoming(Packet::ConnAck(_))) if !clean => {
@@ -234,7 +237,9 @@ impl Bench {
                                 .iter()
                                 .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
                                 .collect::<Vec<_>>();
-                            client.subscribe_many(filters).await?;
+                            client.subscribe_many(filters).await.map_err(|e| {
+                                BenchError::Run(format!("MQTT session set-up: {e}"))
+                            })?;
                         }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => break,
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -242,7 +247,9 @@ impl Bench {
                         }
                         Ok(Event::Incoming(Packet::Publish(_))) => received += 1,
                         Ok(_) => {}
-                        Err(error) => bail!("MQTT session set-up: {error}"),
+                        Err(error) => {
+                            return Err(BenchError::Run(format!("MQTT session set-up: {error}")))
+                        }
                     }
                 }
                 let _ = client.disconnect().await;
@@ -301,7 +308,7 @@ impl Bench {
         plan: &Plan,
         progress: &indicatif::ProgressBar,
         result: &mut RunResult,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), BenchError> {
         self.run_counter += 1;
         let id = format!(
             "bench-{}-{}-{}-c{}",
@@ -326,8 +333,7 @@ impl Bench {
             kafka.partitions = self.args.partitions;
             kafka.options = self.kafka_options.iter().cloned().collect();
             self.runtime
-                .block_on(jobstream_sink::kafka::ensure_topics(&kafka))
-                .context("creating the run's Kafka topics")?;
+                .block_on(jobstream_sink::kafka::ensure_topics(&kafka))?;
         }
         let mut published = Published::default();
         let fleet = self.fleet(seed, self.args.events, &plan.prefix);
@@ -344,16 +350,20 @@ impl Bench {
                 }))?;
             published.bytes = sent.tally.bytes;
         } else {
-            let mut out =
-                std::io::BufWriter::new(std::fs::File::create(self.dir.join(format!("{id}.tsv")))?);
+            let mut out = std::io::BufWriter::new(
+                std::fs::File::create(self.dir.join(format!("{id}.tsv")))
+                    .io_with(|| format!("creating {id}.tsv"))?,
+            );
             for message in fleet {
                 if let Some(id) = event_id(&message.payload) {
                     published.backlog.insert(id.to_owned());
                 }
                 published.bytes += message.payload.len() as u64;
-                crate::generate::write_capture_line(&mut out, &message)?;
+                message
+                    .write_capture(&mut out)
+                    .io_with(|| format!("writing {id}.tsv"))?;
             }
-            out.flush()?;
+            out.flush().io_with(|| format!("writing {id}.tsv"))?;
         }
         let n = published.backlog.len() as u64;
         result.events = n;
@@ -398,15 +408,18 @@ impl Bench {
                 && plan.contender != Contender::KafkaCeiling
             {
                 running.stop();
-                bail!(
+                return Err(BenchError::Run(format!(
                     "{} exited before draining the backlog (see {}/{id}-*.log)",
                     plan.label,
                     self.dir.display()
-                );
+                )));
             }
             if Instant::now() > deadline {
                 running.stop();
-                bail!("the drain took longer than {} s", self.args.timeout_secs);
+                return Err(BenchError::Run(format!(
+                    "the drain took longer than {} s",
+                    self.args.timeout_secs
+                )));
             }
             std::thread::sleep(Duration::from_millis(2));
         };
@@ -498,7 +511,7 @@ impl Bench {
         &self,
         id: &str,
         topics: &[String],
-    ) -> anyhow::Result<ParquetResult> {
+    ) -> Result<ParquetResult, BenchError> {
         let config = self.dir.join(format!("{id}-parquet.toml"));
         let out = self.dir.join(format!("{id}-parquet"));
         let mut options = String::new();
@@ -520,19 +533,24 @@ impl Bench {
                 json!(out),
                 json!(format!("{id}-parquet")),
             ),
-        )?;
+        )
+        .io_with(|| format!("writing {}", config.display()))?;
         let stdout = self.dir.join(format!("{id}-parquet-stdout.log"));
         let started = Instant::now();
         let child = Command::new(&self.jobstream_bin)
             .args(["run", "--stop-at-end", "--config"])
             .arg(&config)
             .env("JOBSTREAM_LOG", "warn")
-            .stdout(std::fs::File::create(&stdout)?)
-            .stderr(std::fs::File::create(
-                self.dir.join(format!("{id}-parquet-stderr.log")),
-            )?)
+            .stdout(
+                std::fs::File::create(&stdout)
+                    .io_with(|| format!("creating {}", stdout.display()))?,
+            )
+            .stderr(
+                std::fs::File::create(self.dir.join(format!("{id}-parquet-stderr.log")))
+                    .io_with(|| format!("creating {id}-parquet-stderr.log"))?,
+            )
             .spawn()
-            .context("cannot start jobstream run --parquet")?;
+            .io("cannot start jobstream run --parquet")?;
         let mut running = Running {
             usage: vec![ProcUsage::default()],
             children: vec![child],
@@ -548,7 +566,9 @@ impl Bench {
             }
             if Instant::now() > deadline {
                 running.stop();
-                bail!("the Parquet stage had not ended after {limit} s (see {id}-parquet-*.log)");
+                return Err(BenchError::Run(format!(
+                    "the Parquet stage had not ended after {limit} s (see {id}-parquet-*.log)"
+                )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -562,10 +582,10 @@ impl Bench {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok());
         let Some(rows) = rows.filter(|_| code == Some(0)) else {
-            bail!(
+            return Err(BenchError::Run(format!(
                 "jobstream run --parquet exited with {code:?} (see {}-parquet-*.log)",
                 id
-            );
+            )));
         };
         Ok(ParquetResult {
             rows,
@@ -578,7 +598,7 @@ impl Bench {
 }
 
 /// A fresh directory under the system's temporary directory, kept for the logs.
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
+fn tempfile_dir() -> Result<PathBuf, BenchError> {
     let dir = std::env::temp_dir().join(format!(
         "jobstream-bench-{}-{}",
         std::process::id(),
@@ -586,6 +606,6 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).io_with(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use crate::error::{BenchError, IoContext as _};
 use serde_json::json;
 
 use super::brokers::signal;
@@ -175,11 +175,10 @@ impl Bench {
         id: &str,
         topics: &[String],
         n: u64,
-    ) -> anyhow::Result<Running> {
-        let log = |name: &str| -> anyhow::Result<std::fs::File> {
-            Ok(std::fs::File::create(
-                self.dir.join(format!("{id}-{name}.log")),
-            )?)
+    ) -> Result<Running, BenchError> {
+        let log = |name: &str| -> Result<std::fs::File, BenchError> {
+            std::fs::File::create(self.dir.join(format!("{id}-{name}.log")))
+                .io_with(|| format!("creating {id}-{name}.log"))
         };
         let kafka_args = |cmd: &mut Command| {
             cmd.arg("--brokers")
@@ -208,28 +207,30 @@ impl Bench {
                 .stdout(Stdio::null())
                 .stderr(log("stderr")?)
                 .spawn()
-                .context("cannot start mosquitto_sub")?],
+                .io("cannot start mosquitto_sub")?],
             Contender::KafkaCeiling => {
                 let mut cmd = Command::new(&self.args.python);
                 cmd.arg(&self.tsv_producer);
                 kafka_args(&mut cmd);
                 vec![cmd
-                    .stdin(std::fs::File::open(self.dir.join(format!("{id}.tsv")))?)
+                    .stdin(
+                        std::fs::File::open(self.dir.join(format!("{id}.tsv")))
+                            .io_with(|| format!("opening {id}.tsv"))?,
+                    )
                     .stdout(Stdio::null())
                     .stderr(log("stderr")?)
                     .spawn()
-                    .context("cannot start the TSV producer (--python)")?]
+                    .io("cannot start the TSV producer (--python)")?]
             }
             Contender::Pipeline => {
                 let mut sub = mosquitto_sub(&["-F", "%t\t%p"])
                     .stdout(Stdio::piped())
                     .stderr(log("sub")?)
                     .spawn()
-                    .context("cannot start mosquitto_sub")?;
-                let pipe = sub
-                    .stdout
-                    .take()
-                    .context("mosquitto_sub has no standard output")?;
+                    .io("cannot start mosquitto_sub")?;
+                let pipe = sub.stdout.take().ok_or_else(|| {
+                    BenchError::Run("mosquitto_sub has no standard output".into())
+                })?;
                 let mut cmd = Command::new(&self.args.python);
                 cmd.arg(&self.tsv_producer);
                 kafka_args(&mut cmd);
@@ -238,7 +239,7 @@ impl Bench {
                     .stdout(Stdio::null())
                     .stderr(log("producer")?)
                     .spawn()
-                    .context("cannot start the TSV producer (--python)")?;
+                    .io("cannot start the TSV producer (--python)")?;
                 vec![sub, producer]
             }
             Contender::Python => {
@@ -255,7 +256,7 @@ impl Bench {
                     .stdout(Stdio::null())
                     .stderr(log("stderr")?)
                     .spawn()
-                    .context("cannot start the Python bridge (--python)")?]
+                    .io("cannot start the Python bridge (--python)")?]
             }
             Contender::Jobstream => {
                 let config = self.dir.join(format!("{id}.toml"));
@@ -282,7 +283,7 @@ impl Bench {
                         parts = self.args.partitions,
                         prefix = json!(plan.prefix),
                     ),
-                )?;
+                ).io_with(|| format!("writing {}", config.display()))?;
                 vec![Command::new(&self.jobstream_bin)
                     .args(["run", "--stats-every-secs", "1", "--config"])
                     .arg(&config)
@@ -290,7 +291,7 @@ impl Bench {
                     .stdout(log("stdout")?)
                     .stderr(log("stderr")?)
                     .spawn()
-                    .context("cannot start jobstream run")?]
+                    .io("cannot start jobstream run")?]
             }
         };
         let usage = vec![ProcUsage::default(); children.len()];

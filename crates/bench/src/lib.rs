@@ -21,20 +21,23 @@
 //! read when the drain completes: they cover start-up and the drain at full rate.
 //!
 //! Where each part lives:
-//! - [`contender`]: the contenders, the plan of runs (interleaved, rotated per repetition), and
+//! - `contender`: the contenders, the plan of runs (interleaved, rotated per repetition), and
 //!   how each contender's processes are started;
-//! - [`brokers`]: the mosquitto and Apache Kafka bench starts when none is given;
-//! - [`runner`]: one run — topics, sessions, backlog, the timed drain, latency, the stop — and
+//! - `brokers`: the mosquitto and Apache Kafka bench starts when none is given;
+//! - `runner`: one run — topics, sessions, backlog, the timed drain, latency, the stop — and
 //!   the Kafka → Parquet stage after jobstream's runs;
-//! - [`sampling`]: /proc CPU and memory, and Kafka watermarks polled from a thread;
-//! - [`verification`]: lost and duplicated events, by id, against what was published;
-//! - [`statistics`]: latency percentiles, medians and ranges;
-//! - [`summary`] and [`result`]: the table, the JSON result and the machine it ran on;
-//!   [`chart`]: the rate-over-time SVG.
+//! - `sampling`: /proc CPU and memory, and Kafka watermarks polled from a thread;
+//! - `verification`: lost and duplicated events, by id, against what was published;
+//! - `statistics`: latency percentiles, medians and ranges;
+//! - `summary` and `result`: the table, the JSON result and the machine it ran on;
+//!   `chart`: the rate-over-time SVG;
+//! - `error`: [`BenchError`], what stops a bench (a contender's failed run does not: it is
+//!   recorded in its result).
 
 mod brokers;
 mod chart;
 mod contender;
+mod error;
 mod result;
 mod runner;
 mod sampling;
@@ -42,18 +45,20 @@ mod statistics;
 mod summary;
 mod verification;
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
+use jobstream_sink::kafka::parse_option;
 
-use crate::run::parse_key_value;
-use crate::{Failure, EXIT_CONFIG};
+pub use contender::Contender;
+pub use error::BenchError;
 
-use contender::{Contender, Plan};
+use contender::Plan;
+use error::{invalid_flag, IoContext as _};
 use runner::Bench;
 use summary::Summary;
 
+/// The bench's settings, as the flags of `jobstream bench` (the binary flattens them in).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// MQTT broker (mqtt://host:port). Default: start a mosquitto of our own (see
@@ -109,7 +114,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     partitions: i32,
     /// A librdkafka option KEY=VALUE for every contender's producer (repeatable).
-    #[arg(long = "kafka-option", value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", value_parser = parse_option)]
     kafka_options: Vec<(String, String)>,
     /// Python with paho-mqtt and confluent-kafka, for the baselines.
     #[arg(long, default_value = ".venv/bin/python")]
@@ -137,13 +142,9 @@ pub struct BenchArgs {
     workdir: Option<PathBuf>,
 }
 
-pub(super) fn config_error(message: impl Into<String>) -> Failure {
-    Failure::new(EXIT_CONFIG, anyhow::anyhow!(message.into()))
-}
-
 /// Creates the folder `path` is to be written in and checks that the file can be written
 /// there, leaving no empty file behind.
-fn prepare_output(flag: &str, path: &Path) -> Result<(), Failure> {
+fn prepare_output(flag: &'static str, path: &Path) -> Result<(), BenchError> {
     let folder = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -164,69 +165,72 @@ fn prepare_output(flag: &str, path: &Path) -> Result<(), Failure> {
                 std::fs::remove_file(path)
             }
         })
-        .map_err(|e| {
-            Failure::new(
-                crate::EXIT_IO,
-                anyhow::anyhow!(
-                    "{flag} {}: cannot be written ({e}); name a file in a writable folder",
-                    path.display()
-                ),
-            )
+        .map_err(|source| BenchError::Output {
+            flag,
+            path: path.to_owned(),
+            source,
         })
 }
 
-/// Runs the whole comparison: every planned run of every contender, then the table on standard
-/// output and the JSON result and chart in their files.
+/// Runs the whole comparison: every planned run of every contender, then the table to `out`
+/// (before the files, so that a file that cannot be written loses no figures) and the JSON
+/// result and chart to their files.
+///
+/// Execution model: blocking, for minutes; brokers and contenders are child processes, the
+/// publisher runs on a runtime of its own, progress goes to standard error. A failed write to
+/// `out` (a closed pipe) is ignored.
 ///
 /// # Errors
-/// A bad flag (exit 78) before anything starts, a broker that cannot be started, or a result
-/// that cannot be written. A contender's failed run is recorded in the result, not returned.
-pub fn run(args: BenchArgs) -> Result<(), Failure> {
+/// A bad flag ([`BenchError::InvalidFlag`], [`BenchError::Output`]) before anything starts, a
+/// broker that cannot be started, or a result that cannot be written. A contender's failed run
+/// is recorded in the result, not returned.
+pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), BenchError> {
     validate(&args)?;
     let mut bench = Bench::start(args)?;
     let plans = Plan::all(&bench.args);
     let results = bench.run_all(&plans);
     let summary = Summary::of(&bench, &plans, results);
-    out!("{}", summary.table);
-    let text =
-        serde_json::to_string_pretty(&summary.json(&bench)).context("encoding the result")?;
+    let _ = write!(out, "{}", summary.table);
+    let _ = out.flush();
+    let text = serde_json::to_string_pretty(&summary.json(&bench))?;
     std::fs::write(&bench.args.output, format!("{text}\n"))
-        .with_context(|| format!("cannot write {}", bench.args.output.display()))?;
+        .io_with(|| format!("cannot write {}", bench.args.output.display()))?;
     std::fs::write(&bench.args.chart, &summary.chart)
-        .with_context(|| format!("cannot write {}", bench.args.chart.display()))?;
-    outln!(
+        .io_with(|| format!("cannot write {}", bench.args.chart.display()))?;
+    let _ = writeln!(
+        out,
         "wrote {} and {}",
         bench.args.output.display(),
         bench.args.chart.display()
     );
-    let _ = std::io::stdout().flush();
+    let _ = out.flush();
     Ok(())
 }
 
 /// The flags' checks, before minutes of measuring rather than after them.
-fn validate(args: &BenchArgs) -> Result<(), Failure> {
+fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     if args.events == 0 || args.repetitions == 0 {
-        return Err(config_error(
+        return Err(invalid_flag(
             "--events and --repetitions must be at least 1",
         ));
     }
     if args.contenders.is_empty() {
-        return Err(config_error(
+        return Err(invalid_flag(
             "--contenders must name at least one contender",
         ));
     }
     if args.scaling.iter().any(|&c| c > 64) {
-        return Err(config_error(
+        return Err(invalid_flag(
             "--scaling connection counts must be 64 or fewer",
         ));
     }
     if !(args.latency_rate.is_finite() && args.latency_rate > 0.0) {
-        return Err(config_error(
+        return Err(invalid_flag(
             "--latency-rate must be a positive number of events per second",
         ));
     }
     if args.partitions < 1 {
-        return Err(config_error("--partitions must be at least 1"));
+        return Err(invalid_flag("--partitions must be at least 1"));
     }
     // Checked before minutes of measuring, not after them: a result that cannot be written is
     // a whole run lost.
@@ -240,7 +244,7 @@ fn validate(args: &BenchArgs) -> Result<(), Failure> {
         )
     });
     if needs_python && !args.python.exists() {
-        return Err(config_error(format!(
+        return Err(invalid_flag(format!(
             "--python {} does not exist; the Python baselines need a Python with paho-mqtt and confluent-kafka (scripts/test-env makes .venv)",
             args.python.display()
         )));

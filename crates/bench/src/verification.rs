@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use crate::error::{BenchError, KafkaContext as _};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
@@ -35,7 +35,7 @@ impl Bench {
         topics: &[String],
         published: &Published,
         result: &mut RunResult,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), BenchError> {
         let consumer = consumer(&self.kafka, &self.kafka_options)?;
         let list = partitions_list(&topics[..2], self.args.partitions)?;
         let ends = watermarks(&consumer, &list)?;
@@ -54,13 +54,13 @@ impl Bench {
         result.verified_by = "event ids".to_owned();
         let mut assignment = TopicPartitionList::new();
         for element in list.elements() {
-            assignment.add_partition_offset(
-                element.topic(),
-                element.partition(),
-                Offset::Beginning,
-            )?;
+            assignment
+                .add_partition_offset(element.topic(), element.partition(), Offset::Beginning)
+                .kafka("listing the run's partitions")?;
         }
-        consumer.assign(&assignment)?;
+        consumer
+            .assign(&assignment)
+            .kafka("assigning the run's partitions")?;
         let index_of = |topic: &str, partition: i32| -> Option<usize> {
             let t = topics.iter().position(|t| t == topic)?;
             Some(t * self.args.partitions as usize + usize::try_from(partition).ok()?)
@@ -71,12 +71,14 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(600);
         while next.iter().zip(&ends).any(|(n, e)| n < e) {
             if Instant::now() > deadline {
-                bail!("reading the run's topics back took over 10 minutes");
+                return Err(BenchError::Run(
+                    "reading the run's topics back took over 10 minutes".into(),
+                ));
             }
             let Some(message) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let message = message?;
+            let message = message.kafka("reading the run's topics back")?;
             let Some(slot) = index_of(message.topic(), message.partition()) else {
                 continue;
             };

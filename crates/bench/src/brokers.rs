@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use crate::error::{BenchError, IoContext as _};
 
 use super::BenchArgs;
 
@@ -39,12 +39,12 @@ pub(super) fn signal(pid: u32, name: &str) -> std::io::Result<()> {
         .map(|_| ())
 }
 
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+pub(super) fn free_port() -> Result<u16, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0").io("finding a free port")?;
+    Ok(listener.local_addr().io("finding a free port")?.port())
 }
 
-pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+pub(super) fn wait_port(port: u16, what: &str) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
@@ -53,10 +53,15 @@ pub(super) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{what} did not open port {port} within 30 s (see its log in the work directory)")
+    Err(BenchError::BrokerStart(format!(
+        "{what} did not open port {port} within 30 s (see its log in the work directory)"
+    )))
 }
 
-pub(super) fn start_mosquitto(args: &BenchArgs, dir: &Path) -> anyhow::Result<(Managed, String)> {
+pub(super) fn start_mosquitto(
+    args: &BenchArgs,
+    dir: &Path,
+) -> Result<(Managed, String), BenchError> {
     let port = free_port()?;
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
@@ -67,15 +72,17 @@ pub(super) fn start_mosquitto(args: &BenchArgs, dir: &Path) -> anyhow::Result<(M
              # must not be throttled to 20 messages in flight (mosquitto's default).\n\
              max_inflight_messages 0\nmax_queued_messages 0\n"
         ),
-    )?;
-    let log = std::fs::File::create(dir.join("mosquitto.log"))?;
+    )
+    .io_with(|| format!("writing {}", conf.display()))?;
+    let log = dir.join("mosquitto.log");
+    let log = std::fs::File::create(&log).io_with(|| format!("creating {}", log.display()))?;
     let child = Command::new(&args.mosquitto)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .with_context(|| format!("cannot start {}", args.mosquitto.display()))?;
+        .io_with(|| format!("cannot start {}", args.mosquitto.display()))?;
     let managed = Managed(child);
     wait_port(port, "mosquitto")?;
     Ok((managed, format!("mqtt://127.0.0.1:{port}")))
@@ -86,23 +93,24 @@ pub(super) fn start_mosquitto(args: &BenchArgs, dir: &Path) -> anyhow::Result<(M
 pub(super) fn start_kafka(
     args: &BenchArgs,
     dir: &Path,
-) -> anyhow::Result<(Managed, String, KafkaBroker)> {
+) -> Result<(Managed, String, KafkaBroker), BenchError> {
     let (port, controller_port) = (free_port()?, free_port()?);
     let data = dir.join("kafka");
-    std::fs::create_dir_all(&data)?;
+    std::fs::create_dir_all(&data).io_with(|| format!("creating {}", data.display()))?;
     let libs = Command::new(&args.kafka_script)
         .arg("libs")
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("cannot run {}", args.kafka_script.display()))?;
+        .io_with(|| format!("cannot run {}", args.kafka_script.display()))?;
     if !libs.status.success() {
-        bail!(
+        return Err(BenchError::BrokerStart(format!(
             "no Apache Kafka to start: run `{} fetch` once (Maven resolves the broker's jars), or pass --kafka BROKERS for a broker you run",
             args.kafka_script.display()
-        );
+        )));
     }
     let libs = PathBuf::from(String::from_utf8_lossy(&libs.stdout).trim());
-    let version = std::fs::read_dir(&libs)?
+    let version = std::fs::read_dir(&libs)
+        .io_with(|| format!("listing {}", libs.display()))?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .find_map(|name| {
             Some(
@@ -120,7 +128,7 @@ pub(super) fn start_kafka(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("cannot start {}", args.kafka_script.display()))?;
+        .io_with(|| format!("cannot start {}", args.kafka_script.display()))?;
     let mut managed = Managed(child);
     // The port opens before requests are served; the broker's own word is the signal.
     let log = data.join("kafka.log");
@@ -130,16 +138,16 @@ pub(super) fn start_kafka(
             break;
         }
         if let Ok(Some(status)) = managed.0.try_wait() {
-            bail!(
+            return Err(BenchError::BrokerStart(format!(
                 "Apache Kafka exited ({status}) before it started: see {}",
                 log.display()
-            );
+            )));
         }
         if Instant::now() > deadline {
-            bail!(
+            return Err(BenchError::BrokerStart(format!(
                 "Apache Kafka did not start within 120 s: see {}",
                 log.display()
-            );
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
