@@ -134,9 +134,15 @@ def test_kafka_unavailable_for_three_keep_alives_with_a_backlog_keeps_the_sessio
     events = generate(3000, tmp_path)
     # Small queues, so that a few dozen messages fill every stage and the connection task has
     # to hold the rest while Kafka cannot take them.
+    # message.timeout.ms well inside the read-back deadline: a frozen single-node KRaft broker
+    # fences itself on thawing, and librdkafka's idempotent producer has been seen (CI,
+    # 2026-12-04) to hold its queue until the records time out instead of resending them. The
+    # bridge then leaves them unacknowledged and they come back by redelivery; with the 300 s
+    # default that recovery landed just past the deadline. 60 s stays far above the 18 s freeze.
     bridge = Bridge(tmp_path, mosquitto, own_kafka, keep_alive_secs=5,
                     pipeline_extra={"batch_size": 4, "queue_batches": 1, "workers": 1},
-                    kafka_options={"queue.buffering.max.messages": "20"}).start()
+                    kafka_options={"queue.buffering.max.messages": "20",
+                                   "message.timeout.ms": "60000"}).start()
     publish(mosquitto.port, events[:100])
     bridge.wait_acked(100)
     own_kafka.proc.send_signal(signal.SIGSTOP)
