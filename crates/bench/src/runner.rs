@@ -57,17 +57,13 @@ impl Bench {
     /// # Errors
     /// A URL bench cannot use (78), or a broker, script or runtime that cannot be started.
     pub(super) fn start(args: BenchArgs) -> Result<Bench, BenchError> {
-        let temp;
         let dir = match &args.workdir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .io_with(|| format!("cannot create {}", dir.display()))?;
                 dir.clone()
             }
-            None => {
-                temp = tempfile_dir()?;
-                temp.clone()
-            }
+            None => tempfile_dir()?,
         };
         let (mosquitto, mqtt_url) = match &args.mqtt {
             Some(url) => (None, url.clone()),
@@ -117,7 +113,7 @@ impl Bench {
             kafka,
             kafka_options,
             broker,
-            dir: dir.clone(),
+            dir,
             runtime,
             python_bridge,
             tsv_producer,
