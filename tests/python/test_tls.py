@@ -2,7 +2,10 @@
 keys in both forms AWS hands out: PKCS#1 (`RSA PRIVATE KEY`) and PKCS#8."""
 
 import json
+import socket
+import ssl
 import subprocess
+import threading
 
 import pytest
 
@@ -98,3 +101,111 @@ def test_simulate_against_a_server_its_ca_did_not_sign_exits_78_naming_tls(tmp_p
         assert json.loads(right.stdout)["events"] >= 10
     finally:
         mosquitto.stop()
+
+
+class AlpnGate:
+    """A TLS endpoint that behaves like AWS IoT Core's port 443: it takes MQTT only from a
+    client that offers ALPN `x-amzn-mqtt-ca` and presents a certificate its CA signed, and relays
+    such a connection to mosquitto's plain listener. A client that offers no ALPN protocol gets
+    the handshake (AWS would serve it HTTPS) and is then closed before any MQTT answer."""
+
+    PROTOCOL = "x-amzn-mqtt-ca"
+
+    def __init__(self, certs, upstream_port, port=443):
+        self.upstream_port = upstream_port
+        self.offered = []  # the protocol each client got, None where it offered none
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certs / "server.pem", certs / "server.key")
+        context.load_verify_locations(certs / "ca.pem")
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.set_alpn_protocols([self.PROTOCOL])
+        self.context = context
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.listener.bind(("127.0.0.1", port))
+        except OSError as error:
+            pytest.fail(f"the ALPN gate needs 127.0.0.1:{port} (AWS's port, where the preset offers "
+                        f"ALPN by itself): {error}")
+        self.listener.listen(16)
+        self.port = port
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw):
+        try:
+            client = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        chosen = client.selected_alpn_protocol()
+        self.offered.append(chosen)
+        if chosen != self.PROTOCOL:
+            client.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.closed = True
+        # Wakes the accepting thread; a bare close() would leave port 443 listening until then.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+
+
+def test_the_aws_preset_on_port_443_offers_alpn_and_delivers_through_an_alpn_gate_with_mutual_tls(
+        tmp_path, certs, kafka, mosquitto):
+    gate = AlpnGate(certs, mosquitto.port)
+    try:
+        events = generate(200, tmp_path)
+        # The README's AWS preset: port 443, a CA, a device certificate and key, no ALPN flag.
+        bridge = Bridge(tmp_path, mosquitto, kafka, url="mqtts://127.0.0.1:443",
+                        ca=str(certs / "ca.pem"), cert=str(certs / "client.pem"),
+                        key=str(certs / "client-pkcs1.key")).start()
+        deliver_and_read_back(bridge, mosquitto, kafka, events)
+        assert gate.offered and set(gate.offered) == {AlpnGate.PROTOCOL}, gate.offered
+    finally:
+        gate.close()
+
+
+def test_without_alpn_on_port_443_the_bridge_fails_naming_the_missing_protocol(
+        tmp_path, certs, kafka, mosquitto):
+    gate = AlpnGate(certs, mosquitto.port)
+    try:
+        result = run("run", "--mqtt", "mqtts://127.0.0.1:443", "--kafka", kafka.brokers,
+                     "--mqtt-ca", certs / "ca.pem", "--mqtt-cert", certs / "client.pem",
+                     "--mqtt-key", certs / "client.key", "--mqtt-alpn", "none",
+                     "--connect-timeout-secs", "4", check=False, timeout=90)
+        assert result.returncode == 69, result.stderr
+        assert "ALPN x-amzn-mqtt-ca" in result.stderr, result.stderr
+        assert "127.0.0.1:443" in result.stderr
+        # The handshake itself went through: what was missing was the protocol, not the trust.
+        assert gate.offered and set(gate.offered) == {None}, gate.offered
+    finally:
+        gate.close()

@@ -49,6 +49,7 @@ mod handoff;
 mod mqtt;
 mod pipeline;
 mod rejects;
+mod sessions;
 mod settings;
 mod stats;
 mod worker;
@@ -88,13 +89,17 @@ pub enum BridgeError {
         reason: String,
     },
     /// No connection to the MQTT broker came up within the connect timeout (each failed attempt
-    /// is logged with its cause as it happens).
-    #[error("mqtt: no connection to {url} within {within:?}")]
+    /// is logged with its cause as it happens; the last one is here).
+    #[error("mqtt: no connection to {url} within {within:?}: {last_failure}{}", hint.map(|h| format!(" ({h})")).unwrap_or_default())]
     MqttUnreachable {
         /// The broker, credentials redacted.
         url: String,
         /// The connect timeout.
         within: std::time::Duration,
+        /// The last attempt's failure, or that the broker did not answer.
+        last_failure: String,
+        /// What is likely missing, where the failure and the settings point at one thing.
+        hint: Option<&'static str>,
     },
     /// Kafka could not be reached, or a record could not be flushed.
     #[error(transparent)]

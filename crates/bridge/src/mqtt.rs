@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use rumqttc::{Outgoing, QoS};
 
-use crate::config::{MqttConfig, MqttVersion};
+use crate::config::{MqttConfig, MqttVersion, SessionStart};
 use crate::BridgeError;
 
 /// A failure of either protocol's client: the connection is down (the next poll reconnects), or
@@ -55,6 +55,8 @@ pub(crate) enum NetEvent {
         /// Filters the broker refused.
         refused: usize,
     },
+    /// An UNSUBACK.
+    Unsubscribed,
     /// The broker sent DISCONNECT (MQTT 5 only), with its reason.
     DisconnectedByBroker {
         /// The reason code and string, for the log.
@@ -88,15 +90,31 @@ pub(crate) fn connect(
     config: &MqttConfig,
     index: usize,
 ) -> Result<(Client, EventLoop), BridgeError> {
+    connect_as(config, &config.client_id_of(index), SessionStart::Resume)
+}
+
+/// Builds a client and event loop under `client_id`, resuming or discarding its session.
+///
+/// # Errors
+/// A malformed URL or unreadable TLS files, named in the message.
+pub(crate) fn connect_as(
+    config: &MqttConfig,
+    client_id: &str,
+    start: SessionStart,
+) -> Result<(Client, EventLoop), BridgeError> {
     match config.version {
         MqttVersion::V311 => {
-            let (client, eventloop) =
-                rumqttc::AsyncClient::new(config.options(index)?, config.request_capacity);
+            let (client, eventloop) = rumqttc::AsyncClient::new(
+                config.options_as(client_id, start)?,
+                config.request_capacity,
+            );
             Ok((Client::V311(client), EventLoop::V311(Box::new(eventloop))))
         }
         MqttVersion::V5 => {
-            let (client, eventloop) =
-                rumqttc::v5::AsyncClient::new(config.options_v5(index)?, config.request_capacity);
+            let (client, eventloop) = rumqttc::v5::AsyncClient::new(
+                config.options_v5_as(client_id, start)?,
+                config.request_capacity,
+            );
             Ok((Client::V5(client), EventLoop::V5(Box::new(eventloop))))
         }
     }
@@ -155,6 +173,20 @@ impl Client {
         }
     }
 
+    /// Unsubscribes from `filters`, one UNSUBSCRIBE each (rumqttc sends one filter a packet).
+    ///
+    /// # Errors
+    /// The event loop is gone.
+    pub(crate) async fn unsubscribe(&self, filters: &[String]) -> Result<(), MqttError> {
+        for filter in filters {
+            match self {
+                Client::V311(client) => client.unsubscribe(filter.clone()).await?,
+                Client::V5(client) => client.unsubscribe(filter.clone()).await?,
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a DISCONNECT.
     ///
     /// # Errors
@@ -190,6 +222,7 @@ impl EventLoop {
                             .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                             .count(),
                     },
+                    Event::Incoming(Packet::UnsubAck(_)) => NetEvent::Unsubscribed,
                     Event::Outgoing(Outgoing::Disconnect) => NetEvent::Disconnecting,
                     _ => NetEvent::Other,
                 })
@@ -217,6 +250,7 @@ impl EventLoop {
                             .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
                             .count(),
                     },
+                    Event::Incoming(Packet::UnsubAck(_)) => NetEvent::Unsubscribed,
                     Event::Incoming(Packet::Disconnect(disconnect)) => {
                         NetEvent::DisconnectedByBroker {
                             reason: match disconnect.properties.and_then(|p| p.reason_string) {

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::acker::acker;
 use crate::config::redact;
-use crate::connection::{connection, ConnectionTask};
+use crate::config::SessionStart;
+use crate::connection::{connection, ConnectionTask, Retirement};
 use crate::dedup::{DedupWindow, Settled};
 use crate::direct::DirectWriter;
 use crate::handoff::{batcher, Completion, Delivery, Inbound, Token, COMPLETIONS_PER_CONNECTION};
@@ -80,7 +81,22 @@ pub async fn run(
         }
     };
 
-    let (completion_tx, completion_rx): (Vec<_>, Vec<_>) = (0..connections)
+    // Sessions an earlier run with more connections left behind get a connection each, which
+    // drains them and then ends them (see `sessions`).
+    let retiring = if config.mqtt.retire_sessions {
+        crate::sessions::left_behind(&config.mqtt).await
+    } else {
+        Vec::new()
+    };
+    for client_id in &retiring {
+        clients.push(mqtt::connect_as(
+            &config.mqtt,
+            client_id,
+            SessionStart::Resume,
+        )?);
+    }
+
+    let (completion_tx, completion_rx): (Vec<_>, Vec<_>) = (0..clients.len())
         .map(|_| mpsc::channel::<Completion>(COMPLETIONS_PER_CONNECTION))
         .unzip();
     let completion_tx = Arc::new(completion_tx);
@@ -240,15 +256,38 @@ pub async fn run(
     );
     let drain_notify = Arc::new(Notify::new());
     let subscriptions = config.mqtt.subscriptions();
+    let superseded = config.mqtt.superseded_subscriptions();
     let mut connection_tasks = Vec::new();
     let mut first_connects = Vec::new();
+    let mut retiring = retiring.into_iter();
+    let last_failure = Arc::new(std::sync::Mutex::new(None));
     for (index, ((client, eventloop), completions)) in
         clients.into_iter().zip(completion_rx).enumerate()
     {
         let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(config.pipeline.batch_size * 4);
         let epoch = Arc::new(AtomicU32::new(0));
-        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
-        first_connects.push(connected_rx);
+        // The acker and the connection task share one gauge: a retiring connection (past
+        // `connections`) has no metric of its own, but ends only once it reads zero.
+        let inflight = stats.inflight.get(index).cloned().unwrap_or_default();
+        let retirement = if index < connections {
+            None
+        } else {
+            retiring
+                .next()
+                .map(|client_id| Retirement::new(client_id, config.mqtt.clone()))
+        };
+        let (subscribe, unsubscribe, connected) = match retirement {
+            None => {
+                let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+                first_connects.push(connected_rx);
+                (
+                    subscriptions.clone(),
+                    superseded.clone(),
+                    Some(connected_tx),
+                )
+            }
+            Some(_) => (Vec::new(), config.mqtt.retired_subscriptions(), None),
+        };
         tokio::spawn(batcher(
             inbound_rx,
             batch_tx.clone(),
@@ -261,22 +300,25 @@ pub async fn run(
             client.clone(),
             Arc::clone(&epoch),
             Arc::clone(&stats),
-            stats.inflight.get(index).cloned().unwrap_or_default(),
+            inflight.clone(),
         ));
         connection_tasks.push(tokio::spawn(connection(ConnectionTask {
             index,
             client,
             eventloop,
-            subscriptions: subscriptions.clone(),
+            subscriptions: subscribe,
+            unsubscriptions: unsubscribe,
+            retirement,
             qos,
             inbound: inbound_tx,
             epoch,
             draining: Arc::clone(&draining),
             stats: Arc::clone(&stats),
             url: redact(&config.mqtt.url),
-            connected: Some(connected_tx),
+            connected,
+            last_failure: Arc::clone(&last_failure),
             acker,
-            inflight: stats.inflight.get(index).cloned().unwrap_or_default(),
+            inflight,
             inbound_depth: stats.inbound_queue.get(index).cloned().unwrap_or_default(),
             max_packet_bytes: config.mqtt.max_packet_bytes,
         })));
@@ -302,9 +344,16 @@ pub async fn run(
             // Answered once the first session is up; a task that ends first drops it.
             _ = connected => {}
             () = &mut deadline => {
+                let last_failure = last_failure
+                    .lock()
+                    .ok()
+                    .and_then(|mut last| last.take())
+                    .unwrap_or_else(|| "the broker did not answer".to_owned());
                 return Err(BridgeError::MqttUnreachable {
                     url: redact(&config.mqtt.url),
                     within: config.mqtt.connect_timeout,
+                    hint: config.mqtt.unreachable_hint(),
+                    last_failure,
                 });
             }
             () = &mut shutdown => break,

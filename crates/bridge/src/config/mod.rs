@@ -4,7 +4,7 @@
 mod tls;
 mod url;
 
-pub use tls::TlsError;
+pub use tls::{TlsError, AWS_ALPN_PORT, AWS_MQTT_ALPN};
 pub use url::{redact, MqttUrlError, ParsedUrl, UrlProblem};
 
 use std::path::PathBuf;
@@ -68,6 +68,15 @@ impl std::fmt::Display for MqttVersion {
     }
 }
 
+/// Whether a connection takes up its client id's persistent session or ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionStart {
+    /// Clean session (clean start) off: the broker hands over what the session holds.
+    Resume,
+    /// Clean session on (MQTT 5: clean start, expiry 0): the broker discards the session.
+    Discard,
+}
+
 /// The parts of a connection both protocol versions share.
 struct Connection {
     client_id: String,
@@ -98,11 +107,17 @@ pub struct MqttConfig {
         deserialize_with = "config_fields::seconds"
     )]
     pub session_expiry: Duration,
-    /// Base client id; connection `i` uses `<client_id>-<i>`. Must be stable across restarts:
-    /// the broker keeps the unacknowledged messages of a session under it.
+    /// Base client id: connection 0 uses it as it is, connection `i` uses `<client_id>-<i>`.
+    /// Must be stable across restarts: the broker keeps the unacknowledged messages of a
+    /// session under it.
     pub client_id: String,
     /// Parallel connections; with more than one they join a shared subscription.
     pub connections: usize,
+    /// At start, find the persistent sessions that a run with more connections left under
+    /// this client id (`<client_id>-<connections>`, the next, …) and drain them: unsubscribe,
+    /// take what they hold through the pipeline, then end them. Off where the broker's policy
+    /// lets this client connect under its own ids only.
+    pub retire_sessions: bool,
     /// Shared-subscription group used when `connections > 1`.
     pub share_group: String,
     /// Topic filters to subscribe to.
@@ -135,8 +150,8 @@ pub struct MqttConfig {
     pub cert: Option<PathBuf>,
     /// Mutual TLS: client private key, PEM: PKCS#1 (`RSA PRIVATE KEY`), PKCS#8 or SEC1.
     pub key: Option<PathBuf>,
-    /// ALPN protocol to offer; AWS IoT Core on port 443 needs `x-amzn-mqtt-ca` (offered
-    /// there unless set).
+    /// ALPN protocol to offer (`none`: offer none); AWS IoT Core on port 443 needs
+    /// `x-amzn-mqtt-ca`, offered there unless set.
     pub alpn: Option<String>,
     /// User name (overrides the URL's).
     pub username: Option<String>,
@@ -152,6 +167,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("session_expiry", &self.session_expiry)
             .field("client_id", &self.client_id)
             .field("connections", &self.connections)
+            .field("retire_sessions", &self.retire_sessions)
             .field("share_group", &self.share_group)
             .field("filters", &self.filters)
             .field("qos", &self.qos)
@@ -192,6 +208,7 @@ impl MqttConfig {
             session_expiry: DEFAULT_SESSION_EXPIRY,
             client_id: "jobstream".to_owned(),
             connections: 1,
+            retire_sessions: true,
             share_group: "jobstream".to_owned(),
             filters: vec![
                 "$aws/events/job/+/+".to_owned(),
@@ -289,16 +306,57 @@ impl MqttConfig {
 
     /// The subscription filters for this configuration (shared when several connections).
     pub fn subscriptions(&self) -> Vec<String> {
+        if self.connections > 1 {
+            self.shared_filters()
+        } else {
+            self.filters.clone()
+        }
+    }
+
+    /// The filters a session may still hold from a run with another number of connections
+    /// (the plain ones when this run shares, the shared ones when it does not): a persistent
+    /// session keeps its subscriptions, and holding both forms would deliver every event
+    /// twice to the same connection.
+    pub fn superseded_subscriptions(&self) -> Vec<String> {
+        let (now, then) = (self.subscriptions(), self.retired_subscriptions());
+        then.into_iter().filter(|f| !now.contains(f)).collect()
+    }
+
+    /// Every form of the filters a session of this client id may hold: what a retired session
+    /// is unsubscribed from.
+    pub fn retired_subscriptions(&self) -> Vec<String> {
+        let mut filters = self.filters.clone();
+        for shared in self.shared_filters() {
+            if !filters.contains(&shared) {
+                filters.push(shared);
+            }
+        }
+        filters
+    }
+
+    fn shared_filters(&self) -> Vec<String> {
         self.filters
             .iter()
             .map(|f| {
-                if self.connections > 1 && !f.starts_with("$share/") {
-                    format!("$share/{}/{f}", self.share_group)
-                } else {
+                if f.starts_with("$share/") {
                     f.clone()
+                } else {
+                    format!("$share/{}/{f}", self.share_group)
                 }
             })
             .collect()
+    }
+
+    /// The client id of connection `index`: the base id for connection 0, `<base>-<index>`
+    /// after it. Adding connections never renames one that exists, so its session (and the
+    /// messages the broker queued in it) is found again; sessions that fewer connections leave
+    /// behind are retired at start (`retire_sessions`).
+    pub fn client_id_of(&self, index: usize) -> String {
+        if index == 0 {
+            self.client_id.clone()
+        } else {
+            format!("{}-{index}", self.client_id)
+        }
     }
 
     /// rumqttc (MQTT 3.1.1) options for connection `index`.
@@ -306,10 +364,20 @@ impl MqttConfig {
     /// # Errors
     /// A malformed URL or unreadable TLS files, named in the message.
     pub fn options(&self, index: usize) -> Result<MqttOptions, BridgeError> {
-        let connection = self.connection(index)?;
+        self.options_as(&self.client_id_of(index), SessionStart::Resume)
+    }
+
+    /// rumqttc (MQTT 3.1.1) options for client id `client_id`, resuming or discarding its
+    /// session.
+    pub(crate) fn options_as(
+        &self,
+        client_id: &str,
+        start: SessionStart,
+    ) -> Result<MqttOptions, BridgeError> {
+        let connection = self.connection(client_id)?;
         let mut options = MqttOptions::new(connection.client_id, connection.host, connection.port);
         options
-            .set_clean_session(false)
+            .set_clean_session(start == SessionStart::Discard)
             .set_manual_acks(true)
             .set_keep_alive(self.keep_alive)
             .set_max_packet_size(MQTT_MAX_PACKET_BYTES, self.max_packet_bytes)
@@ -335,13 +403,28 @@ impl MqttConfig {
     /// # Errors
     /// A malformed URL or unreadable TLS files, named in the message.
     pub fn options_v5(&self, index: usize) -> Result<rumqttc::v5::MqttOptions, BridgeError> {
-        let connection = self.connection(index)?;
+        self.options_v5_as(&self.client_id_of(index), SessionStart::Resume)
+    }
+
+    /// rumqttc MQTT 5 options for client id `client_id`; discarding its session is a clean
+    /// start with a session expiry of 0, so nothing is kept after the disconnect either.
+    pub(crate) fn options_v5_as(
+        &self,
+        client_id: &str,
+        start: SessionStart,
+    ) -> Result<rumqttc::v5::MqttOptions, BridgeError> {
+        let connection = self.connection(client_id)?;
         let mut options =
             rumqttc::v5::MqttOptions::new(connection.client_id, connection.host, connection.port);
         let max_packet = u32::try_from(MQTT_MAX_PACKET_BYTES).unwrap_or(u32::MAX);
-        let expiry = u32::try_from(self.session_expiry.as_secs()).unwrap_or(u32::MAX);
+        let expiry = match start {
+            SessionStart::Resume => {
+                u32::try_from(self.session_expiry.as_secs()).unwrap_or(u32::MAX)
+            }
+            SessionStart::Discard => 0,
+        };
         options
-            .set_clean_start(false)
+            .set_clean_start(start == SessionStart::Discard)
             .set_session_expiry_interval(Some(expiry))
             .set_receive_maximum(Some(u16::MAX))
             .set_manual_acks(true)
@@ -358,7 +441,7 @@ impl MqttConfig {
     }
 
     /// What both protocol versions need: address, client id, credentials, TLS.
-    fn connection(&self, index: usize) -> Result<Connection, BridgeError> {
+    fn connection(&self, client_id: &str) -> Result<Connection, BridgeError> {
         let url = ParsedUrl::parse(&self.url)?;
         // Checked whatever the scheme, so that a mistyped path is named as such rather than
         // as a scheme mismatch or a PEM error.
@@ -367,11 +450,7 @@ impl MqttConfig {
                 return Err(TlsError::MissingFile { path: path.clone() }.into());
             }
         }
-        let client_id = if self.connections > 1 || index > 0 {
-            format!("{}-{index}", self.client_id)
-        } else {
-            self.client_id.clone()
-        };
+        let client_id = client_id.to_owned();
         let username = self.username.clone().or(url.username);
         let password = self.password.clone().or(url.password);
         let transport = if url.tls {
@@ -442,6 +521,70 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(shown.contains("user:***@h:1883"), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn connection_zero_keeps_the_bare_client_id_whatever_the_number_of_connections() {
+        let mut config = MqttConfig::new("mqtt://h");
+        for connections in [1, 2, 5] {
+            config.connections = connections;
+            assert_eq!(config.client_id_of(0), "jobstream");
+            assert_eq!(config.client_id_of(1), "jobstream-1");
+            let options = config.options(connections - 1).expect("valid");
+            assert_eq!(options.client_id(), config.client_id_of(connections - 1));
+            assert!(!options.clean_session(), "a restart must find its session");
+        }
+    }
+
+    #[test]
+    fn a_session_drops_the_form_of_the_filters_another_number_of_connections_used() {
+        let mut config = MqttConfig::new("mqtt://h");
+        config.filters = vec!["a/+".to_owned(), "$share/g/b/+".to_owned()];
+        assert_eq!(config.superseded_subscriptions(), ["$share/jobstream/a/+"]);
+        config.connections = 2;
+        assert_eq!(
+            config.subscriptions(),
+            ["$share/jobstream/a/+", "$share/g/b/+"]
+        );
+        assert_eq!(config.superseded_subscriptions(), ["a/+"]);
+        assert_eq!(
+            config.retired_subscriptions(),
+            ["a/+", "$share/g/b/+", "$share/jobstream/a/+"]
+        );
+    }
+
+    #[test]
+    fn discarding_a_session_is_a_clean_start_that_keeps_nothing_after_it() {
+        let mut config = MqttConfig::new("mqtt://h");
+        let v311 = config
+            .options_as("jobstream-3", SessionStart::Discard)
+            .expect("valid");
+        assert!(v311.clean_session());
+        assert_eq!(v311.client_id(), "jobstream-3");
+        config.version = MqttVersion::V5;
+        let v5 = config
+            .options_v5_as("jobstream-3", SessionStart::Discard)
+            .expect("valid");
+        assert!(v5.clean_start());
+        assert_eq!(v5.session_expiry_interval(), Some(0));
+    }
+
+    #[test]
+    fn alpn_is_offered_on_443_unless_set_and_none_offers_none() {
+        let mut config = MqttConfig::new("mqtts://h:443");
+        assert_eq!(config.offered_alpn(443), Some("x-amzn-mqtt-ca"));
+        assert_eq!(config.offered_alpn(8883), None);
+        config.alpn = Some("none".to_owned());
+        assert_eq!(config.offered_alpn(443), None);
+        assert!(config
+            .unreachable_hint()
+            .is_some_and(|hint| hint.contains("ALPN x-amzn-mqtt-ca")));
+        config.alpn = Some("mqtt".to_owned());
+        assert_eq!(config.offered_alpn(443), Some("mqtt"));
+        assert_eq!(config.unreachable_hint(), None);
+        config.url = "mqtt://h:443".to_owned();
+        config.alpn = None;
+        assert_eq!(config.unreachable_hint(), None, "no TLS, no ALPN to miss");
     }
 
     #[test]

@@ -51,16 +51,37 @@ impl MqttConfig {
             (None, None) => builder.with_no_client_auth(),
             _ => return Err(TlsError::HalfClientAuth.into()),
         };
-        let alpn = self
-            .alpn
-            .clone()
-            .or_else(|| (port == 443).then(|| "x-amzn-mqtt-ca".to_owned()));
-        if let Some(alpn) = alpn {
-            config.alpn_protocols = vec![alpn.into_bytes()];
+        if let Some(alpn) = self.offered_alpn(port) {
+            config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
         }
         Ok(config)
     }
+
+    /// The ALPN protocol offered to a TLS server on `port`: `alpn` as set (`none` offers none),
+    /// else AWS IoT Core's `x-amzn-mqtt-ca` on port 443, where AWS takes MQTT only with it.
+    pub fn offered_alpn(&self, port: u16) -> Option<&str> {
+        match self.alpn.as_deref() {
+            Some("none" | "") => None,
+            Some(alpn) => Some(alpn),
+            None => (port == AWS_ALPN_PORT).then_some(AWS_MQTT_ALPN),
+        }
+    }
+
+    /// AWS IoT Core on port 443 serves HTTPS to a TLS client that offers no ALPN, and closes
+    /// an MQTT connection there before CONNACK; nothing else in the failure says so.
+    pub(crate) fn unreachable_hint(&self) -> Option<&'static str> {
+        let url = super::ParsedUrl::parse(&self.url).ok()?;
+        (url.tls && url.port == AWS_ALPN_PORT && self.offered_alpn(url.port).is_none()).then_some(
+            "no ALPN protocol was offered: AWS IoT Core on port 443 takes MQTT only with ALPN x-amzn-mqtt-ca; leave --mqtt-alpn unset or set it to x-amzn-mqtt-ca",
+        )
+    }
 }
+
+/// The ALPN protocol AWS IoT Core requires for MQTT with X.509 client certificates on port 443.
+pub const AWS_MQTT_ALPN: &str = "x-amzn-mqtt-ca";
+
+/// The port on which AWS IoT Core tells MQTT from HTTPS by ALPN.
+pub const AWS_ALPN_PORT: u16 = 443;
 
 fn pem_error(path: &Path, what: &'static str, source: rustls::pki_types::pem::Error) -> TlsError {
     TlsError::Pem {
