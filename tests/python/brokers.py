@@ -1,6 +1,6 @@
-"""Real brokers for the tests: mosquitto (Debian) and Apache Kafka (from Maven Central, see
-scripts/kafka), each started on a free loopback port with its own data directory, and stopped
-at the end."""
+"""Real brokers for the tests: mosquitto (Debian), a second MQTT broker from another code base
+(HiveMQ CE, built by scripts/test-env) and Apache Kafka (from Maven Central, see scripts/kafka),
+each started on a free loopback port with its own data directory, and stopped at the end."""
 
 import os
 import shutil
@@ -90,6 +90,52 @@ class Mosquitto:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # saves the persistence file
             self.proc.wait(timeout=30)
+
+    @property
+    def url(self):
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+class HiveMQ:
+    """HiveMQ Community Edition, embedded (tests/brokers/hivemq): MQTT 3.1.1 and 5, shared
+    subscriptions on `$` topics (which mosquitto 2.0.11 cannot share), sessions and their queued
+    messages kept on disk in its data directory (a restart, even after kill -9, finds them), and
+    a WebSocket listener on `/mqtt`. The same face as `Mosquitto` (port, url, start, stop).
+
+    Unlike mosquitto: it sends a client at most its in-flight window (HiveMQ's 50) and then waits
+    for acknowledgements; its `#` matches `$` topics; it has no `$SYS` topics."""
+
+    HOME = ROOT / "tests" / "brokers" / "hivemq"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.ws_port = free_port()
+        self.proc = None
+
+    def start(self):
+        jar = self.HOME / "target" / "hivemq-test-broker.jar"
+        if not jar.exists():
+            pytest.fail("HiveMQ is not built; run scripts/test-env (scripts/test does)")
+        self.proc = subprocess.Popen(
+            # C1 only and the serial collector: it starts faster on 2 cores and is plenty here.
+            [need("java"), "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx1g",
+             "-cp", f"{jar}:{self.HOME / 'target' / 'lib'}/*", "jobstream.testbroker.HiveMQBroker",
+             str(self.port), str(self.workdir / "hivemq"), str(self.ws_port)],
+            stdout=open(self.workdir / "hivemq.log", "ab"), stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=90, what="HiveMQ")
+        wait_port(self.ws_port, timeout=30, what="HiveMQ (WebSocket)")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     @property
     def url(self):

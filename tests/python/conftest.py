@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers import Kafka, Mosquitto
+from brokers import HiveMQ, Kafka, Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_BELOW = 100_000_000_000
@@ -228,6 +228,22 @@ def capture(tmp_path):
 def mosquitto(tmp_path):
     """A mosquitto of the test's own, on a free port (brokers.Mosquitto)."""
     broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def hivemq(tmp_path):
+    """The second MQTT broker, HiveMQ CE, of the test's own (brokers.HiveMQ)."""
+    broker = HiveMQ(tmp_path / "hivemq").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(params=["mosquitto", "hivemq"])
+def mqtt_broker(request, tmp_path):
+    """Each MQTT broker in turn, for the tests that must hold on both."""
+    broker = (Mosquitto if request.param == "mosquitto" else HiveMQ)(tmp_path / request.param).start()
     yield broker
     broker.stop()
 

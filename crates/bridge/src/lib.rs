@@ -72,6 +72,9 @@ pub enum BridgeError {
     /// The TLS material the URL needs is missing or unusable; the message names the file.
     #[error(transparent)]
     Tls(#[from] config::TlsError),
+    /// SigV4 for MQTT over WebSockets lacks credentials or a region.
+    #[error(transparent)]
+    SigV4(#[from] config::SigV4Error),
     /// An MQTT protocol version other than 3.1.1 or 5.
     #[error("MQTT version must be 3.1.1 or 5, got {given:?}")]
     UnknownMqttVersion {

@@ -150,6 +150,7 @@ pub fn bridge_exit_code(error: &jobstream_bridge::BridgeError) -> u8 {
     match error {
         BridgeError::MqttUrl(_)
         | BridgeError::Tls(_)
+        | BridgeError::SigV4(_)
         | BridgeError::UnknownMqttVersion { .. }
         | BridgeError::InvalidSetting { .. } => EXIT_CONFIG,
         BridgeError::MqttUnreachable { .. } => EXIT_UNAVAILABLE,

@@ -1,9 +1,11 @@
 //! MQTT connection settings: URL, session, subscriptions, TLS. The URL is parsed in `url`,
 //! the TLS files are read in `tls`.
 
+mod sigv4;
 mod tls;
 mod url;
 
+pub use sigv4::{region_of_endpoint, AwsCredentials, Presigner, SigV4Error, IOT_SERVICE};
 pub use tls::{TlsError, AWS_ALPN_PORT, AWS_MQTT_ALPN};
 pub use url::{redact, MqttUrlError, ParsedUrl, UrlProblem};
 
@@ -84,6 +86,8 @@ struct Connection {
     port: u16,
     credentials: Option<(String, String)>,
     transport: Option<Transport>,
+    /// Signs each WebSocket handshake anew (AWS SigV4).
+    signer: Option<Arc<Presigner>>,
 }
 
 /// How to reach and read the MQTT broker. Its `Debug` output hides the password (in the
@@ -96,7 +100,8 @@ struct Connection {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `mqtt://[user[:password]@]host[:port]` (1883) or `mqtts://…` (8883, TLS).
+    /// `mqtt://[user[:password]@]host[:port]` (1883) or `mqtts://…` (8883, TLS); MQTT over
+    /// WebSockets as `ws://host[:port][/path]` (80, `/mqtt`) or `wss://…` (443, TLS).
     pub url: String,
     /// Protocol version: `3.1.1` or `5`.
     #[serde(deserialize_with = "version_setting")]
@@ -153,6 +158,13 @@ pub struct MqttConfig {
     /// ALPN protocol to offer (`none`: offer none); AWS IoT Core on port 443 needs
     /// `x-amzn-mqtt-ca`, offered there unless set.
     pub alpn: Option<String>,
+    /// `wss://` to AWS IoT Core: sign the WebSocket request with AWS SigV4 (credentials from
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` or the shared
+    /// credentials file), instead of a device certificate.
+    pub aws_sigv4: bool,
+    /// The region SigV4 signs for; unset, the one the endpoint's host names
+    /// (`…iot.<region>.amazonaws.com`).
+    pub aws_region: Option<String>,
     /// User name (overrides the URL's).
     pub username: Option<String>,
     /// Password (overrides the URL's). Never logged.
@@ -179,6 +191,8 @@ impl std::fmt::Debug for MqttConfig {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("alpn", &self.alpn)
+            .field("aws_sigv4", &self.aws_sigv4)
+            .field("aws_region", &self.aws_region)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
@@ -223,6 +237,8 @@ impl MqttConfig {
             cert: None,
             key: None,
             alpn: None,
+            aws_sigv4: false,
+            aws_region: None,
             username: None,
             password: None,
         }
@@ -389,6 +405,12 @@ impl MqttConfig {
         if let Some(transport) = connection.transport {
             options.set_transport(transport);
         }
+        if let Some(signer) = connection.signer {
+            options.set_request_modifier(move |mut request| {
+                signer.sign_request(&mut request);
+                std::future::ready(request)
+            });
+        }
         Ok(options)
     }
 
@@ -437,7 +459,39 @@ impl MqttConfig {
         if let Some(transport) = connection.transport {
             options.set_transport(transport);
         }
+        if let Some(signer) = connection.signer {
+            options.set_request_modifier(move |mut request| {
+                signer.sign_request(&mut request);
+                std::future::ready(request)
+            });
+        }
         Ok(options)
+    }
+
+    /// The SigV4 signer `aws_sigv4` asks for, with credentials read now.
+    fn presigner(&self, url: &ParsedUrl) -> Result<Option<Arc<Presigner>>, BridgeError> {
+        if !self.aws_sigv4 {
+            return Ok(None);
+        }
+        if !url.websocket {
+            return Err(SigV4Error::NotWebSocket.into());
+        }
+        let region = match (&self.aws_region, region_of_endpoint(&url.host)) {
+            (Some(region), _) => region.clone(),
+            (None, Some(region)) => region.to_owned(),
+            (None, None) => {
+                return Err(SigV4Error::NoRegion {
+                    host: url.host.clone(),
+                }
+                .into())
+            }
+        };
+        let credentials = AwsCredentials::from_environment()?;
+        Ok(Some(Arc::new(Presigner::new(
+            credentials,
+            region,
+            IOT_SERVICE,
+        ))))
     }
 
     /// What both protocol versions need: address, client id, credentials, TLS.
@@ -451,26 +505,44 @@ impl MqttConfig {
             }
         }
         let client_id = client_id.to_owned();
-        let username = self.username.clone().or(url.username);
-        let password = self.password.clone().or(url.password);
-        let transport = if url.tls {
-            Some(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(self.rustls_config(url.port)?),
-            )))
-        } else if self.cert.is_some() || self.ca.is_some() {
+        let username = self.username.clone().or(url.username.clone());
+        let password = self.password.clone().or(url.password.clone());
+        if !url.tls && (self.cert.is_some() || self.ca.is_some()) {
             return Err(TlsError::FilesWithoutTls {
                 url: redact(&self.url),
             }
             .into());
+        }
+        let signer = self.presigner(&url)?;
+        let tls = || {
+            self.rustls_config(&url)
+                .map(|config| TlsConfiguration::Rustls(Arc::new(config)))
+        };
+        let transport = match (url.websocket, url.tls) {
+            (false, false) => None,
+            (false, true) => Some(Transport::tls_with_config(tls()?)),
+            (true, false) => Some(Transport::Ws),
+            (true, true) => Some(Transport::Wss(tls()?)),
+        };
+        // For WebSockets rumqttc takes the whole URL where the host goes.
+        let host = if url.websocket {
+            let scheme = if url.tls { "wss" } else { "ws" };
+            let host = if url.host.contains(':') {
+                format!("[{}]", url.host)
+            } else {
+                url.host.clone()
+            };
+            format!("{scheme}://{host}:{}{}", url.port, url.path)
         } else {
-            None
+            url.host.clone()
         };
         Ok(Connection {
             client_id,
-            host: url.host,
+            host,
             port: url.port,
             credentials: username.map(|user| (user, password.unwrap_or_default())),
             transport,
+            signer,
         })
     }
 }
@@ -571,16 +643,25 @@ mod tests {
 
     #[test]
     fn alpn_is_offered_on_443_unless_set_and_none_offers_none() {
+        let url = |text: &str| ParsedUrl::parse(text).expect("valid");
         let mut config = MqttConfig::new("mqtts://h:443");
-        assert_eq!(config.offered_alpn(443), Some("x-amzn-mqtt-ca"));
-        assert_eq!(config.offered_alpn(8883), None);
+        assert_eq!(
+            config.offered_alpn(&url("mqtts://h:443")),
+            Some("x-amzn-mqtt-ca")
+        );
+        assert_eq!(config.offered_alpn(&url("mqtts://h:8883")), None);
+        assert_eq!(
+            config.offered_alpn(&url("wss://h")),
+            None,
+            "WebSockets on 443 are HTTPS"
+        );
         config.alpn = Some("none".to_owned());
-        assert_eq!(config.offered_alpn(443), None);
+        assert_eq!(config.offered_alpn(&url("mqtts://h:443")), None);
         assert!(config
             .unreachable_hint()
             .is_some_and(|hint| hint.contains("ALPN x-amzn-mqtt-ca")));
         config.alpn = Some("mqtt".to_owned());
-        assert_eq!(config.offered_alpn(443), Some("mqtt"));
+        assert_eq!(config.offered_alpn(&url("mqtts://h:443")), Some("mqtt"));
         assert_eq!(config.unreachable_hint(), None);
         config.url = "mqtt://h:443".to_owned();
         config.alpn = None;

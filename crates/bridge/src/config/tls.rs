@@ -8,7 +8,10 @@ use super::MqttConfig;
 use crate::BridgeError;
 
 impl MqttConfig {
-    pub(super) fn rustls_config(&self, port: u16) -> Result<rustls::ClientConfig, BridgeError> {
+    pub(super) fn rustls_config(
+        &self,
+        url: &super::ParsedUrl,
+    ) -> Result<rustls::ClientConfig, BridgeError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -51,19 +54,20 @@ impl MqttConfig {
             (None, None) => builder.with_no_client_auth(),
             _ => return Err(TlsError::HalfClientAuth.into()),
         };
-        if let Some(alpn) = self.offered_alpn(port) {
+        if let Some(alpn) = self.offered_alpn(url) {
             config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
         }
         Ok(config)
     }
 
-    /// The ALPN protocol offered to a TLS server on `port`: `alpn` as set (`none` offers none),
-    /// else AWS IoT Core's `x-amzn-mqtt-ca` on port 443, where AWS takes MQTT only with it.
-    pub fn offered_alpn(&self, port: u16) -> Option<&str> {
+    /// The ALPN protocol offered to the TLS server of `url`: `alpn` as set (`none` offers
+    /// none), else AWS IoT Core's `x-amzn-mqtt-ca` for MQTT on port 443, where AWS takes MQTT
+    /// only with it (WebSockets on 443 are HTTPS, and offer none).
+    pub fn offered_alpn(&self, url: &super::ParsedUrl) -> Option<&str> {
         match self.alpn.as_deref() {
             Some("none" | "") => None,
             Some(alpn) => Some(alpn),
-            None => (port == AWS_ALPN_PORT).then_some(AWS_MQTT_ALPN),
+            None => (url.port == AWS_ALPN_PORT && !url.websocket).then_some(AWS_MQTT_ALPN),
         }
     }
 
@@ -71,7 +75,8 @@ impl MqttConfig {
     /// an MQTT connection there before CONNACK; nothing else in the failure says so.
     pub(crate) fn unreachable_hint(&self) -> Option<&'static str> {
         let url = super::ParsedUrl::parse(&self.url).ok()?;
-        (url.tls && url.port == AWS_ALPN_PORT && self.offered_alpn(url.port).is_none()).then_some(
+        let missing = url.tls && !url.websocket && url.port == AWS_ALPN_PORT;
+        (missing && self.offered_alpn(&url).is_none()).then_some(
             "no ALPN protocol was offered: AWS IoT Core on port 443 takes MQTT only with ALPN x-amzn-mqtt-ca; leave --mqtt-alpn unset or set it to x-amzn-mqtt-ca",
         )
     }
@@ -103,7 +108,7 @@ pub enum TlsError {
     },
     /// TLS files with an `mqtt://` URL: almost always a URL typed wrong, not a wish for
     /// plain text.
-    #[error("TLS files are set but the URL {url} is not mqtts://")]
+    #[error("TLS files are set but the URL {url} is not mqtts:// or wss://")]
     FilesWithoutTls {
         /// The URL, password hidden.
         url: String,

@@ -1,9 +1,10 @@
-//! MQTT URLs: `mqtt://` and `mqtts://`, credentials in the URL, IPv6 hosts; and the URL
-//! with its password hidden, for messages and logs.
+//! MQTT URLs: `mqtt://` and `mqtts://`, MQTT over WebSockets as `ws://` and `wss://` (with a
+//! path), credentials in the URL, IPv6 hosts; and the URL with its password hidden, for
+//! messages and logs.
 
 /// An MQTT URL that does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("MQTT URL {url:?} {problem}; expected mqtt://host[:port] or mqtts://host[:port]")]
+#[error("MQTT URL {url:?} {problem}; expected mqtt://host[:port], mqtts://host[:port], ws://host[:port][/path] or wss://host[:port][/path]")]
 pub struct MqttUrlError {
     /// The URL, password hidden.
     pub url: String,
@@ -14,7 +15,7 @@ pub struct MqttUrlError {
 /// What is wrong with an MQTT URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UrlProblem {
-    /// Neither `mqtt://` nor `mqtts://`.
+    /// Not `mqtt://`, `mqtts://`, `ws://` or `wss://`.
     #[error("has an unknown scheme")]
     UnknownScheme,
     /// An IPv6 address without its closing bracket.
@@ -27,6 +28,9 @@ pub enum UrlProblem {
     #[error("has no host")]
     NoHost,
 }
+
+/// The path of a WebSocket URL that names none: AWS IoT Core's, mosquitto's and most brokers'.
+const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
 
 /// The URL with any password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
@@ -45,8 +49,12 @@ pub fn redact(url: &str) -> String {
 /// The parts of an MQTT URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedUrl {
-    /// TLS (`mqtts`).
+    /// TLS (`mqtts`, `wss`).
     pub tls: bool,
+    /// MQTT over WebSockets (`ws`, `wss`).
+    pub websocket: bool,
+    /// The WebSocket's path (`/mqtt` unless the URL has one); empty for plain MQTT.
+    pub path: String,
     /// Host name or address.
     pub host: String,
     /// Port.
@@ -67,12 +75,24 @@ impl ParsedUrl {
             url: redact(url),
             problem,
         };
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else {
-            return Err(bad(UrlProblem::UnknownScheme));
+        let (tls, websocket, rest) = [
+            ("mqtt://", false, false),
+            ("mqtts://", true, false),
+            ("ws://", false, true),
+            ("wss://", true, true),
+        ]
+        .into_iter()
+        .find_map(|(scheme, tls, ws)| url.strip_prefix(scheme).map(|rest| (tls, ws, rest)))
+        .ok_or_else(|| bad(UrlProblem::UnknownScheme))?;
+        // A WebSocket URL's path starts at the first `/` after the user info.
+        let host_start = rest.rfind('@').map_or(0, |at| at + 1);
+        let (rest, path) = match rest[host_start..].find('/').map(|i| host_start + i) {
+            Some(slash) if websocket && &rest[slash..] != "/" => {
+                (&rest[..slash], rest[slash..].to_owned())
+            }
+            Some(slash) if websocket => (&rest[..slash], DEFAULT_WEBSOCKET_PATH.to_owned()),
+            None if websocket => (rest, DEFAULT_WEBSOCKET_PATH.to_owned()),
+            _ => (rest, String::new()),
         };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -86,7 +106,12 @@ impl ParsedUrl {
             },
             None => (None, None),
         };
-        let default_port = if tls { 8883 } else { 1883 };
+        let default_port = match (websocket, tls) {
+            (false, false) => 1883,
+            (false, true) => 8883,
+            (true, false) => 80,
+            (true, true) => 443,
+        };
         let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
             let (host, after) = bracketed
                 .split_once(']')
@@ -110,6 +135,8 @@ impl ParsedUrl {
         }
         Ok(ParsedUrl {
             tls,
+            websocket,
+            path,
             host,
             port,
             username,
@@ -144,6 +171,21 @@ mod tests {
             let error = ParsedUrl::parse(bad).expect_err(bad);
             assert_eq!(error.problem, problem, "{bad}");
         }
+        let u = ParsedUrl::parse("wss://a1-ats.iot.eu-west-1.amazonaws.com").expect("valid");
+        assert_eq!(
+            (u.tls, u.websocket, u.port, u.path.as_str()),
+            (true, true, 443, "/mqtt")
+        );
+        let u = ParsedUrl::parse("ws://u:p@[::1]:9001/ws/mqtt").expect("valid");
+        assert_eq!(
+            (u.tls, u.websocket, u.host.as_str(), u.port),
+            (false, true, "::1", 9001)
+        );
+        assert_eq!(
+            (u.path.as_str(), u.username.as_deref()),
+            ("/ws/mqtt", Some("u"))
+        );
+        assert_eq!(ParsedUrl::parse("mqtt://h").expect("valid").path, "");
         let error = ParsedUrl::parse("tcp://user:secret@h")
             .expect_err("bad scheme")
             .to_string();
