@@ -10,15 +10,16 @@ import re
 import socket
 import threading
 import uuid
+from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from unittest import mock
 
 from conftest import run, wait_for
+from relay import close_listener, relay_both_ways
 from test_bridge import Bridge, generate, publish, read_back_exactly
 
 
@@ -168,29 +169,10 @@ class SigV4Gate:
             return
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
         upstream.sendall(f"{method} {urlsplit(target).path} {version}\r\n".encode() + rest)
-        for source, sink in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source, sink):
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        relay_both_ways(client, upstream)
 
     def close(self):
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
+        close_listener(self.listener)
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])

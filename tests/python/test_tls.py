@@ -11,6 +11,7 @@ import pytest
 
 from brokers import Mosquitto
 from conftest import run, wait_for
+from relay import close_listener, relay_both_ways
 from test_bridge import Bridge, deliver_and_read_back, generate
 
 
@@ -152,31 +153,11 @@ class AlpnGate:
             client.close()
             return
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        for source, sink in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source, sink):
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        relay_both_ways(client, upstream)
 
     def close(self):
         self.closed = True
-        # Wakes the accepting thread; a bare close() would leave port 443 listening until then.
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
+        close_listener(self.listener)
 
 
 def test_the_aws_preset_on_port_443_offers_alpn_and_delivers_through_an_alpn_gate_with_mutual_tls(
