@@ -316,6 +316,13 @@ pub(crate) async fn connection(mut task: ConnectionTask) {
                     task.stats.connected.fetch_sub(1, Ordering::Relaxed);
                     up = false;
                 }
+                if let Some(retirement) = task.retirement.as_mut() {
+                    // Not quiet while down: the broker may hold more for the next session.
+                    // An end already under way leaves the session to the next start, since
+                    // its DISCONNECT may go out on a new connection before what that delivers.
+                    retirement.unsubacks_due = usize::MAX;
+                    retirement.late |= retirement.ending;
+                }
                 if task.draining.load(Ordering::SeqCst) && task.acker.is_finished() {
                     break;
                 }
