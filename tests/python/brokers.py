@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -244,3 +245,78 @@ class Kafka:
 
     def bootstrap(self, listener: str) -> str:
         return f"127.0.0.1:{self.ports[listener]}"
+
+
+class S3Server:
+    """A real S3 API server on loopback: moto's server mode (from PyPI, pinned in
+    requirements.txt). It implements what the object-store sink relies on — create-only PUTs
+    (`If-None-Match: *` answered 412 when the key exists), ranged GETs, ListObjectsV2 by prefix,
+    path-style addressing — and checks that requests are signed, though not against which key.
+    Its state is in memory: a restart of the server empties it, a restart of jobstream does not."""
+
+    REGION = "us-east-1"
+    KEY, SECRET = "jobstream-test", "jobstream-test-secret"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        server = Path(sys.executable).parent / "moto_server"
+        if not server.exists():
+            pytest.fail("moto's server is not installed; run scripts/test-env (scripts/test does)")
+        self.proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=open(self.workdir / "s3.log", "ab"), stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=60, what="the S3 server")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def env(self) -> dict:
+        """What jobstream (object_store) and the clients need to reach this server, as a user
+        of an S3-compatible store sets it: endpoint, plain HTTP, region, keys."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": self.REGION,
+                "AWS_ACCESS_KEY_ID": self.KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET}
+
+    def client(self):
+        import boto3
+        import botocore.config
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.REGION,
+                            aws_access_key_id=self.KEY, aws_secret_access_key=self.SECRET,
+                            config=botocore.config.Config(s3={"addressing_style": "path"}))
+
+    def filesystem(self):
+        from pyarrow import fs
+        return fs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
+                               region=self.REGION, access_key=self.KEY, secret_key=self.SECRET)
+
+    def bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str, prefix: str = "") -> dict:
+        """{key: (size, etag, last_modified)} of every object under `prefix`."""
+        found = {}
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = (item["Size"], item["ETag"], item["LastModified"])
+        return found
+
+    def download(self, bucket: str, prefix: str, into: Path) -> Path:
+        """Copies every object under `prefix` to `into`, keeping the layout (for readers that
+        read directories)."""
+        client = self.client()
+        for key in self.objects(bucket, prefix):
+            target = into / key[len(prefix):].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(target))
+        return into

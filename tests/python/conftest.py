@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers import HiveMQ, Kafka, Mosquitto
+from brokers import HiveMQ, Kafka, Mosquitto, S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_BELOW = 100_000_000_000
@@ -246,6 +246,15 @@ def mqtt_broker(request, tmp_path):
     broker = (Mosquitto if request.param == "mosquitto" else HiveMQ)(tmp_path / request.param).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """An S3 API server of the test's own (brokers.S3Server), with a bucket `jobstream`."""
+    server = S3Server(tmp_path / "s3").start()
+    server.bucket("jobstream")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,9 @@ from test_parquet_stage import assert_exactly_once
 class Direct:
     """`jobstream run` with --mqtt and --parquet and no Kafka, restartable on one session."""
 
-    def __init__(self, tmp_path, mosquitto, *extra, env=None):
-        self.out = tmp_path / "out"
+    def __init__(self, tmp_path, mosquitto, *extra, env=None, out=None):
+        """`out`: where the tables go (default `tmp_path/out`; a URL writes to an object store)."""
+        self.out = out or tmp_path / "out"
         self.log = tmp_path / "direct.log"
         self.args = [jobstream_bin(), "run", "--mqtt", mosquitto.url, "--parquet", self.out,
                      "--client-id", f"direct-{uuid.uuid4().hex[:6]}", "--stats-every-secs", "1",

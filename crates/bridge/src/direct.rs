@@ -26,6 +26,7 @@ use jobstream_metrics::Throttle;
 use jobstream_parser::columnar::Provenance;
 use jobstream_parser::{Family, Parser, ParserConfig, Reject};
 use jobstream_sink::dlq::{DlqLog, DlqRecord};
+use jobstream_sink::parquet::store::Location;
 use jobstream_sink::parquet::{ParquetConfig, ParquetSink};
 use jobstream_sink::{CrashPoint, SinkError};
 use tokio::sync::mpsc;
@@ -64,10 +65,14 @@ impl DirectWriter {
         crash: CrashPoint,
     ) -> Result<Self, BridgeError> {
         let source = format!("mqtt-{client_id}");
-        let root = parquet.root.clone();
+        let location =
+            Location::parse(&parquet.root, &parquet.storage.0).map_err(BridgeError::Parquet)?;
+        // Rejects are appended to a local file: beside the tables, or for an object store in
+        // the staging directory (an object cannot be appended to).
+        let dlq_root = parquet.local_dir();
         let sink = ParquetSink::new(parquet, &source).map_err(BridgeError::Parquet)?;
         let next = sink.published_up_to().map_or(0, |last| last + 1);
-        let mut seen = jobstream_sink::seen::recent_event_ids(&root, &source, dedup_capacity)
+        let mut seen = jobstream_sink::seen::recent_event_ids(&location, &source, dedup_capacity)
             .map_err(BridgeError::Parquet)?;
         seen.truncate(dedup_capacity);
         // Oldest first, so that the window forgets those first.
@@ -81,7 +86,7 @@ impl DirectWriter {
                 "remembered the newest published events: their redeliveries are duplicates"
             );
         }
-        let dlq_path = root.join("dlq").join(format!(
+        let dlq_path = dlq_root.join("dlq").join(format!(
             "{}.jsonl",
             jobstream_sink::parquet::sanitize_source(&source)
         ));

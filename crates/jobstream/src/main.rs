@@ -20,6 +20,7 @@ mod replay;
 mod report;
 mod run;
 mod simulate;
+mod tables;
 
 /// mimalloc, not glibc's malloc. A replay builds each Arrow batch (a few MB) on the parsing
 /// thread and frees it on the encoder thread, and Parquet grows and shrinks a buffer or two per
@@ -88,6 +89,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Per-job rollout outcomes from the Parquet output, reconciled with AWS's own counters.
     Report(report::ReportArgs),
+    /// Print the CREATE EXTERNAL TABLE statements for Athena, Spark, Trino or Hive over a root.
+    Tables(tables::TablesArgs),
     /// Write a simulated fleet's job events as a capture file (the format `replay` reads).
     Generate(generate::GenerateArgs),
     /// Publish a realistic fleet's job lifecycles to an MQTT broker and report what was sent.
@@ -133,6 +136,12 @@ pub fn sink_exit_code(error: &jobstream_sink::SinkError) -> u8 {
             EXIT_SOFTWARE
         }
         jobstream_sink::SinkError::EncoderSpawn { .. } => EXIT_OS,
+        jobstream_sink::SinkError::Store { source, .. } => match source {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => EXIT_REFUSED,
+            object_store::Error::NotFound { .. } => EXIT_NO_INPUT,
+            _ => EXIT_UNAVAILABLE,
+        },
         jobstream_sink::SinkError::Io { action, source, .. }
             if *action == "open capture" && source.kind() == std::io::ErrorKind::NotFound =>
         {
@@ -244,6 +253,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::run(args),
         Command::Report(args) => report::run(args),
+        Command::Tables(args) => tables::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Simulate(args) => simulate::run(*args),
         Command::Bench(args) => jobstream_bench::run(*args, &mut std::io::stdout().lock())

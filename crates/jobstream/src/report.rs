@@ -76,6 +76,7 @@ fn exit_code(error: &ReportError) -> u8 {
     match error {
         ReportError::EmptyWindow => crate::EXIT_CONFIG,
         ReportError::NoTables { .. } => crate::EXIT_NO_INPUT,
+        ReportError::Store(error) => crate::sink_exit_code(error),
         _ => crate::EXIT_IO,
     }
 }

@@ -452,7 +452,7 @@ fn print_plan(plan: &Plan) {
         match &config.output {
             Output::Parquet(parquet) => outln!(
                 "  parquet     {} directly, no Kafka (acknowledged when a file is published; files roll every {}s, {:?}, DLQ file under dlq/)",
-                parquet.root.display(),
+                jobstream_bridge::config::redact(&parquet.root.to_string_lossy()),
                 parquet.max_file_age.map_or(0, |d| d.as_secs()),
                 parquet.codec
             ),
@@ -482,7 +482,7 @@ fn print_plan(plan: &Plan) {
             |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{}s", d.as_secs()));
         outln!(
             "  parquet     {} ← {}, {} (group {:?}, dlq {})",
-            stage.parquet.root.display(),
+            jobstream_bridge::config::redact(&stage.parquet.root.to_string_lossy()),
             stage.kafka.job_topic,
             stage.kafka.execution_topic,
             stage.parquet.group_id,

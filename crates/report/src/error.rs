@@ -18,6 +18,9 @@ pub enum ReportError {
         /// The directory given.
         root: PathBuf,
     },
+    /// The root is a URL that cannot be used, or an object store failed.
+    #[error(transparent)]
+    Store(#[from] jobstream_sink::SinkError),
     /// A table's directory or partition could not be listed.
     #[error("cannot list {}", dir.display())]
     List {

@@ -34,12 +34,13 @@ mod render;
 pub mod scan;
 mod time;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use jobstream_parser::Family;
+use jobstream_sink::parquet::store::Location;
 
 pub use error::{ColumnError, ReportError};
 pub use render::Format;
@@ -55,7 +56,9 @@ use scan::{read_table, table_files};
 /// What to report on.
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
-    /// The Parquet root (holds `job_events/` and `job_execution_events/`).
+    /// The Parquet root (holds `job_events/` and `job_execution_events/`): a directory or an
+    /// object-store URL (`s3://bucket/prefix`, …; settings and credentials from the
+    /// environment).
     pub root: PathBuf,
     /// Only these job ids; every job when empty.
     pub jobs: Vec<String>,
@@ -92,10 +95,16 @@ impl Report {
                 return Err(ReportError::EmptyWindow);
             }
         }
-        let root = &options.root;
+        let root = Location::parse(&options.root, &BTreeMap::new())?;
         let (job_table, execution_table) = (Family::Job.table(), Family::Execution.table());
-        if !root.join(job_table).is_dir() && !root.join(execution_table).is_dir() {
-            return Err(ReportError::NoTables { root: root.clone() });
+        let has_table = |table: &str| match &root {
+            Location::Local(dir) => Ok(dir.join(table).is_dir()),
+            Location::Store(store) => store.list(table).map(|objects| !objects.is_empty()),
+        };
+        if !has_table(job_table)? && !has_table(execution_table)? {
+            return Err(ReportError::NoTables {
+                root: options.root.clone(),
+            });
         }
         let jobs: HashSet<&str> = options.jobs.iter().map(String::as_str).collect();
         let filter = Filter {
@@ -103,12 +112,13 @@ impl Report {
             jobs: &jobs,
         };
         let mut scan = ScanStats::default();
-        let job_files = table_files(root, job_table, window, &mut scan)?;
-        let execution_files = table_files(root, execution_table, window, &mut scan)?;
+        let job_files = table_files(&root, job_table, window, &mut scan)?;
+        let execution_files = table_files(&root, execution_table, window, &mut scan)?;
 
         let mut agg = Aggregate::default();
         let mut dedup = Dedup::new(&job_files);
         read_table(
+            &root,
             &job_files,
             &[&JOB_COLUMNS[..], &COUNTER_COLUMNS[..]].concat(),
             &LATER_COLUMNS,
@@ -119,6 +129,7 @@ impl Report {
         // An event id belongs to one table: each table starts afresh.
         let mut dedup = Dedup::new(&execution_files);
         read_table(
+            &root,
             &execution_files,
             &EXECUTION_COLUMNS,
             &LATER_COLUMNS,

@@ -14,6 +14,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use jobstream_parser::columns;
+use jobstream_sink::parquet::store::{Location, ObjectRoot, RemoteFile, RemoteRead};
 use jobstream_sink::time::parse_date;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
@@ -123,13 +124,88 @@ impl ChunkReader for CountingFile {
     }
 }
 
-/// The published files of one table, minus the partitions the window excludes.
+/// Whether the `date=` partition `name` can hold events of the window (any other name can).
+fn partition_in_window(name: &str, window: Window) -> bool {
+    match name.strip_prefix("date=").and_then(parse_date) {
+        Some(day) => {
+            let start = day * 86_400_000;
+            window.overlaps(start, start + 86_400_000 - 1)
+        }
+        None => true,
+    }
+}
+
+/// A table file, on disk or in an object store, counting what the reader takes.
+enum Counting {
+    Local(CountingFile),
+    Remote(RemoteFile, Arc<AtomicU64>),
+}
+
+impl Length for Counting {
+    fn len(&self) -> u64 {
+        match self {
+            Counting::Local(file) => file.len(),
+            Counting::Remote(file, _) => file.len(),
+        }
+    }
+}
+
+/// A read of either kind.
+enum CountingReader {
+    Local(CountingRead),
+    Remote(RemoteRead, Arc<AtomicU64>),
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            CountingReader::Local(read) => read.read(buf),
+            CountingReader::Remote(read, counter) => {
+                let n = read.read(buf)?;
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl ChunkReader for Counting {
+    type T = CountingReader;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            Counting::Local(file) => CountingReader::Local(file.get_read(start)?),
+            Counting::Remote(file, counter) => {
+                CountingReader::Remote(file.get_read(start)?, counter.clone())
+            }
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Counting::Local(file) => file.get_bytes(start, length),
+            Counting::Remote(file, counter) => {
+                let bytes = file.get_bytes(start, length)?;
+                counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+/// The published files of one table, minus the partitions the window excludes. In an object
+/// store a file is named by its URL (`s3://bucket/prefix/<table>/date=…/<name>`), whose
+/// parent is its partition as for a local file.
 pub(crate) fn table_files(
-    root: &Path,
+    root: &Location,
     table: &str,
     window: Window,
     stats: &mut ScanStats,
 ) -> Result<Vec<PathBuf>, ReportError> {
+    let root = match root {
+        Location::Local(dir) => dir,
+        Location::Store(store) => return store_files(store, table, window, stats),
+    };
     let dir = root.join(table);
     let mut files = Vec::new();
     let entries = match std::fs::read_dir(&dir) {
@@ -152,12 +228,9 @@ pub(crate) fn table_files(
         if entry.file_type().map_err(list(&dir))?.is_dir() {
             // A `date=` directory holds only events of that UTC day; any other directory is
             // read whole.
-            if let Some(day) = name.strip_prefix("date=").and_then(parse_date) {
-                let start = day * 86_400_000;
-                if !window.overlaps(start, start + 86_400_000 - 1) {
-                    stats.partitions_skipped += 1;
-                    continue;
-                }
+            if !partition_in_window(&name, window) {
+                stats.partitions_skipped += 1;
+                continue;
             }
             stats.partitions_read += 1;
             partitions.push(entry.path());
@@ -177,6 +250,43 @@ pub(crate) fn table_files(
             {
                 files.push(entry.path());
             }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// [`table_files`] for an object store: one listing of the table's prefix; partitions outside
+/// the window are counted and their objects never touched.
+fn store_files(
+    store: &ObjectRoot,
+    table: &str,
+    window: Window,
+    stats: &mut ScanStats,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let mut files = Vec::new();
+    let mut partitions = std::collections::BTreeMap::new();
+    for (relative, _) in store.list(table)? {
+        let parts: Vec<&str> = relative.split('/').collect();
+        let name = parts.last().copied().unwrap_or_default();
+        if name.starts_with('.') || !name.ends_with(".parquet") {
+            continue;
+        }
+        let keep = match parts.as_slice() {
+            [_, partition, _] => *partitions
+                .entry(partition.to_string())
+                .or_insert_with(|| partition_in_window(partition, window)),
+            _ => true,
+        };
+        if keep {
+            files.push(PathBuf::from(store.url_of(&relative)));
+        }
+    }
+    for keep in partitions.values() {
+        if *keep {
+            stats.partitions_read += 1;
+        } else {
+            stats.partitions_skipped += 1;
         }
     }
     files.sort();
@@ -233,6 +343,7 @@ pub(crate) fn partitioned_by_date(files: &[PathBuf]) -> bool {
 /// batch with the file it came from. A column in `optional` may be absent (added to the
 /// contract after the first files were written): the batch then lacks it too.
 pub(crate) fn read_table(
+    root: &Location,
     files: &[PathBuf],
     wanted: &[&str],
     optional: &[&str],
@@ -245,13 +356,31 @@ pub(crate) fn read_table(
             path: path.clone(),
             source,
         };
-        let file = File::open(path).map_err(open)?;
-        let len = file.metadata().map_err(open)?.len();
-        let reader = CountingFile {
-            file,
-            len,
-            read: stats.bytes_read.clone(),
+        let reader = match root {
+            Location::Local(_) => {
+                let file = File::open(path).map_err(open)?;
+                let len = file.metadata().map_err(open)?.len();
+                Counting::Local(CountingFile {
+                    file,
+                    len,
+                    read: stats.bytes_read.clone(),
+                })
+            }
+            Location::Store(store) => {
+                let url = path.to_string_lossy();
+                let relative = url
+                    .strip_prefix(store.url())
+                    .unwrap_or(&url)
+                    .trim_start_matches('/')
+                    .to_owned();
+                let size = store.size(&relative)?;
+                Counting::Remote(
+                    RemoteFile::new(store.clone(), relative, size),
+                    stats.bytes_read.clone(),
+                )
+            }
         };
+        let len = reader.len();
         let unreadable = |source| ReportError::NotParquet {
             path: path.clone(),
             source,

@@ -14,6 +14,16 @@ pub enum SinkError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An object store refused or failed a request.
+    #[error("{action} {url}: {source}")]
+    Store {
+        /// What was being done ("list", "publish (create-only PUT)", "read").
+        action: &'static str,
+        /// The object or prefix, as `scheme://bucket/key` (never with credentials).
+        url: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
     /// The Parquet encoder failed.
     #[error("writing Parquet file {path}: {source}")]
     Parquet {

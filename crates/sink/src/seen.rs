@@ -14,51 +14,91 @@ use jobstream_parser::Family;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
+use parquet::file::reader::ChunkReader;
+
+use crate::parquet::store::{Location, RemoteFile};
 use crate::parquet::{parse_final_name, sanitize_source};
 use crate::SinkError;
 
-/// The `event_id`s of `source`'s published files under `root`, newest file first (by last
-/// input position), at most `limit` of them (whole files, so it may run a file over).
+/// The `event_id`s of `source`'s published files under `location`, newest file first (by
+/// last input position), at most `limit` of them (whole files, so it may run a file over). In
+/// an object store only the `event_id` column chunks are fetched (ranged GETs).
 ///
 /// # Errors
-/// A directory cannot be listed or a file cannot be read.
-pub fn recent_event_ids(root: &Path, source: &str, limit: usize) -> Result<Vec<String>, SinkError> {
+/// A directory or prefix cannot be listed, or a file cannot be read.
+pub fn recent_event_ids(
+    location: &Location,
+    source: &str,
+    limit: usize,
+) -> Result<Vec<String>, SinkError> {
     let source = sanitize_source(source);
-    let mut files: Vec<(u64, PathBuf)> = Vec::new();
+    let mut files: Vec<(u64, Published)> = Vec::new();
     for family in [Family::Job, Family::Execution] {
-        let table = root.join(family.table());
-        let Ok(partitions) = fs::read_dir(&table) else {
-            continue; // nothing published yet
-        };
-        for partition in partitions.flatten() {
-            let dir = partition.path();
-            let entries = fs::read_dir(&dir).map_err(SinkError::io("list", &dir))?;
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if let Some((_, last)) = name.to_str().and_then(|n| parse_final_name(&source, n)) {
-                    files.push((last, entry.path()));
+        match location {
+            Location::Local(root) => {
+                let table = root.join(family.table());
+                let Ok(partitions) = fs::read_dir(&table) else {
+                    continue; // nothing published yet
+                };
+                for partition in partitions.flatten() {
+                    let dir = partition.path();
+                    let entries = fs::read_dir(&dir).map_err(SinkError::io("list", &dir))?;
+                    for entry in entries.flatten() {
+                        let name = entry.file_name();
+                        if let Some((_, last)) =
+                            name.to_str().and_then(|n| parse_final_name(&source, n))
+                        {
+                            files.push((last, Published::Local(entry.path())));
+                        }
+                    }
+                }
+            }
+            Location::Store(root) => {
+                for (relative, size) in root.list(family.table())? {
+                    let name = relative.rsplit('/').next().unwrap_or_default();
+                    if let Some((_, last)) = parse_final_name(&source, name) {
+                        let file = RemoteFile::new(root.clone(), relative, size);
+                        files.push((last, Published::Remote(file)));
+                    }
                 }
             }
         }
     }
     files.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
     let mut ids = Vec::new();
-    for (_, path) in files {
+    for (_, file) in files {
         if ids.len() >= limit {
             break;
         }
-        read_event_ids(&path, &mut ids)?;
+        match file {
+            Published::Local(path) => {
+                let reader = File::open(&path).map_err(SinkError::io("open", &path))?;
+                read_event_ids(reader, &path, &mut ids)?;
+            }
+            Published::Remote(remote) => {
+                let path = PathBuf::from(remote.url());
+                read_event_ids(remote, &path, &mut ids)?;
+            }
+        }
     }
     Ok(ids)
 }
 
-fn read_event_ids(path: &Path, ids: &mut Vec<String>) -> Result<(), SinkError> {
+enum Published {
+    Local(PathBuf),
+    Remote(RemoteFile),
+}
+
+fn read_event_ids<R: ChunkReader + 'static>(
+    reader: R,
+    path: &Path,
+    ids: &mut Vec<String>,
+) -> Result<(), SinkError> {
     let parquet_error = |source| SinkError::Parquet {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(SinkError::io("open", path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(parquet_error)?;
     let Some(index) = builder
         .schema()
         .fields()
@@ -119,16 +159,18 @@ mod tests {
             }
             sink.finish().expect("published");
         }
-        let ids = recent_event_ids(dir.path(), "mqtt-a", 3).expect("read");
+        let local = Location::Local(dir.path().to_owned());
+        let ids = recent_event_ids(&local, "mqtt-a", 3).expect("read");
         assert_eq!(
             ids,
             ["a4", "a2", "a3"],
             "newest file (a4), then the one before"
         );
-        let all = recent_event_ids(dir.path(), "mqtt-a", 100).expect("read");
+        let all = recent_event_ids(&local, "mqtt-a", 100).expect("read");
         assert_eq!(all.len(), 5);
         assert!(all.iter().all(|id| id.starts_with('a')));
-        let none = recent_event_ids(&dir.path().join("absent"), "mqtt-a", 10).expect("empty");
+        let absent = Location::Local(dir.path().join("absent"));
+        let none = recent_event_ids(&absent, "mqtt-a", 10).expect("empty");
         assert!(none.is_empty());
     }
 }

@@ -135,7 +135,7 @@ impl Topology {
                 }),
         );
         if let Some(Output::Parquet(parquet)) = self.bridge.as_ref().map(|b| &b.output) {
-            telemetry.watch_direct_parquet(&parquet.root);
+            telemetry.watch_direct_parquet(&parquet.local_dir());
         }
         let stage_stats = Arc::new(StageStats::default());
         let stats = Stats {

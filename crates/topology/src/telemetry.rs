@@ -178,7 +178,7 @@ impl Telemetry {
                     .collect()
             },
         );
-        let root: PathBuf = config.parquet.root.clone();
+        let root: PathBuf = config.parquet.local_dir();
         let stopped = Arc::clone(stopped);
         self.health.register("parquet", move || {
             if stopped.load(Ordering::Relaxed) {

@@ -5,7 +5,8 @@ mod sigv4;
 mod tls;
 mod url;
 
-pub use sigv4::{region_of_endpoint, AwsCredentials, Presigner, SigV4Error, IOT_SERVICE};
+pub use jobstream_aws::AwsCredentials;
+pub use sigv4::{region_of_endpoint, Presigner, SigV4Error, IOT_SERVICE};
 pub use tls::{TlsError, AWS_ALPN_PORT, AWS_MQTT_ALPN};
 pub use url::{redact, MqttUrlError, ParsedUrl, UrlProblem};
 
@@ -486,7 +487,7 @@ impl MqttConfig {
                 .into())
             }
         };
-        let credentials = AwsCredentials::from_environment()?;
+        let credentials = AwsCredentials::from_environment().map_err(SigV4Error::from)?;
         Ok(Some(Arc::new(Presigner::new(
             credentials,
             region,

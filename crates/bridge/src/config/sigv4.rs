@@ -6,12 +6,12 @@
 //! Credentials come the way AWS's own tools find them first: `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, else the shared credentials file
 //! (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`) under `AWS_PROFILE` (`default`).
-//! Web identity and instance metadata need a call to STS or IMDS and are not read here.
+//! (`jobstream_aws`). Web identity and instance metadata need a call to STS or IMDS and are not
+//! read here.
 
-use std::fmt;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use jobstream_aws::AwsCredentials;
 use ring::{digest, hmac};
 
 /// The service name AWS IoT Core's MQTT-over-WebSocket endpoint signs under.
@@ -20,95 +20,6 @@ pub const IOT_SERVICE: &str = "iotdevicegateway";
 /// How long a signed URL is good for, in seconds (what AWS's own examples use); each connect
 /// signs again, so only the handshake must fall inside it.
 const EXPIRES_SECS: u32 = 86_400;
-
-/// An access key, its secret and, for temporary credentials, the session token. `Debug`
-/// shows the key id only.
-#[derive(Clone)]
-pub struct AwsCredentials {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-}
-
-impl fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"***")
-            .field("session_token", &self.session_token.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-impl AwsCredentials {
-    /// Credentials given directly.
-    pub fn new(
-        access_key_id: impl Into<String>,
-        secret_access_key: impl Into<String>,
-        session_token: Option<String>,
-    ) -> Self {
-        AwsCredentials {
-            access_key_id: access_key_id.into(),
-            secret_access_key: secret_access_key.into(),
-            session_token,
-        }
-    }
-
-    /// From the environment, else the shared credentials file (see the module's docs).
-    ///
-    /// # Errors
-    /// [`SigV4Error::NoCredentials`] when neither has them, [`SigV4Error::CredentialsFile`] when
-    /// the file named by `AWS_SHARED_CREDENTIALS_FILE` cannot be read.
-    pub fn from_environment() -> Result<Self, SigV4Error> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            return Ok(AwsCredentials::new(id, secret, var("AWS_SESSION_TOKEN")));
-        }
-        let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".to_owned());
-        let (path, named) = match var("AWS_SHARED_CREDENTIALS_FILE") {
-            Some(path) => (Some(PathBuf::from(path)), true),
-            None => (
-                var("HOME").map(|home| PathBuf::from(home).join(".aws/credentials")),
-                false,
-            ),
-        };
-        let text = match &path {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => Some(text),
-                Err(source) if named => {
-                    return Err(SigV4Error::CredentialsFile {
-                        path: path.clone(),
-                        source,
-                    })
-                }
-                Err(_) => None,
-            },
-            None => None,
-        };
-        text.and_then(|text| Self::from_profile(&text, &profile))
-            .ok_or(SigV4Error::NoCredentials { profile })
-    }
-
-    /// The `[profile]` section of a shared credentials file.
-    fn from_profile(text: &str, profile: &str) -> Option<Self> {
-        let mut in_profile = false;
-        let (mut id, mut secret, mut token) = (None, None, None);
-        for line in text.lines().map(str::trim) {
-            if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                in_profile = section.trim() == profile;
-            } else if let (true, Some((key, value))) = (in_profile, line.split_once('=')) {
-                let value = Some(value.trim().to_owned());
-                match key.trim() {
-                    "aws_access_key_id" => id = value,
-                    "aws_secret_access_key" => secret = value,
-                    "aws_session_token" => token = value,
-                    _ => {}
-                }
-            }
-        }
-        Some(AwsCredentials::new(id?, secret?, token))
-    }
-}
 
 /// Signs WebSocket URLs for one region and service.
 #[derive(Debug, Clone)]
@@ -138,7 +49,7 @@ impl Presigner {
     pub fn query(&self, authority: &str, path: &str, now: SystemTime) -> String {
         let (date, timestamp) = amz_date(now);
         let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
-        let credential = format!("{}/{scope}", self.credentials.access_key_id);
+        let credential = format!("{}/{scope}", self.credentials.access_key_id());
         let mut query = format!(
             "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}&X-Amz-Date={timestamp}&X-Amz-Expires={EXPIRES_SECS}&X-Amz-SignedHeaders=host",
             uri_encode(&credential)
@@ -151,14 +62,14 @@ impl Presigner {
             "AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n{}",
             hex(digest::digest(&digest::SHA256, canonical_request.as_bytes()).as_ref())
         );
-        let mut key = format!("AWS4{}", self.credentials.secret_access_key).into_bytes();
+        let mut key = format!("AWS4{}", self.credentials.secret_access_key()).into_bytes();
         for part in [date.as_str(), &self.region, self.service, "aws4_request"] {
             key = sign(&key, part.as_bytes());
         }
         let signature = hex(&sign(&key, string_to_sign.as_bytes()));
         query.push_str("&X-Amz-Signature=");
         query.push_str(&signature);
-        if let Some(token) = &self.credentials.session_token {
+        if let Some(token) = self.credentials.session_token() {
             query.push_str("&X-Amz-Security-Token=");
             query.push_str(&uri_encode(token));
         }
@@ -193,20 +104,8 @@ pub fn region_of_endpoint(host: &str) -> Option<&str> {
 #[derive(Debug, thiserror::Error)]
 pub enum SigV4Error {
     /// No credentials in the environment or the shared credentials file.
-    #[error("SigV4 needs AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones), or a [{profile}] section in the shared credentials file (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials; AWS_PROFILE picks the section)")]
-    NoCredentials {
-        /// The profile looked for.
-        profile: String,
-    },
-    /// `AWS_SHARED_CREDENTIALS_FILE` names a file that cannot be read.
-    #[error("AWS_SHARED_CREDENTIALS_FILE {}: {source}", path.display())]
-    CredentialsFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("SigV4: {0}")]
+    Credentials(#[from] jobstream_aws::CredentialsError),
     /// No region set, and the host is not an AWS IoT endpoint that names one.
     #[error("SigV4 needs the AWS region: set mqtt.aws_region (the host {host} does not name one)")]
     NoRegion {
@@ -366,26 +265,5 @@ mod tests {
         assert_eq!(region_of_endpoint("s3.us-east-1.amazonaws.com"), None);
         assert_eq!(amz_date(at(951_782_400)).1, "20000229T000000Z");
         assert_eq!(amz_date(at(1_796_643_586)).0, "20261207");
-    }
-
-    #[test]
-    fn a_shared_credentials_file_is_read_by_profile_and_debug_hides_the_secrets() {
-        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\n[ops]\naws_access_key_id=KEYID\naws_secret_access_key=s3kr1t\naws_session_token=t0k3n\n";
-        let ops = AwsCredentials::from_profile(text, "ops").expect("ops");
-        assert_eq!(
-            (
-                ops.access_key_id.as_str(),
-                ops.secret_access_key.as_str(),
-                ops.session_token.as_deref()
-            ),
-            ("KEYID", "s3kr1t", Some("t0k3n"))
-        );
-        assert!(AwsCredentials::from_profile(text, "missing").is_none());
-        let shown = format!("{ops:?}");
-        assert!(shown.contains("KEYID"), "{shown}");
-        assert!(
-            !shown.contains("s3kr1t") && !shown.contains("t0k3n"),
-            "{shown}"
-        );
     }
 }

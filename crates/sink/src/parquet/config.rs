@@ -1,5 +1,6 @@
 //! How files are written: codec, encodings, sizes, and the writer properties made of them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -104,15 +105,37 @@ impl FromStr for Encodings {
     }
 }
 
+/// Object-store settings (`[parquet.storage]`), under object_store's names. `Debug` shows the
+/// keys only: a value may be a secret (`secret_access_key`).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StorageOptions(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 /// How Parquet files are written and when they roll: the `[parquet]` section of a
 /// configuration file, which deserializes into it (durations as `*_secs` keys, unknown keys
 /// refused). A key left out keeps the default of [`ParquetConfig::new`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParquetConfig {
-    /// Output root; tables go to `<root>/job_events/` and `<root>/job_execution_events/`.
+    /// Output root: a directory, or an object-store URL (`s3://bucket/prefix`, `gs://…`,
+    /// `az://…`, `file://…`); tables go to `<root>/job_events/` and
+    /// `<root>/job_execution_events/`.
     #[serde(rename = "dir")]
     pub root: PathBuf,
+    /// Object-store settings under object_store's names (`endpoint`, `region`, `allow_http`,
+    /// `virtual_hosted_style_request`, …), for a URL root; credentials are better left to the
+    /// environment (see the README).
+    pub storage: StorageOptions,
+    /// Where files being written to an object store are encoded before their upload (default:
+    /// `<system temp>/jobstream-staging/<bucket and prefix>`). Unused for a local root, whose
+    /// temporaries sit beside the published files.
+    pub staging_dir: Option<PathBuf>,
     /// Page compression: `zstd` (level 1), `zstd:LEVEL`, `lz4`, `snappy` or `none`.
     #[serde(rename = "compression", deserialize_with = "compression_setting")]
     pub codec: Codec,
@@ -171,6 +194,8 @@ impl ParquetConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ParquetConfig {
             root: root.into(),
+            storage: StorageOptions::default(),
+            staging_dir: None,
             codec: Codec::Zstd(1),
             encodings: Encodings::Delta,
             batch_rows: 8192,
@@ -182,6 +207,22 @@ impl ParquetConfig {
             max_open_files: 32,
             group_id: DEFAULT_GROUP_ID.to_owned(),
             dedup_window: crate::recent::DEFAULT_WINDOW,
+        }
+    }
+
+    /// The local directory files are written in: the root itself, or for an object-store URL
+    /// the staging directory (`staging_dir`, else one per bucket and prefix under the system's
+    /// temporary directory). Readiness checks that it is writable.
+    pub fn local_dir(&self) -> PathBuf {
+        let text = self.root.to_string_lossy();
+        match text.split_once("://") {
+            Some(("file", path)) => PathBuf::from(path),
+            Some(_) => self.staging_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join("jobstream-staging").join(
+                    crate::parquet::sanitize_source(&text.replace("://", "_").replace('/', "_")),
+                )
+            }),
+            None => self.root.clone(),
         }
     }
 
@@ -214,7 +255,9 @@ impl ParquetConfig {
         positive("parquet.max_open_files", self.max_open_files as u64)?;
         positive("parquet.max_file_age_secs", seconds(self.max_file_age))?;
         positive("parquet.idle_timeout_secs", seconds(self.idle_timeout))?;
-        self.codec.to_parquet().map(|_| ())
+        self.codec.to_parquet()?;
+        // A URL that names no usable store fails here, at `run --check`, not at the first file.
+        crate::parquet::store::Location::parse(&self.root, &self.storage.0).map(drop)
     }
 }
 

@@ -14,6 +14,11 @@
 //!    renamed to its final name and the directory fsynced: readers see whole files or nothing;
 //! 4. a crash leaves only `.inprogress` files, which [`ParquetSink::new`] removes for its source.
 //!
+//! In an object store ([`store`]: `dir` is an `s3://`, `gs://` or `az://` URL) steps 1–2 run in
+//! a local staging directory, and step 3 is one create-only PUT of the closed file under its
+//! final name, after which the temporary goes; the index of step "exactly-once" below comes
+//! from listing the bucket, and resume points from footers read with ranged GETs.
+//!
 //! Exactly-once: on start the sink indexes the published files of its source; an input position
 //! already covered by a published file of the same table and date is skipped. Rolling on rows
 //! and bytes is deterministic, so a rerun over the same input writes the same names. Each file
@@ -36,6 +41,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
@@ -51,17 +57,22 @@ use crate::SinkError;
 
 mod columnar_writer;
 mod config;
+pub mod ddl;
 mod encoder;
 mod naming;
+pub mod store;
 mod writeback;
 
-pub use config::{writer_properties, Codec, Encodings, ParquetConfig, DEFAULT_GROUP_ID};
+pub use config::{
+    writer_properties, Codec, Encodings, ParquetConfig, StorageOptions, DEFAULT_GROUP_ID,
+};
 pub use encoder::{ENCODER_QUEUE, IDLE_FLUSH_MIN_ROWS, IDLE_FLUSH_ROWS, SIZE_LAG_BATCHES};
 pub(crate) use naming::parse_final_name;
 pub use naming::{sanitize_source, RESUME_FROM_KEY};
 
 use encoder::{encode, Encoder, EncoderJob, IDLE_CHECK_ROWS};
-use naming::{final_name, read_resume_from, temp_name};
+use naming::{final_name, read_resume_from, resume_from_metadata, temp_name};
+use store::{Location, ObjectRoot, Put};
 
 /// A published Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +166,11 @@ impl std::fmt::Debug for OpenFile {
 #[derive(Debug)]
 pub struct ParquetSink {
     config: ParquetConfig,
+    /// Where temporaries are written: the output root itself, or for an object store its
+    /// staging directory.
+    local_root: PathBuf,
+    /// The object store files are published to, if not the local root.
+    store: Option<Arc<ObjectRoot>>,
     properties: WriterProperties,
     source: String,
     open: PartitionMap<OpenFile>,
@@ -179,19 +195,31 @@ impl ParquetSink {
         config.validate()?;
         let source = sanitize_source(source);
         let properties = writer_properties(&config)?;
+        let (local_root, store) = match Location::parse(&config.root, &config.storage.0)? {
+            Location::Local(dir) => (dir, None),
+            Location::Store(root) => {
+                if config.max_file_bytes > store::MAX_OBJECT_BYTES {
+                    return Err(SinkError::Config {
+                        setting: "parquet.max_file_bytes",
+                        value: config.max_file_bytes.to_string(),
+                        reason: format!(
+                            "a file in an object store is published by one PUT held in memory: at most {} bytes",
+                            store::MAX_OBJECT_BYTES
+                        ),
+                    });
+                }
+                (config.local_dir(), Some(root))
+            }
+        };
         let mut published_index: PartitionMap<Vec<(u64, u64)>> = PartitionMap::default();
         for family in [Family::Job, Family::Execution] {
-            let table_dir = config.root.join(family.table());
+            let table_dir = local_root.join(family.table());
             fs::create_dir_all(&table_dir)
                 .map_err(SinkError::io("create directory", &table_dir))?;
             let partitions = fs::read_dir(&table_dir).map_err(SinkError::io("list", &table_dir))?;
             for partition in partitions.flatten() {
                 let name = partition.file_name();
-                let Some(day) = name
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("date="))
-                    .and_then(parse_date)
-                else {
+                let Some(day) = name.to_str().and_then(partition_day) else {
                     continue;
                 };
                 let dir = partition.path();
@@ -208,7 +236,27 @@ impl ParquetSink {
                         fs::remove_file(&path)
                             .map_err(SinkError::io("remove stale temporary", &path))?;
                         tracing::info!(path = %path.display(), "removed a temporary left by an interrupted run");
-                    } else if let Some(range) = parse_final_name(&source, file_name) {
+                    } else if let (None, Some(range)) =
+                        (&store, parse_final_name(&source, file_name))
+                    {
+                        published_index
+                            .entry((family, day))
+                            .or_default()
+                            .push(range);
+                    }
+                }
+            }
+            if let Some(store) = &store {
+                for (relative, _) in store.list(family.table())? {
+                    let mut parts = relative.split('/').skip(1);
+                    let (Some(day), Some(name), None) = (
+                        parts.next().and_then(partition_day),
+                        parts.next(),
+                        parts.next(),
+                    ) else {
+                        continue;
+                    };
+                    if let Some(range) = parse_final_name(&source, name) {
                         published_index
                             .entry((family, day))
                             .or_default()
@@ -222,6 +270,8 @@ impl ParquetSink {
         }
         Ok(ParquetSink {
             config,
+            local_root,
+            store,
             properties,
             source,
             open: PartitionMap::default(),
@@ -274,15 +324,19 @@ impl ParquetSink {
         let floor = committed.unwrap_or(0);
         let mut best = committed;
         for (&(family, day), ranges) in &self.published_index {
-            let dir = self
-                .config
-                .root
-                .join(family.table())
-                .join(format!("date={}", date_string(day)));
+            let partition = partition_dir(family, day);
             // A file published after the commit holds only positions at or past it.
             for &(first, last) in ranges.iter().filter(|r| r.1 >= floor) {
-                let path = dir.join(final_name(&self.source, first, last));
-                if let Some(resume) = read_resume_from(&path)? {
+                let name = final_name(&self.source, first, last);
+                let resume = match &self.store {
+                    Some(store) => {
+                        let relative = format!("{partition}/{name}");
+                        let size = store.size(&relative)?;
+                        resume_from_metadata(store.footer(&relative, size)?.file_metadata())
+                    }
+                    None => read_resume_from(&self.local_root.join(&partition).join(&name))?,
+                };
+                if let Some(resume) = resume {
                     best = Some(best.map_or(resume, |b| b.max(resume)));
                 }
             }
@@ -499,11 +553,7 @@ impl ParquetSink {
     }
 
     fn open_file(&self, family: Family, day: i64, first: u64) -> Result<OpenFile, SinkError> {
-        let dir = self
-            .config
-            .root
-            .join(family.table())
-            .join(format!("date={}", date_string(day)));
+        let dir = self.local_root.join(partition_dir(family, day));
         fs::create_dir_all(&dir).map_err(SinkError::io("create directory", &dir))?;
         let temp_path = dir.join(temp_name(&self.source, first));
         let file = File::create(&temp_path).map_err(SinkError::io("create", &temp_path))?;
@@ -604,6 +654,10 @@ impl ParquetSink {
             ],
             handle,
             final_path: dir.join(final_name(&self.source, first, last)),
+            store: self.store.clone().map(|store| {
+                let name = final_name(&self.source, first, last);
+                (store, format!("{}/{name}", partition_dir(family, day)))
+            }),
             temp_path,
             dir,
             file: PublishedFile {
@@ -640,6 +694,9 @@ struct Closing {
     handle: File,
     temp_path: PathBuf,
     final_path: PathBuf,
+    /// For an object store: the store and the object's path under its root, which replace
+    /// `final_path`.
+    store: Option<(Arc<ObjectRoot>, String)>,
     dir: PathBuf,
     /// What to report; `path` and `bytes` are filled in once published.
     file: PublishedFile,
@@ -657,6 +714,7 @@ impl Closing {
             handle,
             temp_path,
             final_path,
+            store,
             dir,
             mut file,
         } = self;
@@ -664,6 +722,24 @@ impl Closing {
             path: temp_path.clone(),
             source,
         })?;
+        if let Some((store, relative)) = store {
+            // The PUT is the publication and the durability: no local fsync is needed.
+            file.bytes = handle.metadata().map(|m| m.len()).unwrap_or_default();
+            drop(handle);
+            let put = store.put_create(&temp_path, &relative)?;
+            if put == Put::AlreadyExists {
+                // Same name, same input positions: an earlier run published these rows and
+                // stopped before committing them. The object stays as it is.
+                tracing::info!(
+                    url = store.url_of(&relative),
+                    "already published by an earlier run; kept"
+                );
+            }
+            fs::remove_file(&temp_path)
+                .map_err(SinkError::io("remove uploaded temporary", &temp_path))?;
+            file.path = PathBuf::from(store.url_of(&relative));
+            return Ok(file);
+        }
         handle
             .sync_all()
             .map_err(SinkError::io("fsync", &temp_path))?;
@@ -675,6 +751,16 @@ impl Closing {
         file.path = final_path;
         Ok(file)
     }
+}
+
+/// `<table>/date=YYYY-MM-DD`, a partition's place under the root.
+fn partition_dir(family: Family, day: i64) -> String {
+    format!("{}/date={}", family.table(), date_string(day))
+}
+
+/// The epoch day of a `date=YYYY-MM-DD` directory name.
+fn partition_day(name: &str) -> Option<i64> {
+    name.strip_prefix("date=").and_then(parse_date)
 }
 
 fn no_writer() -> SinkError {

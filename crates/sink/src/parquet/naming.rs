@@ -55,11 +55,16 @@ pub(super) fn read_resume_from(path: &Path) -> Result<Option<u64>, SinkError> {
         path: path.to_owned(),
         source,
     })?;
-    Ok(reader
-        .metadata()
-        .file_metadata()
+    Ok(resume_from_metadata(reader.metadata().file_metadata()))
+}
+
+/// The resume point a file's footer records, if any.
+pub(super) fn resume_from_metadata(
+    metadata: &parquet::file::metadata::FileMetaData,
+) -> Option<u64> {
+    metadata
         .key_value_metadata()
         .and_then(|kv| kv.iter().find(|e| e.key == RESUME_FROM_KEY))
         .and_then(|e| e.value.as_deref())
-        .and_then(|v| v.parse().ok()))
+        .and_then(|v| v.parse().ok())
 }
