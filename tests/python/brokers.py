@@ -247,6 +247,48 @@ class Kafka:
         return f"127.0.0.1:{self.ports[listener]}"
 
 
+class Artemis:
+    """Apache Artemis (formerly ActiveMQ Artemis), embedded (tests/brokers/artemis): a third MQTT
+    code base, and the one the tests share `$aws/events/…` on. HiveMQ CE shares `$` topics too,
+    but its shared-subscription members stall when they subscribe right after connecting (see
+    the README); mosquitto 2.0.11 shares no `$` topic at all. Sessions, shared subscriptions and
+    queued messages are kept in a journal in its data directory and survive kill -9. The same
+    face as `Mosquitto` (port, url, start, stop, kill)."""
+
+    HOME = ROOT / "tests" / "brokers" / "artemis"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self):
+        jar = self.HOME / "target" / "artemis-test-broker.jar"
+        if not jar.exists():
+            pytest.fail("Artemis is not built; run scripts/test-env (scripts/test does)")
+        self.proc = subprocess.Popen(
+            [need("java"), "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx1g",
+             "-cp", f"{jar}:{self.HOME / 'target' / 'lib'}/*", "jobstream.testbroker.ArtemisBroker",
+             str(self.port), str(self.workdir / "artemis")],
+            stdout=open(self.workdir / "artemis.log", "ab"), stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=90, what="Artemis")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
 class S3Server:
     """A real S3 API server on loopback: moto's server mode (from PyPI, pinned in
     requirements.txt). It implements what the object-store sink relies on — create-only PUTs

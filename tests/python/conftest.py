@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers import HiveMQ, Kafka, Mosquitto, S3Server
+from brokers import Artemis, HiveMQ, Kafka, Mosquitto, S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_BELOW = 100_000_000_000
@@ -236,6 +236,15 @@ def mosquitto(tmp_path):
 def hivemq(tmp_path):
     """The second MQTT broker, HiveMQ CE, of the test's own (brokers.HiveMQ)."""
     broker = HiveMQ(tmp_path / "hivemq").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def artemis(tmp_path):
+    """The third MQTT broker, Apache Artemis, of the test's own (brokers.Artemis): where the tests
+    share `$aws/events/…`."""
+    broker = Artemis(tmp_path / "artemis").start()
     yield broker
     broker.stop()
 

@@ -1,7 +1,8 @@
-"""The bridge on a second MQTT broker from another code base (HiveMQ CE) beside mosquitto:
+"""The bridge on MQTT brokers from other code bases (HiveMQ CE, Apache Artemis) beside mosquitto:
 delivery, kill -9, a broker restart, shared subscriptions on `$aws/events/…` (which mosquitto
-2.0.11 cannot share) with MQTT 3.1.1 and 5, across connections and across two bridge processes,
-and MQTT over WebSockets with a SigV4-signed handshake. Kafka is Apache Kafka; what reaches it
+2.0.11 cannot share; on Artemis, since HiveMQ CE stalls shared members, see the README) with
+MQTT 3.1.1 and 5, across connections and across two bridge processes, and MQTT over WebSockets
+with a SigV4-signed handshake. Kafka is Apache Kafka; what reaches it
 is read back with confluent-kafka, and the SigV4 signature is checked with botocore."""
 
 import datetime
@@ -75,8 +76,8 @@ def same_topics(bridge, like):
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
 def test_two_bridge_processes_share_a_subscription_and_a_kill_9_of_one_loses_nothing(
         tmp_path, mosquitto, kafka, version):
-    # mosquitto 2.0.11 shares no `$` topics: the fleet publishes under another prefix (on HiveMQ,
-    # which shares `$aws/…`, the bridge's members stalled; see the README).
+    # mosquitto 2.0.11 shares no `$` topics: the fleet publishes under another prefix (the
+    # `$aws/…` version of this test runs on Artemis, below).
     prefix = "fleet/aws/events/"
     events = [(t.replace("$aws/events/", prefix, 1), p) for t, p in generate(30_000, tmp_path)]
     shared = dict(version=version, connections=2, pipeline_extra={"topic_prefix": prefix},
@@ -228,3 +229,55 @@ def write_config(tmp_path, mqtt_lines):
     path = tmp_path / f"sigv4-{uuid.uuid4().hex[:6]}.toml"
     path.write_text("[mqtt]\n" + mqtt_lines)
     return path
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
+def test_three_connections_share_aws_events_and_take_each_event_once(tmp_path, artemis, kafka, version):
+    """`--connections 3`: `$share/jobstream/$aws/events/job/+/+` and the execution filter, the
+    subscription the README gives AWS users, on a broker that shares `$` topics (Artemis)."""
+    events = generate(6_000, tmp_path)
+    bridge = Bridge(tmp_path, artemis, kafka, version=version, connections=3).start()
+    wait_for(lambda: bridge.log.read_text(errors="replace").count("subscribed") >= 3, timeout=60,
+             what="the three connections to subscribe")
+    assert "$share/jobstream/$aws/events/job/+/+" in bridge.log.read_text(errors="replace")
+    publish(artemis.port, events)
+    bridge.wait_quiescent()
+    code, out = bridge.stop()
+    assert code == 0, out
+    shares = [int(n) for n in re.findall(r"connection=(\d+)", bridge.log.read_text(errors="replace"))]
+    assert set(shares) >= {0, 1, 2}, "each connection of the group was up"
+    assert bridge.counter("received") == len(events), "the group received each event once"
+    read_back_exactly(kafka, bridge, events)
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
+def test_two_bridge_processes_share_aws_events_and_a_kill_9_of_one_loses_nothing(
+        tmp_path, artemis, kafka, version):
+    """Two processes × 2 connections in one group on `$share/jobstream/$aws/events/…`; one is
+    killed with SIGKILL mid-stream, the other carries on, the killed one is restarted."""
+    events = generate(30_000, tmp_path)
+    first = Bridge(tmp_path, artemis, kafka, version=version, connections=2)
+    second = Bridge(tmp_path, artemis, kafka, version=version, connections=2)
+    same_topics(second, first)
+    first.start()
+    second.start()
+    wait_for(lambda: all(b.log.read_text(errors="replace").count("subscribed") >= 2 for b in (first, second)),
+             timeout=60, what="both processes' connections to subscribe")
+    publisher = threading.Thread(target=publish, args=(artemis.port, events))
+    publisher.start()
+    wait_for(lambda: first.counter("acked") >= 2_000 and second.counter("acked") >= 2_000, timeout=300,
+             what="both processes to carry events")
+    first.kill()
+    taken_before = second.counter("received")
+    publisher.join()
+    wait_for(lambda: second.counter("received") > taken_before + 1_000, timeout=120,
+             what="the surviving process to go on taking events")
+    first.start()
+    first.wait_quiescent()
+    second.wait_quiescent()
+    for bridge in (first, second):
+        code, out = bridge.stop()
+        assert code == 0, out
+    print(f"artemis, MQTT {version}: second process received {second.counter('received')} events; "
+          f"{taken_before} of them before the kill")
+    read_back_exactly(kafka, first, events)
