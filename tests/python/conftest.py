@@ -249,10 +249,11 @@ def artemis(tmp_path):
     broker.stop()
 
 
-@pytest.fixture(params=["mosquitto", "hivemq"])
+@pytest.fixture(params=["mosquitto", "hivemq", "artemis"])
 def mqtt_broker(request, tmp_path):
-    """Each MQTT broker in turn, for the tests that must hold on both."""
-    broker = (Mosquitto if request.param == "mosquitto" else HiveMQ)(tmp_path / request.param).start()
+    """Each MQTT broker in turn, for the tests that must hold on all of them."""
+    kind = {"mosquitto": Mosquitto, "hivemq": HiveMQ, "artemis": Artemis}[request.param]
+    broker = kind(tmp_path / request.param).start()
     yield broker
     broker.stop()
 

@@ -24,7 +24,7 @@ from relay import close_listener, relay_both_ways
 from test_bridge import Bridge, generate, publish, read_back_exactly
 
 
-def test_events_reach_kafka_exactly_once_byte_exact_through_either_broker(tmp_path, mqtt_broker, kafka):
+def test_events_reach_kafka_exactly_once_byte_exact_through_every_broker(tmp_path, mqtt_broker, kafka):
     events = generate(3_000, tmp_path)
     bridge = Bridge(tmp_path, mqtt_broker, kafka).start()
     publish(mqtt_broker.port, events)
@@ -34,7 +34,7 @@ def test_events_reach_kafka_exactly_once_byte_exact_through_either_broker(tmp_pa
     assert read_back_exactly(kafka, bridge, events) == len(events), "no event twice"
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing_on_either_broker(tmp_path, mqtt_broker, kafka):
+def test_kill_9_mid_stream_then_restart_loses_nothing_on_every_broker(tmp_path, mqtt_broker, kafka):
     events = generate(40_000, tmp_path)
     bridge = Bridge(tmp_path, mqtt_broker, kafka).start()
     publisher = threading.Thread(target=publish, args=(mqtt_broker.port, events))
