@@ -362,3 +362,52 @@ class S3Server:
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(target))
         return into
+
+
+class Azurite:
+    """Azure Blob Storage's own emulator, Azurite (Microsoft's, from npm; scripts/test-env
+    installs it under .azurite/), on loopback, in memory. It honours `If-None-Match: *` on a
+    blob PUT, which the object-store sink's create-only publish relies on. jobstream reaches it
+    as object_store's users do: `AZURE_STORAGE_USE_EMULATOR=true` with `AZURITE_BLOB_STORAGE_URL`."""
+
+    HOME = ROOT / ".azurite"
+    # Azurite's one built-in account and its key, published in Azurite's documentation.
+    ACCOUNT = "devstoreaccount1"
+    KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        server = self.HOME / "node_modules" / ".bin" / "azurite-blob"
+        if not server.exists():
+            pytest.fail("Azurite is not installed; run scripts/test-env (scripts/test does)")
+        self.proc = subprocess.Popen(
+            [str(server), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--inMemoryPersistence",
+             "--skipApiVersionCheck"],
+            stdout=open(self.workdir / "azurite.log", "ab"), stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=60, what="Azurite")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def env(self) -> dict:
+        return {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": self.endpoint}
+
+    def container(self, name: str):
+        """A new container, as a client of Microsoft's own SDK (azure-storage-blob)."""
+        from azure.storage.blob import BlobServiceClient
+        service = BlobServiceClient.from_connection_string(
+            f"DefaultEndpointsProtocol=http;AccountName={self.ACCOUNT};AccountKey={self.KEY};"
+            f"BlobEndpoint={self.endpoint}/{self.ACCOUNT};")
+        return service.create_container(name)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brokers import Artemis, HiveMQ, Kafka, Mosquitto, S3Server
+from brokers import Artemis, Azurite, HiveMQ, Kafka, Mosquitto, S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_BELOW = 100_000_000_000
@@ -263,6 +263,14 @@ def s3(tmp_path):
     """An S3 API server of the test's own (brokers.S3Server), with a bucket `jobstream`."""
     server = S3Server(tmp_path / "s3").start()
     server.bucket("jobstream")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def azurite(tmp_path):
+    """Azure Blob Storage's emulator of the test's own (brokers.Azurite)."""
+    server = Azurite(tmp_path / "azurite").start()
     yield server
     server.stop()
 

@@ -167,14 +167,16 @@ def rows_by_key(rows) -> dict:
 
 
 @pytest.fixture(scope="module")
-def spark():
-    """A local Spark session (pyspark's own JVM), its clock on UTC."""
+def spark(tmp_path_factory):
+    """A local Spark session (pyspark's own JVM), its clock on UTC, its warehouse (where
+    CREATE TABLE keeps its metadata) in a temporary directory rather than the working one."""
     from pyspark.sql import SparkSession
 
     session = (
         SparkSession.builder.master("local[2]")
         .appName("jobstream-tests")
         .config("spark.ui.enabled", "false")
+        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "1g")
         .getOrCreate()
