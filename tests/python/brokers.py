@@ -97,36 +97,41 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
-class HiveMQ:
-    """HiveMQ Community Edition, embedded (tests/brokers/hivemq): MQTT 3.1.1 and 5, shared
-    subscriptions on `$` topics (which mosquitto 2.0.11 cannot share), sessions and their queued
-    messages kept on disk in its data directory (a restart, even after kill -9, finds them), and
-    a WebSocket listener on `/mqtt`. The same face as `Mosquitto` (port, url, start, stop).
+class EmbeddedBroker:
+    """An MQTT broker embedded in a Java launcher of ours under tests/brokers/<name> (built by
+    Maven in scripts/test-env), run in the foreground on free loopback ports with its data in
+    the test's directory: the same face as `Mosquitto` (port, url, start, stop, kill)."""
 
-    Unlike mosquitto: it sends a client at most its in-flight window (HiveMQ's 50) and then waits
-    for acknowledgements; its `#` matches `$` topics; it has no `$SYS` topics."""
-
-    HOME = ROOT / "tests" / "brokers" / "hivemq"
+    NAME = ""       # the directory under tests/brokers, and the jar's and log's name
+    TITLE = ""      # as messages name it
+    MAIN = ""       # the launcher's class
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.ws_port = free_port()
         self.proc = None
 
+    @property
+    def url(self):
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def extra_args(self) -> list:
+        """Launcher arguments after PORT and DATA_DIR."""
+        return []
+
     def start(self):
-        jar = self.HOME / "target" / "hivemq-test-broker.jar"
+        home = ROOT / "tests" / "brokers" / self.NAME
+        jar = home / "target" / f"{self.NAME}-test-broker.jar"
         if not jar.exists():
-            pytest.fail("HiveMQ is not built; run scripts/test-env (scripts/test does)")
+            pytest.fail(f"{self.TITLE} is not built; run scripts/test-env (scripts/test does)")
         self.proc = subprocess.Popen(
             # C1 only and the serial collector: it starts faster on 2 cores and is plenty here.
             [need("java"), "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx1g",
-             "-cp", f"{jar}:{self.HOME / 'target' / 'lib'}/*", "jobstream.testbroker.HiveMQBroker",
-             str(self.port), str(self.workdir / "hivemq"), str(self.ws_port)],
-            stdout=open(self.workdir / "hivemq.log", "ab"), stderr=subprocess.STDOUT)
-        wait_port(self.port, timeout=90, what="HiveMQ")
-        wait_port(self.ws_port, timeout=30, what="HiveMQ (WebSocket)")
+             "-cp", f"{jar}:{home / 'target' / 'lib'}/*", self.MAIN,
+             str(self.port), str(self.workdir / self.NAME), *map(str, self.extra_args())],
+            stdout=open(self.workdir / f"{self.NAME}.log", "ab"), stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=90, what=self.TITLE)
         return self
 
     def stop(self):
@@ -138,9 +143,29 @@ class HiveMQ:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    @property
-    def url(self):
-        return f"mqtt://127.0.0.1:{self.port}"
+
+class HiveMQ(EmbeddedBroker):
+    """HiveMQ Community Edition, embedded (tests/brokers/hivemq): MQTT 3.1.1 and 5, shared
+    subscriptions on `$` topics (which mosquitto 2.0.11 cannot share), sessions and their queued
+    messages kept on disk in its data directory (a restart, even after kill -9, finds them), and
+    a WebSocket listener on `/mqtt`.
+
+    Unlike mosquitto: it sends a client at most its in-flight window (HiveMQ's 50) and then waits
+    for acknowledgements; its `#` matches `$` topics; it has no `$SYS` topics."""
+
+    NAME, TITLE, MAIN = "hivemq", "HiveMQ", "jobstream.testbroker.HiveMQBroker"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.ws_port = free_port()
+
+    def extra_args(self) -> list:
+        return [self.ws_port]
+
+    def start(self):
+        super().start()
+        wait_port(self.ws_port, timeout=30, what="HiveMQ (WebSocket)")
+        return self
 
 
 class Kafka:
@@ -247,46 +272,14 @@ class Kafka:
         return f"127.0.0.1:{self.ports[listener]}"
 
 
-class Artemis:
+class Artemis(EmbeddedBroker):
     """Apache Artemis (formerly ActiveMQ Artemis), embedded (tests/brokers/artemis): a third MQTT
     code base, and the one the tests share `$aws/events/…` on. HiveMQ CE shares `$` topics too,
     but its shared-subscription members stall when they subscribe right after connecting (see
     the README); mosquitto 2.0.11 shares no `$` topic at all. Sessions, shared subscriptions and
-    queued messages are kept in a journal in its data directory and survive kill -9. The same
-    face as `Mosquitto` (port, url, start, stop, kill)."""
+    queued messages are kept in a journal in its data directory and survive kill -9."""
 
-    HOME = ROOT / "tests" / "brokers" / "artemis"
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self):
-        jar = self.HOME / "target" / "artemis-test-broker.jar"
-        if not jar.exists():
-            pytest.fail("Artemis is not built; run scripts/test-env (scripts/test does)")
-        self.proc = subprocess.Popen(
-            [need("java"), "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx1g",
-             "-cp", f"{jar}:{self.HOME / 'target' / 'lib'}/*", "jobstream.testbroker.ArtemisBroker",
-             str(self.port), str(self.workdir / "artemis")],
-            stdout=open(self.workdir / "artemis.log", "ab"), stderr=subprocess.STDOUT)
-        wait_port(self.port, timeout=90, what="Artemis")
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
+    NAME, TITLE, MAIN = "artemis", "Artemis", "jobstream.testbroker.ArtemisBroker"
 
 
 class S3Server:

@@ -153,19 +153,26 @@ def test_mqtt_straight_to_a_bucket_crashing_between_put_and_ack_writes_nothing_t
     assert_exactly_once(s3.download("jobstream", "direct", tmp_path / "downloaded"), lines)
 
 
-def test_two_writers_of_the_same_names_create_each_object_once_and_neither_overwrites(capture, tmp_path, s3):
-    """Create-only PUTs: two replays of one capture into one prefix at the same time (both
-    list an empty prefix at start, so both write every name) — each object is created by one
-    of them, the other is told it exists and keeps it."""
-    env = {"PATH": "/usr/bin:/bin", "JOBSTREAM_LOG": "info", **s3.env()}
-    procs = [subprocess.Popen([jobstream_bin(), "replay", "--input", str(capture), "--parquet", "s3://jobstream/twice",
-                               "--quiet", "--max-file-rows", "1000"],
+def replay_twice_at_once(capture, target, env, max_file_rows):
+    """Two `replay`s of one capture into one prefix at the same moment (both list an empty
+    prefix at start, so both write every name); both must succeed. How many objects the one
+    found already created by the other (`kept`)."""
+    env = {"PATH": "/usr/bin:/bin", "JOBSTREAM_LOG": "info", **env}
+    procs = [subprocess.Popen([jobstream_bin(), "replay", "--input", str(capture), "--parquet", target,
+                               "--quiet", "--max-file-rows", str(max_file_rows)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     STARTED.extend(procs)
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    kept = sum(err.count("already published by an earlier run; kept") for _, err in outputs)
+    return sum(err.count("already published by an earlier run; kept") for _, err in outputs)
+
+
+def test_two_writers_of_the_same_names_create_each_object_once_and_neither_overwrites(capture, tmp_path, s3):
+    """Create-only PUTs: two replays of one capture into one prefix at the same time (both
+    list an empty prefix at start, so both write every name) — each object is created by one
+    of them, the other is told it exists and keeps it."""
+    kept = replay_twice_at_once(capture, "s3://jobstream/twice", s3.env(), 1000)
     objects = s3.objects("jobstream", "twice")
     replay_to(capture, tmp_path / "out", None, "--max-file-rows", "1000")
     on_disk = local_files(tmp_path / "out")
@@ -214,16 +221,9 @@ def test_azure_blob_storage_gets_the_same_files_the_same_report_and_create_only_
     """az:// on Azurite, Azure's own emulator, read back with Microsoft's SDK: the same bytes as
     on disk, the same report, and two writers of one prefix never overwrite each other."""
     container = azurite.container("lake")
-    env = {"PATH": "/usr/bin:/bin", "JOBSTREAM_LOG": "info", **azurite.env()}
+    env = {"PATH": "/usr/bin:/bin", **azurite.env()}
     replay_to(capture, tmp_path / "out", None, "--max-file-rows", "3000")
-    procs = [subprocess.Popen([jobstream_bin(), "replay", "--input", str(capture), "--parquet", "az://lake/jobs",
-                               "--quiet", "--max-file-rows", "3000"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
-    STARTED.extend(procs)
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    assert sum(err.count("already published by an earlier run; kept") for _, err in outputs) > 0
+    assert replay_twice_at_once(capture, "az://lake/jobs", azurite.env(), 3000) > 0
     blobs = {b.name[len("jobs/"):]: container.download_blob(b.name).readall()
              for b in container.list_blobs(name_starts_with="jobs/")}
     assert digests(blobs) == digests(local_files(tmp_path / "out"))
