@@ -4,7 +4,9 @@
   * raw      benches/examples/raw_consume.rs: joins a fresh group, reads every record, keeps
              nothing (the ceiling: what the broker and librdkafka deliver);
   * jobstream `jobstream run --kafka B --parquet DIR --stop-at-end` with a fresh group: parse,
-             validate, Arrow, zstd Parquet files per partition, fsync + rename, commits.
+             validate, Arrow, zstd Parquet files per partition, fsync + rename, commits;
+  * ×2       two such processes in one fresh group, writing to one directory, started together
+             and timed until both have exited (the group splits the partitions between them).
 
 Both are timed from process start to exit (group join included for both), interleaved run by
 run so machine noise hits both alike; the report gives median and spread and the ratio of the
@@ -13,6 +15,7 @@ scripts/kafka), started here on a free port.
 
 Usage: .venv/bin/python benches/kafka_to_parquet.py [--events 300000] [--runs 5]
          [--jobstream target/release/jobstream] [--raw target/release/examples/raw_consume]
+         [--json FILE]
 """
 
 import argparse
@@ -50,6 +53,29 @@ def timed(command, cpu=None, **kwargs):
     return elapsed, result.stdout
 
 
+def stage_command(jobstream, brokers, out_dir, group):
+    return [jobstream, "run", "--kafka", brokers, "--parquet", str(out_dir), "--group-id", group,
+            "--stop-at-end", "--stats-every-secs", "0"]
+
+
+def published_rows(stdout):
+    line = stdout.strip().splitlines()[-1]
+    return int(line.rsplit("published ", 1)[1].split(" rows", 1)[0])
+
+
+def timed_together(commands, cpu):
+    """Wall time until every command has exited, started at once; CPU seconds of all."""
+    start, cpu_start = time.perf_counter(), children_cpu()
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outputs = [p.communicate() for p in procs]
+    elapsed = time.perf_counter() - start
+    cpu.append(children_cpu() - cpu_start)
+    for p, (_, err) in zip(procs, outputs):
+        if p.returncode != 0:
+            raise SystemExit(f"{commands[0][0]} failed ({p.returncode}):\n{err[-2000:]}")
+    return elapsed, [out for out, _ in outputs]
+
+
 def summary(name, times, events):
     median = statistics.median(times)
     return (f"{name:<10} median {median:6.2f} s  ({events / median / 1e3:6.1f} k rows/s)  "
@@ -77,32 +103,44 @@ def main():
         print(f"input: {events} events produced to Apache Kafka in {elapsed:.1f} s "
               f"({capture.stat().st_size / events:.0f} B/line)")
 
-        raw, stage, raw_cpu, stage_cpu = [], [], [], []
+        raw, stage, pair, raw_cpu, stage_cpu, pair_cpu = [], [], [], [], [], []
         for run in range(args.runs):
             t, out = timed([args.raw, kafka.brokers, f"raw-{run}", str(events), *TOPICS], raw_cpu)
             raw.append(t)
             out_dir = work / f"parquet-{run}"
-            t, out = timed([args.jobstream, "run", "--kafka", kafka.brokers, "--parquet", str(out_dir),
-                            "--group-id", f"stage-{run}", "--stop-at-end", "--stats-every-secs", "0"], stage_cpu)
+            t, out = timed(stage_command(args.jobstream, kafka.brokers, out_dir, f"stage-{run}"), stage_cpu)
             stage.append(t)
-            published = out.strip().splitlines()[-1]
-            assert f"published {events} rows" in published, published
+            assert published_rows(out) == events, out
             shutil.rmtree(out_dir)
-            print(f"run {run + 1}: raw {raw[-1]:.2f} s, jobstream {stage[-1]:.2f} s", flush=True)
+            out_dir = work / f"parquet-pair-{run}"
+            t, outs = timed_together([stage_command(args.jobstream, kafka.brokers, out_dir, f"pair-{run}")] * 2,
+                                     pair_cpu)
+            pair.append(t)
+            # Together they publish every row once: a partition handed over in a rebalance
+            # resumes from the files its first owner published.
+            assert sum(published_rows(o) for o in outs) == events, outs
+            shutil.rmtree(out_dir)
+            print(f"run {run + 1}: raw {raw[-1]:.2f} s, jobstream {stage[-1]:.2f} s, ×2 {pair[-1]:.2f} s "
+                  f"(rows {[published_rows(o) for o in outs]})", flush=True)
 
         print(summary("raw", raw, events))
         print(summary("jobstream", stage, events))
+        print(summary("×2", pair, events))
         ratio = statistics.median(raw) / statistics.median(stage)
-        print(f"jobstream / raw consume rate: {ratio:.2f}  (target ≥ 0.8)")
+        ratios = sorted(r / s for r, s in zip(raw, stage))
+        print(f"jobstream / raw consume rate: {ratio:.2f} (ratio of medians; per run "
+              f"{statistics.median(ratios):.2f}, {ratios[0]:.2f}–{ratios[-1]:.2f})  (target ≥ 0.8)")
+        print(f"×2 / ×1 rate: {statistics.median(stage) / statistics.median(pair):.2f}")
         # The broker may be what limits both; CPU seconds per row show each client's own cost.
-        for name, cpu in (("raw", raw_cpu), ("jobstream", stage_cpu)):
+        for name, cpu in (("raw", raw_cpu), ("jobstream", stage_cpu), ("×2", pair_cpu)):
             median = statistics.median(cpu)
             print(f"{name:<10} CPU median {median:6.2f} s  ({events / median / 1e3:6.1f} k rows per CPU-second)"
                   f"  spread {min(cpu):.2f}–{max(cpu):.2f} s")
         if args.json:
             Path(args.json).write_text(json.dumps({"events": events, "raw_s": raw, "jobstream_s": stage,
-                                                   "raw_cpu_s": raw_cpu, "jobstream_cpu_s": stage_cpu,
-                                                   "ratio": ratio}, indent=2))
+                                                   "pair_s": pair, "raw_cpu_s": raw_cpu,
+                                                   "jobstream_cpu_s": stage_cpu, "pair_cpu_s": pair_cpu,
+                                                   "ratio": ratio}, indent=2) + "\n")
     finally:
         kafka.stop()
         shutil.rmtree(work, ignore_errors=True)

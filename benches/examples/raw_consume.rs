@@ -22,6 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // The same fetch-ahead setting as jobstream's consumers (crates/sink/src/kafka/config.rs),
+        // so that neither stalls for librdkafka's default 1 s backoff.
+        .set("fetch.queue.backoff.ms", "50")
         .create()?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;

@@ -151,33 +151,36 @@ def test_bench_refuses_bad_flags_with_exit_78_before_starting_anything(tmp_path)
     # Brokers are given (and unreachable) so that nothing is started: each refusal must come
     # from the flag's check, typed as BenchError::InvalidFlag.
     given = ["--kafka", "127.0.0.1:1", "--python", sys.executable, "--output", tmp_path / "r.json",
-             "--chart", tmp_path / "r.svg"]
+             "--chart", tmp_path / "r.svg", "--latency-chart", tmp_path / "l.svg"]
     cases = [
         (["--events", "0", "--mqtt", "mqtt://127.0.0.1:1"], "--events"),
         (["--latency-rate=0", "--mqtt", "mqtt://127.0.0.1:1"], "--latency-rate"),
         (["--mqtt", "mqtts://127.0.0.1:1"], "mqtt://"),
         (["--mqtt", "tcp://127.0.0.1:1"], "--mqtt"),
+        (["--scaling-processes", "17", "--mqtt", "mqtt://127.0.0.1:1"], "--scaling-processes"),
     ]
     for flags, named in cases:
         refused = run("bench", *flags, *given, check=False, timeout=60)
         assert refused.returncode == 78, (flags, refused.stderr)
         assert named in refused.stderr, (flags, refused.stderr)
         assert "panicked" not in refused.stderr
-    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.svg").exists()
+    assert not any((tmp_path / name).exists() for name in ["r.json", "r.svg", "l.svg"])
 
 
-def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_duplicates_nothing(tmp_path):
+def test_a_small_bench_writes_its_result_and_charts_and_jobstream_loses_and_duplicates_nothing(tmp_path):
     # A folder that does not exist yet: bench makes it (before measuring, not after).
     result_path, chart_path = tmp_path / "results" / "result.json", tmp_path / "charts" / "rate.svg"
-    bench = run("bench", "--events", 3000, "--repetitions", 1, "--scaling", "1,2",
+    latency_path = tmp_path / "charts" / "latency.svg"
+    bench = run("bench", "--events", 3000, "--repetitions", 1, "--scaling", "1,2", "--scaling-processes", 2,
                 "--latency-events", 300, "--latency-rate", 1000,
                 "--python", sys.executable, "--mosquitto", need("mosquitto"),
                 "--kafka-script", ROOT / "scripts" / "kafka",
                 "--mosquitto-sub", need("mosquitto_sub"), "--workdir", tmp_path / "work",
-                "--output", result_path, "--chart", chart_path, timeout=900)
+                "--output", result_path, "--chart", chart_path, "--latency-chart", latency_path,
+                timeout=900)
     result = json.loads(result_path.read_text())
-    labels = ["ceiling", "kafka-ceiling", "jobstream", "python", "pipeline",
-              "jobstream ×1 (shared)", "jobstream ×2 (shared)"]
+    labels = ["ceiling", "mosquitto-sub", "kafka-ceiling", "jobstream", "python", "pipeline",
+              "jobstream ×1 (shared)", "jobstream ×2 (shared)", "jobstream 2 processes (shared)"]
     assert [s["contender"] for s in result["summary"]] == labels
     for label in labels:
         assert label in bench.stdout
@@ -192,18 +195,33 @@ def test_a_small_bench_writes_its_result_and_chart_and_jobstream_loses_and_dupli
         assert r["error"] is None, (label, r["error"])
         assert r["events"] >= 2900 and r["events_per_sec"] > 0 and r["peak_rss_mb"] > 0
         assert r["series"][-1][1] <= r["events"]
-    for label in ["jobstream", "jobstream ×1 (shared)", "jobstream ×2 (shared)"]:
+    bridges = ["jobstream", "jobstream ×1 (shared)", "jobstream ×2 (shared)", "jobstream 2 processes (shared)"]
+    for label in bridges:
         r = runs[label]
         assert (r["lost"], r["duplicated"], r["unexpected"], r["left_at_broker"]) == (0, 0, 0, 0), label
         assert r["kafka_records"] == r["events"] + r["latency_events"]
         assert r["verified_by"] == "event ids"
         assert r["exit_code"] == 0
-    assert runs["jobstream"]["latency_events"] == runs["python"]["latency_events"] > 0
-    assert runs["jobstream"]["latency_p50_ms"] <= runs["jobstream"]["latency_p99_ms"]
-    assert runs["ceiling"]["ratio_to_ceiling"] == 1.0
-    assert runs["ceiling"]["lost"] is None, "the raw subscriber writes to /dev/null: nothing to check"
+    # Latency is per record: every event of the paced stream has its own append time.
+    with_latency = [label for label in labels if runs[label]["latency_p50_ms"] is not None]
+    assert with_latency == ["jobstream", "python", "pipeline", *bridges[1:]]
+    for label in with_latency:
+        r = runs[label]
+        assert r["latency_measured"] == r["latency_events"] == runs["jobstream"]["latency_events"] > 250, label
+        assert 0 <= r["latency_p50_ms"] <= r["latency_p99_ms"] <= r["latency_p999_ms"] <= r["latency_max_ms"], label
+        assert r["latency_max_ms"] < 60_000, (label, "latency is from publish to Kafka's append, not a clock offset")
+        quantiles = [q for q, _ in r["latency_quantiles"]]
+        assert quantiles[0] == 0 and quantiles[-1] == 1 and 0.999 in quantiles, label
+    # The raw drain acknowledged every message it took: the broker holds nothing for it.
+    assert runs["ceiling"]["ratio_to_ceiling"] == 1.0 and runs["ceiling"]["left_at_broker"] == 0
+    # (mosquitto_sub -C N is not held to this: it exits with some PUBACKs unsent, 151 of 3,000
+    # in one run, which the broker then redelivers.)
+    assert runs["ceiling"]["lost"] is None, "the raw drain keeps nothing: nothing to check"
     assert runs["jobstream ×2 (shared)"]["connections"] == 2
-    assert result["jobstream_vs_python"]["median"] > 0
+    assert runs["jobstream 2 processes (shared)"]["processes"] == 2
+    assert result["jobstream_vs_python"]["median"] > 0 and result["jobstream_vs_pipeline"]["median"] > 0
 
     svg = chart_path.read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == len(labels)
+    latency_svg = latency_path.read_text()
+    assert latency_svg.startswith("<svg") and latency_svg.count("<polyline") == len(with_latency)

@@ -4,6 +4,11 @@ use std::fmt::Write as _;
 
 use super::result::RunResult;
 
+const COLORS: &[&str] = &[
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#17becf",
+];
+
 /// The rate over time of one run per contender (its median repetition), as an SVG.
 pub(super) fn chart(runs: &[&RunResult]) -> String {
     const W: f64 = 900.0;
@@ -12,10 +17,6 @@ pub(super) fn chart(runs: &[&RunResult]) -> String {
     const RIGHT: f64 = 230.0;
     const TOP: f64 = 40.0;
     const BOTTOM: f64 = 50.0;
-    const COLORS: &[&str] = &[
-        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-        "#17becf",
-    ];
     let rates: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| rate_series(&r.series)).collect();
     let max_t = runs
         .iter()
@@ -98,6 +99,101 @@ pub(super) fn chart(runs: &[&RunResult]) -> String {
             ly + 4.0,
             xml_escape(&run.contender),
             human(run.events_per_sec)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The latency distribution of one run per contender (its median-p99 repetition), as an SVG:
+/// the share of records (y) that reached Kafka within x milliseconds, x on a log scale so
+/// that the median and the tail both show.
+pub(super) fn latency_chart(runs: &[&RunResult]) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 420.0;
+    const LEFT: f64 = 80.0;
+    const RIGHT: f64 = 260.0;
+    const TOP: f64 = 40.0;
+    const BOTTOM: f64 = 50.0;
+    let max_ms = runs
+        .iter()
+        .filter_map(|r| r.latency_max_ms)
+        .fold(1.0f64, f64::max);
+    // Decades from 0.1 ms to past the slowest record.
+    let low = -1.0f64;
+    let high = max_ms.max(1.0).log10().ceil().max(low + 1.0);
+    let x = |ms: f64| LEFT + (W - LEFT - RIGHT) * (ms.max(0.1).log10() - low) / (high - low);
+    let y = |share: f64| H - BOTTOM - (H - TOP - BOTTOM) * share;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="22" font-size="15">jobstream bench: publish → Kafka latency per record (share within x ms)</text>"#
+    );
+    for tenth in 0..=10 {
+        let share = f64::from(tenth) / 10.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}%</text>"##,
+            W - RIGHT,
+            y(share),
+            y(share),
+            LEFT - 6.0,
+            y(share) + 4.0,
+            tenth * 10
+        );
+    }
+    let mut decade = low;
+    while decade <= high + 1e-9 {
+        let ms = 10f64.powf(decade);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{:.1}" x2="{:.1}" y1="{TOP}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            x(ms),
+            x(ms),
+            H - BOTTOM,
+            x(ms),
+            H - BOTTOM + 16.0,
+            if ms < 1.0 {
+                format!("{ms:.1}")
+            } else {
+                format!("{ms:.0}")
+            }
+        );
+        decade += 1.0;
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">milliseconds from publish to Kafka's append (log scale)</text>"#,
+        LEFT + (W - LEFT - RIGHT) / 2.0,
+        H - 12.0
+    );
+    for (i, run) in runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = run
+            .latency_quantiles
+            .iter()
+            .map(|(q, ms)| format!("{:.1},{:.1}", x(*ms), y(*q)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        let ly = TOP + 10.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} (p99 {:.1} ms)</text>"#,
+            W - RIGHT + 12.0,
+            W - RIGHT + 32.0,
+            W - RIGHT + 38.0,
+            ly + 4.0,
+            xml_escape(&run.contender),
+            run.latency_p99_ms.unwrap_or(f64::NAN)
         );
     }
     svg.push_str("</svg>\n");

@@ -2,7 +2,9 @@
 //! while it runs.
 
 use std::fmt::Write as _;
+use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{BenchError, IoContext as _};
@@ -15,9 +17,13 @@ use super::BenchArgs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Contender {
-    /// `mosquitto_sub -c -q 1 -C N > /dev/null`: the broker's hand-off rate, doing nothing.
+    /// `jobstream bench-drain`: a minimal QoS 1 drain (one read and one write of PUBACKs per
+    /// buffer), the broker's hand-off rate.
     Ceiling,
-    /// The TSV producer reading the backlog from a file: Kafka's intake, no MQTT at all.
+    /// `mosquitto_sub -c -q 1 -C N > /dev/null`: the raw subscriber a user would try first.
+    MosquittoSub,
+    /// `jobstream bench-produce`: the backlog produced from memory with the contenders'
+    /// producer settings, no MQTT at all: Kafka's intake.
     KafkaCeiling,
     /// `jobstream run`, QoS 1 with end-to-end acknowledgements.
     Jobstream,
@@ -31,6 +37,7 @@ impl Contender {
     pub(super) fn label(self) -> &'static str {
         match self {
             Contender::Ceiling => "ceiling",
+            Contender::MosquittoSub => "mosquitto-sub",
             Contender::KafkaCeiling => "kafka-ceiling",
             Contender::Jobstream => "jobstream",
             Contender::Python => "python",
@@ -40,8 +47,9 @@ impl Contender {
 
     pub(super) fn description(self) -> &'static str {
         match self {
-            Contender::Ceiling => "mosquitto_sub -c -q 1 > /dev/null (MQTT ceiling)",
-            Contender::KafkaCeiling => "TSV producer from a file (Kafka ceiling, no MQTT)",
+            Contender::Ceiling => "raw QoS 1 drain, PUBACKs batched per read (MQTT ceiling)",
+            Contender::MosquittoSub => "mosquitto_sub -c -q 1 > /dev/null",
+            Contender::KafkaCeiling => "librdkafka producer from memory (Kafka ceiling, no MQTT)",
             Contender::Jobstream => "jobstream run, QoS 1, end-to-end acks",
             Contender::Python => "paho-mqtt + confluent-kafka bridge (acks on receipt)",
             Contender::Pipeline => "mosquitto_sub -F '%t\\t%p' | confluent-kafka producer",
@@ -53,7 +61,7 @@ impl Contender {
     }
 
     pub(super) fn uses_kafka(self) -> bool {
-        self != Contender::Ceiling
+        !matches!(self, Contender::Ceiling | Contender::MosquittoSub)
     }
 }
 
@@ -62,7 +70,10 @@ impl Contender {
 pub(super) struct Plan {
     pub(super) contender: Contender,
     pub(super) repetition: usize,
+    /// MQTT connections of each process.
     pub(super) connections: usize,
+    /// jobstream processes sharing one subscription (1 outside the process scaling runs).
+    pub(super) processes: usize,
     pub(super) prefix: String,
     pub(super) label: String,
 }
@@ -73,6 +84,13 @@ pub(super) struct Running {
     pub(super) children: Vec<Child>,
     /// Last usage seen per child (a zombie keeps its CPU times but not its memory figures).
     pub(super) usage: Vec<ProcUsage>,
+    /// The processes are peers, not a pipeline: each one is stopped, none feeds another.
+    pub(super) peers: bool,
+    /// When the first process printed [`DRAINED_LINE`](super::drain::DRAINED_LINE) (the raw
+    /// drain has taken the whole backlog), set by a thread reading its output.
+    pub(super) drained_at: Option<Arc<OnceLock<Instant>>>,
+    /// The thread reading the first process's output, joined once the process has exited.
+    pub(super) output_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -94,15 +112,33 @@ impl Running {
         (cpu, rss)
     }
 
+    /// When the MQTT-only contender's drain ended: the raw drain's own word, else the first
+    /// process's exit.
+    pub(super) fn drain_ended(&mut self) -> Option<Instant> {
+        let Some(at) = &self.drained_at else {
+            return self.first_exited().then(Instant::now);
+        };
+        if at.get().is_none() && self.first_exited() {
+            // The process has exited, so its output ends: once the reader is through it, the
+            // line is either seen or was never written.
+            if let Some(reader) = self.output_reader.take() {
+                let _ = reader.join();
+            }
+        }
+        at.get().copied()
+    }
+
     /// Whether the first process (the one that ends the run on its own) has exited.
     pub(super) fn first_exited(&self) -> bool {
         self.usage.first().is_some_and(|u| u.zombie)
     }
 
     pub(super) fn stop(&mut self) -> Option<i32> {
-        // The first process feeds the others (pipeline): stopping it lets them drain.
-        if let Some(first) = self.children.first() {
-            let _ = signal(first.id(), "TERM");
+        // The first process feeds the others (pipeline): stopping it lets them drain. Peers
+        // (jobstream processes in one shared subscription) are each stopped.
+        let stopped = if self.peers { self.children.len() } else { 1 };
+        for child in self.children.iter().take(stopped) {
+            let _ = signal(child.id(), "TERM");
         }
         let mut code = None;
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -145,6 +181,7 @@ impl Plan {
                     contender,
                     repetition,
                     connections: 1,
+                    processes: 1,
                     prefix: "$aws/events/".to_owned(),
                     label: contender.label().to_owned(),
                 })
@@ -154,8 +191,19 @@ impl Plan {
                     contender: Contender::Jobstream,
                     repetition,
                     connections,
+                    processes: 1,
                     prefix: args.scaling_prefix.clone(),
                     label: format!("jobstream ×{connections} (shared)"),
+                });
+            }
+            for &processes in args.scaling_processes.iter().filter(|&&p| p > 0) {
+                round.push(Plan {
+                    contender: Contender::Jobstream,
+                    repetition,
+                    connections: 1,
+                    processes,
+                    prefix: args.scaling_prefix.clone(),
+                    label: format!("jobstream {processes} processes (shared)"),
                 });
             }
             // Interleave: each repetition starts one contender later, so that a slow spell of this
@@ -192,6 +240,8 @@ impl Bench {
             }
         };
         let filters = Self::filters(&plan.prefix);
+        let mut drained_at = None;
+        let mut output_reader = None;
         let mosquitto_sub = |extra: &[&str]| {
             let mut cmd = Command::new(&self.args.mosquitto_sub);
             cmd.args(["-h", &self.host, "-p", &self.port.to_string()])
@@ -203,24 +253,56 @@ impl Bench {
             cmd
         };
         let children = match plan.contender {
-            Contender::Ceiling => vec![mosquitto_sub(&["-C", &n.to_string()])
+            Contender::Ceiling => {
+                let mut drain = Command::new(&self.jobstream_bin)
+                    .arg("bench-drain")
+                    .args(["--host", &self.host, "--port", &self.port.to_string()])
+                    .args(["--client-id", id, "--count", &n.to_string()])
+                    .args(["--timeout-secs", &self.args.timeout_secs.to_string()])
+                    .stdout(Stdio::piped())
+                    .stderr(log("stderr")?)
+                    .spawn()
+                    .io("cannot start jobstream bench-drain")?;
+                let output = drain.stdout.take().ok_or_else(|| {
+                    BenchError::Run("jobstream bench-drain has no standard output".into())
+                })?;
+                let at = Arc::new(OnceLock::new());
+                let seen = at.clone();
+                output_reader = Some(
+                    std::thread::Builder::new()
+                        .name("drain-output".into())
+                        .spawn(move || {
+                            for line in std::io::BufReader::new(output).lines() {
+                                match line {
+                                    Ok(line) if line.starts_with(super::drain::DRAINED_LINE) => {
+                                        let _ = seen.set(Instant::now());
+                                    }
+                                    Ok(_) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        })
+                        .io("starting the drain's output reader")?,
+                );
+                drained_at = Some(at);
+                vec![drain]
+            }
+            Contender::MosquittoSub => vec![mosquitto_sub(&["-C", &n.to_string()])
                 .stdout(Stdio::null())
                 .stderr(log("stderr")?)
                 .spawn()
                 .io("cannot start mosquitto_sub")?],
             Contender::KafkaCeiling => {
-                let mut cmd = Command::new(&self.args.python);
-                cmd.arg(&self.tsv_producer);
+                let mut cmd = Command::new(&self.jobstream_bin);
+                cmd.arg("bench-produce")
+                    .arg("--input")
+                    .arg(self.dir.join(format!("{id}.tsv")));
                 kafka_args(&mut cmd);
                 vec![cmd
-                    .stdin(
-                        std::fs::File::open(self.dir.join(format!("{id}.tsv")))
-                            .io_with(|| format!("opening {id}.tsv"))?,
-                    )
                     .stdout(Stdio::null())
                     .stderr(log("stderr")?)
                     .spawn()
-                    .io("cannot start the TSV producer (--python)")?]
+                    .io("cannot start jobstream bench-produce")?]
             }
             Contender::Pipeline => {
                 let mut sub = mosquitto_sub(&["-F", "%t\t%p"])
@@ -259,42 +341,65 @@ impl Bench {
                     .io("cannot start the Python bridge (--python)")?]
             }
             Contender::Jobstream => {
-                let config = self.dir.join(format!("{id}.toml"));
                 let mut options = String::new();
                 for (key, value) in &self.kafka_options {
                     let _ = writeln!(options, "{} = {}", json!(key), json!(value));
                 }
-                std::fs::write(
-                    &config,
-                    format!(
-                        "[mqtt]\nurl = {url}\nclient_id = {id}\nconnections = {conns}\nshare_group = {group}\n\
-                         filters = {filters}\nqos = 1\n\n[kafka]\nbrokers = {kafka}\njob_topic = {jobs}\n\
-                         execution_topic = {execs}\ndlq_topic = {dlq}\npartitions = {parts}\n\n\
-                         [kafka.options]\n{options}\n[pipeline]\ntopic_prefix = {prefix}\ndrain_timeout_secs = 120\n",
-                        url = json!(self.mqtt_url),
-                        id = json!(id),
-                        conns = plan.connections,
-                        group = json!(format!("{id}-group")),
-                        filters = json!(filters),
-                        kafka = json!(self.kafka),
-                        jobs = json!(topics[0]),
-                        execs = json!(topics[1]),
-                        dlq = json!(topics[2]),
-                        parts = self.args.partitions,
-                        prefix = json!(plan.prefix),
-                    ),
-                ).io_with(|| format!("writing {}", config.display()))?;
-                vec![Command::new(&self.jobstream_bin)
-                    .args(["run", "--stats-every-secs", "1", "--config"])
-                    .arg(&config)
-                    .env("JOBSTREAM_LOG", "warn")
-                    .stdout(log("stdout")?)
-                    .stderr(log("stderr")?)
-                    .spawn()
-                    .io("cannot start jobstream run")?]
+                let mut children = Vec::with_capacity(plan.processes);
+                for mqtt in self.mqtt_configs(id, plan) {
+                    let process = mqtt.client_id.clone();
+                    // Files are named after the process's client id: the run's id, then
+                    // `-p<k>` when there are several.
+                    let name = |stream: &str| match process
+                        .strip_prefix(id)
+                        .and_then(|own| own.strip_prefix('-'))
+                    {
+                        Some(own) => format!("{own}-{stream}"),
+                        None => stream.to_owned(),
+                    };
+                    let config = self.dir.join(format!("{process}.toml"));
+                    std::fs::write(
+                        &config,
+                        format!(
+                            "[mqtt]\nurl = {url}\nclient_id = {client}\nconnections = {conns}\nshare_group = {group}\n\
+                             filters = {filters}\nqos = 1\n\n[kafka]\nbrokers = {kafka}\njob_topic = {jobs}\n\
+                             execution_topic = {execs}\ndlq_topic = {dlq}\npartitions = {parts}\n\n\
+                             [kafka.options]\n{options}\n[pipeline]\ntopic_prefix = {prefix}\ndrain_timeout_secs = 120\n",
+                            url = json!(self.mqtt_url),
+                            client = json!(process),
+                            conns = mqtt.connections,
+                            group = json!(mqtt.share_group),
+                            filters = json!(mqtt.filters),
+                            kafka = json!(self.kafka),
+                            jobs = json!(topics[0]),
+                            execs = json!(topics[1]),
+                            dlq = json!(topics[2]),
+                            parts = self.args.partitions,
+                            prefix = json!(plan.prefix),
+                        ),
+                    )
+                    .io_with(|| format!("writing {}", config.display()))?;
+                    children.push(
+                        Command::new(&self.jobstream_bin)
+                            .args(["run", "--stats-every-secs", "1", "--config"])
+                            .arg(&config)
+                            .env("JOBSTREAM_LOG", "warn")
+                            .stdout(log(&name("stdout"))?)
+                            .stderr(log(&name("stderr"))?)
+                            .spawn()
+                            .io("cannot start jobstream run")?,
+                    );
+                }
+                children
             }
         };
         let usage = vec![ProcUsage::default(); children.len()];
-        Ok(Running { children, usage })
+        Ok(Running {
+            children,
+            usage,
+            peers: plan.contender == Contender::Jobstream,
+            drained_at,
+            output_reader,
+        })
     }
 }

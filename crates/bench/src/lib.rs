@@ -6,12 +6,14 @@
 //!    (`jobstream-publisher`; sent = acknowledged by the broker), so the broker holds them;
 //! 2. starts the contender and times the drain: from spawning it until Kafka's high watermarks
 //!    over the contender's topics add up to N (polled every `--sample-ms` with one ListOffsets
-//!    request; the samples also give the rate-over-time chart). The raw ceiling
-//!    (`mosquitto_sub -c -q 1 -C N > /dev/null`) is timed from spawn to exit;
+//!    request; the samples also give the rate-over-time chart). The MQTT-only contenders are
+//!    timed from spawn until the raw drain reports the whole backlog taken, or until
+//!    `mosquitto_sub -c -q 1 -C N > /dev/null` exits;
 //! 3. measures latency on a paced stream while the contender keeps running: M more events at
 //!    R events/s; an event's latency is from the moment it was handed to the MQTT client to
-//!    the first watermark sample that shows its (partition, offset) — an upper bound, at most
-//!    one sample interval (plus a ListOffsets round trip) late;
+//!    the `LogAppendTime` Kafka stamped on its record (the run's topics are created with
+//!    `message.timestamp.type=LogAppendTime`), read back in step 4 — per record, to within
+//!    the 1 ms of Kafka's timestamps;
 //! 4. stops the contender (SIGTERM, graceful), reads its topics back from the beginning and
 //!    counts lost and duplicated events by `eventId` against what was published, then reopens
 //!    the MQTT session(s) to count messages the broker still held (unacknowledged) and drops
@@ -23,6 +25,9 @@
 //! Where each part lives:
 //! - `contender`: the contenders, the plan of runs (interleaved, rotated per repetition), and
 //!   how each contender's processes are started;
+//! - `drain`: the MQTT ceiling, a minimal QoS 1 drain run as `jobstream bench-drain`;
+//! - `produce`: the Kafka ceiling, a producer of the backlog from memory run as
+//!   `jobstream bench-produce`;
 //! - `brokers`: the mosquitto and Apache Kafka bench starts when none is given;
 //! - `runner`: one run — topics, sessions, backlog, the timed drain, latency, the stop — and
 //!   the Kafka → Parquet stage after jobstream's runs;
@@ -30,14 +35,16 @@
 //! - `verification`: lost and duplicated events, by id, against what was published;
 //! - `statistics`: latency percentiles, medians and ranges;
 //! - `summary` and `result`: the table, the JSON result and the machine it ran on;
-//!   `chart`: the rate-over-time SVG;
+//!   `chart`: the rate-over-time and latency-distribution SVGs;
 //! - `error`: [`BenchError`], what stops a bench (a contender's failed run does not: it is
 //!   recorded in its result).
 
 mod brokers;
 mod chart;
 mod contender;
+mod drain;
 mod error;
+mod produce;
 mod result;
 mod runner;
 mod sampling;
@@ -51,7 +58,9 @@ use std::path::{Path, PathBuf};
 use jobstream_sink::kafka::parse_option;
 
 pub use contender::Contender;
+pub use drain::{drain, DrainArgs, Drained};
 pub use error::BenchError;
+pub use produce::{produce, ProduceArgs};
 
 use contender::Plan;
 use error::{invalid_flag, IoContext as _};
@@ -87,13 +96,17 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ceiling,kafka-ceiling,jobstream,python,pipeline"
+        default_value = "ceiling,mosquitto-sub,kafka-ceiling,jobstream,python,pipeline"
     )]
     contenders: Vec<Contender>,
     /// jobstream connection counts to measure (shared subscription under --scaling-prefix);
     /// `0` skips the scaling runs.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     scaling: Vec<usize>,
+    /// Process counts to measure: that many `jobstream run` processes of one connection each,
+    /// in one shared subscription under --scaling-prefix; `0` skips them.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    scaling_processes: Vec<usize>,
     /// Topic prefix of the scaling runs (mosquitto 2.0.11 cannot share `$` topics).
     #[arg(long, default_value = "bench/events/")]
     scaling_prefix: String,
@@ -103,7 +116,7 @@ pub struct BenchArgs {
     /// Events per second of the latency stream (keep it below every contender's capacity).
     #[arg(long, default_value_t = 2_000.0)]
     latency_rate: f64,
-    /// Milliseconds between Kafka watermark samples (progress, completion, latency).
+    /// Milliseconds between Kafka watermark samples (progress, completion, the rate chart).
     #[arg(long, default_value_t = 20)]
     sample_ms: u64,
     /// Read the topics back and match event ids when a run holds at most this many records;
@@ -134,6 +147,9 @@ pub struct BenchArgs {
     /// The rate-over-time chart (SVG).
     #[arg(long, default_value = "bench-rate.svg")]
     chart: PathBuf,
+    /// The per-record latency distribution chart (SVG).
+    #[arg(long, default_value = "bench-latency.svg")]
+    latency_chart: PathBuf,
     /// Skip the Kafka → Parquet measurement after the jobstream runs.
     #[arg(long)]
     no_parquet: bool,
@@ -197,11 +213,14 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> Result<(), BenchError> {
         .io_with(|| format!("cannot write {}", bench.args.output.display()))?;
     std::fs::write(&bench.args.chart, &summary.chart)
         .io_with(|| format!("cannot write {}", bench.args.chart.display()))?;
+    std::fs::write(&bench.args.latency_chart, &summary.latency_chart)
+        .io_with(|| format!("cannot write {}", bench.args.latency_chart.display()))?;
     let _ = writeln!(
         out,
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         bench.args.output.display(),
-        bench.args.chart.display()
+        bench.args.chart.display(),
+        bench.args.latency_chart.display()
     );
     let _ = out.flush();
     Ok(())
@@ -224,6 +243,11 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
             "--scaling connection counts must be 64 or fewer",
         ));
     }
+    if args.scaling_processes.iter().any(|&p| p > 16) {
+        return Err(invalid_flag(
+            "--scaling-processes counts must be 16 or fewer (each is a jobstream process)",
+        ));
+    }
     if !(args.latency_rate.is_finite() && args.latency_rate > 0.0) {
         return Err(invalid_flag(
             "--latency-rate must be a positive number of events per second",
@@ -234,15 +258,17 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     }
     // Checked before minutes of measuring, not after them: a result that cannot be written is
     // a whole run lost.
-    for (flag, path) in [("--output", &args.output), ("--chart", &args.chart)] {
+    for (flag, path) in [
+        ("--output", &args.output),
+        ("--chart", &args.chart),
+        ("--latency-chart", &args.latency_chart),
+    ] {
         prepare_output(flag, path)?;
     }
-    let needs_python = args.contenders.iter().any(|c| {
-        matches!(
-            c,
-            Contender::Python | Contender::Pipeline | Contender::KafkaCeiling
-        )
-    });
+    let needs_python = args
+        .contenders
+        .iter()
+        .any(|c| matches!(c, Contender::Python | Contender::Pipeline));
     if needs_python && !args.python.exists() {
         return Err(invalid_flag(format!(
             "--python {} does not exist; the Python baselines need a Python with paho-mqtt and confluent-kafka (scripts/test-env makes .venv)",

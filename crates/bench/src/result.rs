@@ -14,6 +14,7 @@ pub(super) struct RunResult {
     pub(super) contender: String,
     pub(super) repetition: usize,
     pub(super) connections: usize,
+    pub(super) processes: usize,
     pub(super) topic_prefix: String,
     pub(super) events: u64,
     pub(super) payload_bytes: u64,
@@ -25,9 +26,14 @@ pub(super) struct RunResult {
     pub(super) cpu_percent: f64,
     pub(super) peak_rss_mb: f64,
     pub(super) latency_events: u64,
+    /// Events of the latency stream whose append time was read back (per-record latency).
+    pub(super) latency_measured: u64,
     pub(super) latency_p50_ms: Option<f64>,
     pub(super) latency_p99_ms: Option<f64>,
+    pub(super) latency_p999_ms: Option<f64>,
     pub(super) latency_max_ms: Option<f64>,
+    /// (quantile, milliseconds) of the run's latency distribution.
+    pub(super) latency_quantiles: Vec<(f64, f64)>,
     pub(super) kafka_records: Option<u64>,
     pub(super) lost: Option<u64>,
     pub(super) duplicated: Option<u64>,

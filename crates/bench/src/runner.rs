@@ -21,7 +21,6 @@ use super::brokers::{start_kafka, start_mosquitto, Managed};
 use super::contender::{Contender, Plan, Running};
 use super::result::{ParquetResult, RunResult};
 use super::sampling::{ProcUsage, Sampler};
-use super::statistics::latency;
 use super::verification::{event_id, Published};
 use super::BenchArgs;
 use crate::error::invalid_flag;
@@ -187,13 +186,31 @@ impl Bench {
         ]
     }
 
-    pub(super) fn mqtt_config(&self, client_id: &str, plan: &Plan) -> MqttConfig {
-        let mut mqtt = MqttConfig::new(self.mqtt_url.clone());
-        mqtt.client_id = client_id.to_owned();
-        mqtt.connections = plan.connections;
-        mqtt.share_group = format!("{client_id}-group");
-        mqtt.filters = Self::filters(&plan.prefix);
-        mqtt
+    /// The MQTT settings of each process of a run: one, or one per process with its own
+    /// client id in a share group they all join.
+    pub(super) fn mqtt_configs(&self, id: &str, plan: &Plan) -> Vec<MqttConfig> {
+        (0..plan.processes.max(1))
+            .map(|process| {
+                let mut mqtt = MqttConfig::new(self.mqtt_url.clone());
+                mqtt.client_id = match plan.processes {
+                    0 | 1 => id.to_owned(),
+                    _ => format!("{id}-p{process}"),
+                };
+                mqtt.connections = plan.connections;
+                mqtt.share_group = format!("{id}-group");
+                mqtt.filters = Self::filters(&plan.prefix);
+                if plan.processes > 1 {
+                    // One connection per process shares only with filters that name the
+                    // group themselves, as the README tells users to write them.
+                    mqtt.filters = mqtt
+                        .filters
+                        .iter()
+                        .map(|f| format!("$share/{}/{f}", mqtt.share_group))
+                        .collect();
+                }
+                mqtt
+            })
+            .collect()
     }
 
     /// Opens each connection's session (clean session off, QoS 1 subscriptions), counts
@@ -290,6 +307,7 @@ impl Bench {
             contender: plan.label.clone(),
             repetition: plan.repetition,
             connections: plan.connections,
+            processes: plan.processes,
             topic_prefix: plan.prefix.clone(),
             ..RunResult::default()
         };
@@ -317,7 +335,7 @@ impl Bench {
             .iter()
             .map(|t| format!("{id}-{t}"))
             .collect();
-        let mqtt = self.mqtt_config(&id, plan);
+        let mqtt = self.mqtt_configs(&id, plan);
         let seed = 1000 + plan.repetition as u64;
 
         // 1. topics, sessions, backlog
@@ -328,13 +346,20 @@ impl Bench {
             kafka.dlq_topic = topics[2].clone();
             kafka.partitions = self.args.partitions;
             kafka.options = self.kafka_options.iter().cloned().collect();
+            // The broker stamps each record when it appends it: latency per record, read
+            // back with the records, whatever timestamp the contender's producer set.
+            kafka
+                .topic_config
+                .insert("message.timestamp.type".into(), "LogAppendTime".into());
             self.runtime
                 .block_on(jobstream_sink::kafka::ensure_topics(&kafka))?;
         }
         let mut published = Published::default();
         let fleet = self.fleet(seed, self.args.events, &plan.prefix);
         if plan.contender.uses_mqtt() {
-            self.session(&mqtt, Duration::ZERO, false)?;
+            for process in &mqtt {
+                self.session(process, Duration::ZERO, false)?;
+            }
             progress.set_message(format!("{}: queueing the backlog", plan.label));
             let settings = self.publish_settings(None);
             let sent = self
@@ -385,17 +410,22 @@ impl Bench {
         let deadline = started + Duration::from_secs(self.args.timeout_secs);
         let drained = loop {
             running.sample();
-            let done = match &sampler {
+            let ended = match &sampler {
                 Some(s) => {
                     progress.set_position(s.total().min(n));
-                    s.total() >= n
+                    (s.total() >= n).then(|| s.reached(n, started).unwrap_or_else(Instant::now))
                 }
-                None => running.first_exited(),
+                None => running.drain_ended(),
             };
-            if done {
-                let now = Instant::now();
-                let at = sampler.as_ref().and_then(|s| s.reached(n, started));
-                break at.unwrap_or(now).saturating_duration_since(started);
+            if let Some(at) = ended {
+                break at.saturating_duration_since(started);
+            }
+            if sampler.is_none() && running.first_exited() {
+                return Err(BenchError::Run(format!(
+                    "{} exited before draining the backlog (see {}/{id}-*.log)",
+                    plan.label,
+                    self.dir.display()
+                )));
             }
             // The Kafka ceiling's producer ends by itself at the end of its file; the drain
             // ends when Kafka shows every record.
@@ -439,12 +469,11 @@ impl Bench {
             progress.set_message(format!("{}: latency stream", plan.label));
             let settings = self.publish_settings(Some(self.args.latency_rate.max(1.0)));
             let fleet = self.fleet(seed + 500_000, latency_n, &plan.prefix);
-            let (ids, sent) = (&mut published.latency_ids, &mut published.latency_sent);
+            let sent = &mut published.latency_sent;
             self.runtime
                 .block_on(publisher::publish(&settings, fleet, |m| {
                     if let Some(id) = event_id(&m.payload) {
-                        ids.insert(id.to_owned());
-                        sent.push(Instant::now());
+                        sent.insert(id.to_owned(), unix_millis());
                     }
                 }))?;
             result.latency_events = published.latency_sent.len() as u64;
@@ -460,7 +489,7 @@ impl Bench {
 
         // 4. stop, read back, count
         progress.set_message(format!("{}: checking", plan.label));
-        if plan.contender != Contender::Ceiling {
+        if plan.contender.uses_kafka() {
             result.exit_code = running.stop();
         } else {
             result.exit_code = running.children[0].wait().ok().and_then(|s| s.code());
@@ -481,7 +510,6 @@ impl Bench {
                 .collect(),
         };
         if plan.contender.uses_kafka() {
-            latency(n, &published.latency_sent, &samples, result);
             self.check_kafka(&topics, &published, result)?;
         }
         if plan.contender == Contender::Jobstream
@@ -495,8 +523,12 @@ impl Bench {
             }
         }
         if plan.contender.uses_mqtt() {
-            result.left_at_broker = Some(self.session(&mqtt, Duration::from_millis(500), false)?);
-            self.session(&mqtt, Duration::ZERO, true)?;
+            let mut left = 0;
+            for process in &mqtt {
+                left += self.session(process, Duration::from_millis(500), false)?;
+                self.session(process, Duration::ZERO, true)?;
+            }
+            result.left_at_broker = Some(left);
         }
         Ok(())
     }
@@ -550,6 +582,9 @@ impl Bench {
         let mut running = Running {
             usage: vec![ProcUsage::default()],
             children: vec![child],
+            peers: false,
+            drained_at: None,
+            output_reader: None,
         };
         // A backfill of this size takes seconds; a stage that has not ended after five minutes
         // (or --timeout-secs) is stuck, and the rest of the bench should go on.
@@ -604,4 +639,11 @@ fn tempfile_dir() -> Result<PathBuf, BenchError> {
     ));
     std::fs::create_dir_all(&dir).io_with(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Now, in milliseconds since the Unix epoch: the clock Kafka's `LogAppendTime` uses.
+fn unix_millis() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }

@@ -125,7 +125,17 @@ impl Sampler {
     ) -> Result<Self, BenchError> {
         let consumer = consumer(brokers, options)?;
         let list = partitions_list(topics, partitions)?;
-        watermarks(&consumer, &list)?;
+        // New topics: the broker may not have elected their leaders yet (NotLeaderForPartition,
+        // UnknownTopicOrPartition) for a moment after CreateTopics answered. The contender is
+        // not started before every partition answers, so the drain's clock starts on a
+        // topic that is ready.
+        let ready_by = Instant::now() + Duration::from_secs(30);
+        while let Err(error) = watermarks(&consumer, &list) {
+            if Instant::now() > ready_by {
+                return Err(error);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let total = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));

@@ -1,39 +1,34 @@
 //! Latency percentiles, and the median and spread of repeated runs.
 
-use std::time::Instant;
-
 use serde_json::json;
 
 use super::result::RunResult;
-use super::sampling::Sample;
 
-/// Publish → Kafka latency of the paced stream: the k-th event published after the backlog is
-/// matched with the first watermark sample showing `backlog + k` records. Exact when Kafka
-/// confirms in publish order; otherwise it pairs the k-th publish with the k-th confirmation,
-/// which keeps the mean exact and moves percentiles only by the reordering (milliseconds at a
-/// pace far below capacity). Each value is an upper bound, late by at most one sample interval
-/// plus a ListOffsets round trip.
-pub(super) fn latency(backlog: u64, sent: &[Instant], samples: &[Sample], result: &mut RunResult) {
-    let mut latencies = Vec::with_capacity(sent.len());
-    let mut next = 0;
-    for (k, sent_at) in sent.iter().enumerate() {
-        let target = backlog + k as u64 + 1;
-        while next < samples.len()
-            && (samples[next].watermarks.iter().sum::<i64>().max(0) as u64) < target
-        {
-            next += 1;
-        }
-        let Some(sample) = samples.get(next) else {
-            break;
-        };
-        latencies.push(sample.at.saturating_duration_since(*sent_at).as_secs_f64() * 1e3);
+/// The quantiles a run keeps of its latency distribution (the chart draws them).
+const KEPT_QUANTILES: &[f64] = &[
+    0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999,
+    1.0,
+];
+
+/// Publish → Kafka latency of the paced stream, per record: Kafka's `LogAppendTime` of each
+/// event's first copy minus the moment it was handed to the MQTT client, in milliseconds.
+/// Both clocks are this machine's; the append time is whole milliseconds, truncated, so each
+/// value is low by less than 1 ms. An event that never reached Kafka has no latency (it is
+/// counted as lost instead).
+pub(super) fn latency(mut latencies: Vec<f64>, result: &mut RunResult) {
+    if latencies.is_empty() {
+        return;
     }
-    if !latencies.is_empty() {
-        latencies.sort_by(f64::total_cmp);
-        result.latency_p50_ms = Some(percentile(&latencies, 0.50));
-        result.latency_p99_ms = Some(percentile(&latencies, 0.99));
-        result.latency_max_ms = latencies.last().copied();
-    }
+    latencies.sort_by(f64::total_cmp);
+    result.latency_measured = latencies.len() as u64;
+    result.latency_p50_ms = Some(percentile(&latencies, 0.50));
+    result.latency_p99_ms = Some(percentile(&latencies, 0.99));
+    result.latency_p999_ms = Some(percentile(&latencies, 0.999));
+    result.latency_max_ms = latencies.last().copied();
+    result.latency_quantiles = KEPT_QUANTILES
+        .iter()
+        .map(|&q| (q, percentile(&latencies, q)))
+        .collect();
 }
 
 pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -76,5 +71,18 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), 51.0);
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+    }
+
+    #[test]
+    fn latency_percentiles_come_from_every_record() {
+        let mut result = RunResult::default();
+        let values: Vec<f64> = (0..1000).rev().map(f64::from).collect();
+        latency(values, &mut result);
+        assert_eq!(result.latency_measured, 1000);
+        assert_eq!(result.latency_p50_ms, Some(500.0));
+        assert_eq!(result.latency_p999_ms, Some(998.0));
+        assert_eq!(result.latency_max_ms, Some(999.0));
+        assert_eq!(result.latency_quantiles.first(), Some(&(0.0, 0.0)));
+        assert_eq!(result.latency_quantiles.last(), Some(&(1.0, 999.0)));
     }
 }

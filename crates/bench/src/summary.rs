@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::chart::chart;
-use super::contender::Plan;
+use super::chart::{chart, latency_chart};
+use super::contender::{Contender, Plan};
 use super::result::{fmt_opt, machine, sum_opt, ParquetResult, RunResult};
 use super::runner::Bench;
 use super::statistics::{spread, spread_json};
@@ -20,12 +20,16 @@ pub(super) struct Summary {
     pub(super) contenders: Vec<serde_json::Value>,
     /// jobstream's rate over the Python bridge's, per repetition.
     pub(super) ratio_to_python: Vec<f64>,
+    /// jobstream's rate over the `mosquitto_sub | producer` pipeline's, per repetition.
+    pub(super) ratio_to_pipeline: Vec<f64>,
     /// Kafka → Parquet rows per second, per jobstream run.
     pub(super) parquet_rates: Vec<f64>,
     /// Average payload bytes of the backlog.
     pub(super) avg_payload: f64,
     /// The rate-over-time chart (SVG) of each contender's median run.
     pub(super) chart: String,
+    /// The latency distribution (SVG) of each contender's run with the median p99.
+    pub(super) latency_chart: String,
     /// Every run.
     pub(super) results: Vec<RunResult>,
 }
@@ -38,11 +42,15 @@ impl Summary {
             .filter(|r| r.contender == "ceiling" && r.error.is_none())
             .map(|r| (r.repetition, r.events_per_sec))
             .collect();
-        let pythons: BTreeMap<usize, f64> = results
-            .iter()
-            .filter(|r| r.contender == "python" && r.error.is_none())
-            .map(|r| (r.repetition, r.events_per_sec))
-            .collect();
+        let rates_of = |label: &str| -> BTreeMap<usize, f64> {
+            results
+                .iter()
+                .filter(|r| r.contender == label && r.error.is_none())
+                .map(|r| (r.repetition, r.events_per_sec))
+                .collect()
+        };
+        let pythons = rates_of(Contender::Python.label());
+        let pipelines = rates_of(Contender::Pipeline.label());
         for result in &mut results {
             if result.error.is_none() {
                 result.ratio_to_ceiling = ceilings
@@ -50,11 +58,15 @@ impl Summary {
                     .map(|c| result.events_per_sec / c);
             }
         }
-        let ratio_to_python: Vec<f64> = results
-            .iter()
-            .filter(|r| r.contender == "jobstream" && r.error.is_none())
-            .filter_map(|r| pythons.get(&r.repetition).map(|p| r.events_per_sec / p))
-            .collect();
+        let jobstream_over = |baseline: &BTreeMap<usize, f64>| -> Vec<f64> {
+            results
+                .iter()
+                .filter(|r| r.contender == Contender::Jobstream.label() && r.error.is_none())
+                .filter_map(|r| baseline.get(&r.repetition).map(|b| r.events_per_sec / b))
+                .collect()
+        };
+        let ratio_to_python = jobstream_over(&pythons);
+        let ratio_to_pipeline = jobstream_over(&pipelines);
 
         let mut labels: Vec<String> = Vec::new();
         for plan in plans
@@ -79,13 +91,14 @@ impl Summary {
         let mut table = String::new();
         let _ = writeln!(
             table,
-            "{:<24} {:>26} {:>8} {:>20} {:>9} {:>9} {:>7} {:>8} {:>6} {:>6} {:>5}",
+            "{:<24} {:>26} {:>8} {:>20} {:>9} {:>9} {:>9} {:>7} {:>8} {:>6} {:>6} {:>5}",
             "contender",
             "events/s median (range)",
             "MB/s",
             "× ceiling (range)",
             "p50 ms",
             "p99 ms",
+            "p99.9 ms",
             "CPU %",
             "RSS MB",
             "lost",
@@ -93,6 +106,7 @@ impl Summary {
             "fail"
         );
         let mut chart_runs = Vec::new();
+        let mut latency_runs = Vec::new();
         for label in &labels {
             let ok: Vec<&RunResult> = results
                 .iter()
@@ -110,6 +124,7 @@ impl Summary {
             let ratio = col(&|r| r.ratio_to_ceiling);
             let p50 = col(&|r| r.latency_p50_ms);
             let p99 = col(&|r| r.latency_p99_ms);
+            let p999 = col(&|r| r.latency_p999_ms);
             let cpu = col(&|r| Some(r.cpu_percent));
             let rss = col(&|r| Some(r.peak_rss_mb));
             let lost = sum_opt(ok.iter().map(|r| r.lost));
@@ -119,13 +134,14 @@ impl Summary {
             };
             let _ = writeln!(
                 table,
-                "{:<24} {:>26} {:>8} {:>20} {:>9} {:>9} {:>7} {:>8} {:>6} {:>6} {:>5}",
+                "{:<24} {:>26} {:>8} {:>20} {:>9} {:>9} {:>9} {:>7} {:>8} {:>6} {:>6} {:>5}",
                 label,
                 fmt_opt(spread(&rate), "", 0),
                 median(&mb, 1),
                 fmt_opt(spread(&ratio), "", 2),
                 median(&p50, 1),
                 median(&p99, 1),
+                median(&p999, 1),
                 median(&cpu, 0),
                 median(&rss, 0),
                 lost.map_or("—".into(), |v| v.to_string()),
@@ -141,6 +157,7 @@ impl Summary {
                 "ratio_to_ceiling": spread_json(&ratio),
                 "latency_p50_ms": spread_json(&p50),
                 "latency_p99_ms": spread_json(&p99),
+                "latency_p999_ms": spread_json(&p999),
                 "cpu_percent": spread_json(&cpu),
                 "peak_rss_mb": spread_json(&rss),
                 "lost": lost,
@@ -154,6 +171,20 @@ impl Summary {
                         .total_cmp(&(b.events_per_sec - m).abs())
                 }) {
                     chart_runs.push(*run);
+                }
+            }
+            // The latency chart shows the repetition with the median p99.
+            if let Some((m, _, _)) = spread(&p99) {
+                if let Some(run) =
+                    ok.iter()
+                        .filter(|r| r.latency_p99_ms.is_some())
+                        .min_by(|a, b| {
+                            (a.latency_p99_ms.unwrap_or(f64::NAN) - m)
+                                .abs()
+                                .total_cmp(&(b.latency_p99_ms.unwrap_or(f64::NAN) - m).abs())
+                        })
+                {
+                    latency_runs.push(*run);
                 }
             }
         }
@@ -174,13 +205,17 @@ impl Summary {
         for error in results.iter().filter_map(|r| r.parquet_error.as_ref()) {
             let _ = writeln!(table, "Kafka → Parquet failed: {error}");
         }
-        let jobstream_vs_python = spread(&ratio_to_python);
-        if let Some((m, lo, hi)) = jobstream_vs_python {
-            let _ = writeln!(
-                table,
-                "\njobstream / python bridge: {m:.2}× (range {lo:.2}–{hi:.2}) over {} repetitions",
-                ratio_to_python.len()
-            );
+        for (baseline, ratios) in [
+            ("python bridge", &ratio_to_python),
+            ("mosquitto_sub | producer pipeline", &ratio_to_pipeline),
+        ] {
+            if let Some((m, lo, hi)) = spread(ratios) {
+                let _ = writeln!(
+                    table,
+                    "jobstream / {baseline}: {m:.2}× (range {lo:.2}–{hi:.2}) over {} repetitions",
+                    ratios.len()
+                );
+            }
         }
         let avg_payload = results
             .iter()
@@ -203,9 +238,11 @@ impl Summary {
             table,
             contenders: summary,
             ratio_to_python,
+            ratio_to_pipeline,
             parquet_rates,
             avg_payload,
             chart: chart(&chart_runs),
+            latency_chart: latency_chart(&latency_runs),
             results,
         }
     }
@@ -237,6 +274,7 @@ impl Summary {
             },
             "summary": self.contenders,
             "jobstream_vs_python": spread_json(&self.ratio_to_python),
+            "jobstream_vs_pipeline": spread_json(&self.ratio_to_pipeline),
             "kafka_to_parquet_rows_per_sec": spread_json(&self.parquet_rates),
             "runs": self.results,
         })

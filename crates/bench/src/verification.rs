@@ -5,21 +5,22 @@ use std::time::{Duration, Instant};
 
 use crate::error::{BenchError, KafkaContext as _};
 use rdkafka::consumer::Consumer;
-use rdkafka::{Message as _, Offset, TopicPartitionList};
+use rdkafka::{Message as _, Offset, Timestamp, TopicPartitionList};
 
 use super::result::RunResult;
 use super::runner::Bench;
 use super::sampling::{consumer, partitions_list, watermarks};
+use super::statistics::latency;
 
 /// What was published for one run: event ids, payload bytes, and the latency stream's
-/// publish instants.
+/// publish times.
 #[derive(Debug, Default)]
 pub(super) struct Published {
     pub(super) backlog: HashSet<String>,
     pub(super) bytes: u64,
-    pub(super) latency_ids: HashSet<String>,
-    /// When each event of the latency stream was handed to the MQTT client, in order.
-    pub(super) latency_sent: Vec<Instant>,
+    /// Each event of the latency stream, with when it was handed to the MQTT client in
+    /// milliseconds since the Unix epoch (the clock Kafka stamps `LogAppendTime` with).
+    pub(super) latency_sent: HashMap<String, f64>,
 }
 
 pub(super) fn event_id(payload: &[u8]) -> Option<&str> {
@@ -40,7 +41,7 @@ impl Bench {
         let list = partitions_list(&topics[..2], self.args.partitions)?;
         let ends = watermarks(&consumer, &list)?;
         let total = ends.iter().sum::<i64>().max(0) as u64;
-        let expected = (published.backlog.len() + published.latency_ids.len()) as u64;
+        let expected = (published.backlog.len() + published.latency_sent.len()) as u64;
         result.kafka_records = Some(total);
         if total > self.args.verify_ids_up_to {
             // Past the limit the ids would not fit the memory we allow ourselves: count instead.
@@ -68,6 +69,7 @@ impl Bench {
         let mut next = vec![0i64; ends.len()];
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut records = 0u64;
+        let mut latencies: Vec<f64> = Vec::with_capacity(published.latency_sent.len());
         let deadline = Instant::now() + Duration::from_secs(600);
         while next.iter().zip(&ends).any(|(n, e)| n < e) {
             if Instant::now() > deadline {
@@ -87,11 +89,22 @@ impl Bench {
             let Some(id) = message.payload().and_then(event_id) else {
                 continue;
             };
-            *seen.entry(id.to_owned()).or_default() += 1;
+            let count = seen.entry(id.to_owned()).or_default();
+            *count += 1;
+            // The first copy's append time: a duplicate's would say when it was resent.
+            if let (1, Some(sent), Timestamp::LogAppendTime(appended)) =
+                (*count, published.latency_sent.get(id), message.timestamp())
+            {
+                latencies.push(appended as f64 - sent);
+            }
         }
         let mut lost = 0u64;
         let mut duplicated = 0u64;
-        for id in published.backlog.iter().chain(&published.latency_ids) {
+        for id in published
+            .backlog
+            .iter()
+            .chain(published.latency_sent.keys())
+        {
             match seen.get(id) {
                 None | Some(0) => lost += 1,
                 Some(&c) => duplicated += c - 1,
@@ -100,10 +113,11 @@ impl Bench {
         let known: u64 = published
             .backlog
             .iter()
-            .chain(&published.latency_ids)
+            .chain(published.latency_sent.keys())
             .filter_map(|id| seen.get(id))
             .sum();
         result.kafka_records = Some(records);
+        latency(latencies, result);
         result.lost = Some(lost);
         result.duplicated = Some(duplicated);
         result.unexpected = Some(records - known);

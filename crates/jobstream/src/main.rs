@@ -97,6 +97,12 @@ enum Command {
     Simulate(Box<simulate::SimulateArgs>),
     /// Measure MQTT → Kafka ingest rates against baselines on real brokers, with a report.
     Bench(Box<jobstream_bench::BenchArgs>),
+    /// The MQTT ceiling bench starts: drain a persistent session's QoS 1 backlog, doing nothing.
+    #[command(hide = true)]
+    BenchDrain(jobstream_bench::DrainArgs),
+    /// The Kafka ceiling bench starts: produce a capture from memory, doing nothing else.
+    #[command(hide = true)]
+    BenchProduce(jobstream_bench::ProduceArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -257,6 +263,14 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Simulate(args) => simulate::run(*args),
         Command::Bench(args) => jobstream_bench::run(*args, &mut std::io::stdout().lock())
+            .map_err(|error| Failure::new(bench_exit_code(&error), error)),
+        Command::BenchProduce(args) => jobstream_bench::produce(&args)
+            .map(|sent| println!("{sent} records delivered"))
+            .map_err(|error| Failure::new(bench_exit_code(&error), error)),
+        Command::BenchDrain(args) => jobstream_bench::drain(&args)
+            .map(|drained| {
+                println!("{} messages in {} reads", drained.messages, drained.reads);
+            })
             .map_err(|error| Failure::new(bench_exit_code(&error), error)),
     };
     match result {

@@ -370,7 +370,12 @@ fn assign(
             Offset::Offset(o) if o >= 0 => Some(o as u64),
             _ => None,
         };
-        let sink = ParquetSink::new(writers.parquet.clone(), &source_name(&key.0, key.1))?;
+        // Encoding, compression and publishing on a thread of the partition's own, as replay
+        // does: this thread only parses and builds Arrow batches, so it keeps pace with the
+        // fetches instead of stopping for each row group (4 batches queued at most per
+        // partition, `ENCODER_QUEUE`).
+        let sink = ParquetSink::new(writers.parquet.clone(), &source_name(&key.0, key.1))?
+            .encode_in_background()?;
         let resume = sink.resume_position(committed)?;
         let end = if writers.stop_at_end {
             let (_, high) = consumer
