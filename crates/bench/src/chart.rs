@@ -4,6 +4,11 @@ use std::fmt::Write as _;
 
 use super::result::RunResult;
 
+const W: f64 = 900.0;
+const H: f64 = 420.0;
+const LEFT: f64 = 80.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 50.0;
 const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#17becf",
@@ -11,12 +16,7 @@ const COLORS: &[&str] = &[
 
 /// The rate over time of one run per contender (its median repetition), as an SVG.
 pub(super) fn chart(runs: &[&RunResult]) -> String {
-    const W: f64 = 900.0;
-    const H: f64 = 420.0;
-    const LEFT: f64 = 80.0;
     const RIGHT: f64 = 230.0;
-    const TOP: f64 = 40.0;
-    const BOTTOM: f64 = 50.0;
     let rates: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| rate_series(&r.series)).collect();
     let max_t = runs
         .iter()
@@ -33,16 +33,8 @@ pub(super) fn chart(runs: &[&RunResult]) -> String {
     let (step_t, max_t) = nice_axis(max_t);
     let x = |t: f64| LEFT + (W - LEFT - RIGHT) * t / max_t;
     let y = |r: f64| H - BOTTOM - (H - TOP - BOTTOM) * r / max_r;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="22" font-size="15">jobstream bench: drain rate over time (events/s into Kafka; ceiling: average)</text>"#
-    );
+    let mut svg =
+        open_svg("jobstream bench: drain rate over time (events/s into Kafka; ceiling: average)");
     let mut r = 0.0;
     while r <= max_r + 1e-9 {
         let _ = writeln!(
@@ -79,27 +71,9 @@ pub(super) fn chart(runs: &[&RunResult]) -> String {
         H - 12.0
     );
     for (i, (run, points)) in runs.iter().zip(&rates).enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = points
-            .iter()
-            .map(|(t, r)| format!("{:.1},{:.1}", x(*t), y(*r)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            path.join(" ")
-        );
-        let ly = TOP + 10.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} ({})</text>"#,
-            W - RIGHT + 12.0,
-            W - RIGHT + 32.0,
-            W - RIGHT + 38.0,
-            ly + 4.0,
-            xml_escape(&run.contender),
-            human(run.events_per_sec)
-        );
+        let pixels: Vec<(f64, f64)> = points.iter().map(|(t, r)| (x(*t), y(*r))).collect();
+        let label = format!("{} ({})", run.contender, human(run.events_per_sec));
+        draw_series(&mut svg, i, &pixels, W - RIGHT, &label);
     }
     svg.push_str("</svg>\n");
     svg
@@ -109,12 +83,7 @@ pub(super) fn chart(runs: &[&RunResult]) -> String {
 /// the share of records (y) that reached Kafka within x milliseconds, x on a log scale so
 /// that the median and the tail both show.
 pub(super) fn latency_chart(runs: &[&RunResult]) -> String {
-    const W: f64 = 900.0;
-    const H: f64 = 420.0;
-    const LEFT: f64 = 80.0;
     const RIGHT: f64 = 260.0;
-    const TOP: f64 = 40.0;
-    const BOTTOM: f64 = 50.0;
     let max_ms = runs
         .iter()
         .filter_map(|r| r.latency_max_ms)
@@ -124,16 +93,8 @@ pub(super) fn latency_chart(runs: &[&RunResult]) -> String {
     let high = max_ms.max(1.0).log10().ceil().max(low + 1.0);
     let x = |ms: f64| LEFT + (W - LEFT - RIGHT) * (ms.max(0.1).log10() - low) / (high - low);
     let y = |share: f64| H - BOTTOM - (H - TOP - BOTTOM) * share;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="22" font-size="15">jobstream bench: publish → Kafka latency per record (share within x ms)</text>"#
-    );
+    let mut svg =
+        open_svg("jobstream bench: publish → Kafka latency per record (share within x ms)");
     for tenth in 0..=10 {
         let share = f64::from(tenth) / 10.0;
         let _ = writeln!(
@@ -173,31 +134,60 @@ pub(super) fn latency_chart(runs: &[&RunResult]) -> String {
         H - 12.0
     );
     for (i, run) in runs.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = run
+        let pixels: Vec<(f64, f64)> = run
             .latency_quantiles
             .iter()
-            .map(|(q, ms)| format!("{:.1},{:.1}", x(*ms), y(*q)))
+            .map(|(q, ms)| (x(*ms), y(*q)))
             .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            path.join(" ")
-        );
-        let ly = TOP + 10.0 + 18.0 * i as f64;
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} (p99 {:.1} ms)</text>"#,
-            W - RIGHT + 12.0,
-            W - RIGHT + 32.0,
-            W - RIGHT + 38.0,
-            ly + 4.0,
-            xml_escape(&run.contender),
+        let label = format!(
+            "{} (p99 {:.1} ms)",
+            run.contender,
             run.latency_p99_ms.unwrap_or(f64::NAN)
         );
+        draw_series(&mut svg, i, &pixels, W - RIGHT, &label);
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// A chart's SVG element, white background and title.
+fn open_svg(title: &str) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="22" font-size="15">{}</text>"#,
+        xml_escape(title)
+    );
+    svg
+}
+
+/// The `index`-th series: its line through `pixels`, and its legend entry right of the plot.
+fn draw_series(svg: &mut String, index: usize, pixels: &[(f64, f64)], legend_x: f64, label: &str) {
+    let color = COLORS[index % COLORS.len()];
+    let path: Vec<String> = pixels
+        .iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect();
+    let _ = writeln!(
+        svg,
+        r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+        path.join(" ")
+    );
+    let ly = TOP + 10.0 + 18.0 * index as f64;
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{:.1}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+        legend_x + 12.0,
+        legend_x + 32.0,
+        legend_x + 38.0,
+        ly + 4.0,
+        xml_escape(label)
+    );
 }
 
 /// Events/s over windows of about 200 ms from cumulative (t, count) samples.
@@ -264,5 +254,22 @@ mod tests {
         assert_eq!(nice_axis(9.0), (2.0, 10.0));
         let rates = rate_series(&[(0.0, 0), (0.5, 1000)]);
         assert_eq!(rates, vec![(0.0, 2000.0), (0.5, 2000.0)]);
+    }
+
+    #[test]
+    fn the_latency_chart_draws_one_line_and_one_legend_entry_per_run() {
+        let run = |name: &str, p99: f64| RunResult {
+            contender: name.to_owned(),
+            latency_p99_ms: Some(p99),
+            latency_max_ms: Some(40.0),
+            latency_quantiles: vec![(0.0, 1.0), (0.5, 8.0), (0.99, p99), (1.0, 40.0)],
+            ..RunResult::default()
+        };
+        let (a, b) = (run("jobstream", 26.5), run("a <pipe> & b", 8.6));
+        let svg = latency_chart(&[&a, &b]);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("jobstream (p99 26.5 ms)"));
+        assert!(svg.contains("a &lt;pipe&gt; &amp; b (p99 8.6 ms)"));
     }
 }
