@@ -370,12 +370,10 @@ fn assign(
             Offset::Offset(o) if o >= 0 => Some(o as u64),
             _ => None,
         };
-        // Encoding, compression and publishing on a thread of the partition's own, as replay
-        // does: this thread only parses and builds Arrow batches, so it keeps pace with the
-        // fetches instead of stopping for each row group (4 batches queued at most per
-        // partition, `ENCODER_QUEUE`).
-        let sink = ParquetSink::new(writers.parquet.clone(), &source_name(&key.0, key.1))?
-            .encode_in_background()?;
+        // Encoded inline, not on an encoder thread as replay does: the commit rule takes the
+        // lowest offset still held by an open file (`lowest_pending_position`), and a file
+        // handed to an encoder thread is no longer open but may not be on disk yet.
+        let sink = ParquetSink::new(writers.parquet.clone(), &source_name(&key.0, key.1))?;
         let resume = sink.resume_position(committed)?;
         let end = if writers.stop_at_end {
             let (_, high) = consumer
