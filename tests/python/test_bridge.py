@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from conftest import jobstream_bin, run, wait_for
+from conftest import STARTED, jobstream_bin, run, wait_for
 
 BAD_LINES = [
     ("$aws/events/job/j-bad/completed", b'{"eventType":"JOB"'),
@@ -69,12 +69,16 @@ drain_timeout_secs = 60
         self.proc = None
         self.starts = 0
 
-    def start(self):
+    def start(self, until="subscribed"):
+        """Starts the bridge and waits for its log to say `until` once more: "connected" when
+        a backlog queued ahead of the SUBACK would hold "subscribed" back."""
         self.starts += 1
         self.proc = subprocess.Popen(
             [jobstream_bin(), "run", "--config", self.config, "--stats-every-secs", "1"],
             stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True, env=self.env)
-        wait_for(lambda: self.log.read_text(errors="replace").count("subscribed") >= self.starts,
+        # A test that fails midway must not leave its bridge running into the next ones.
+        STARTED.append(self.proc)
+        wait_for(lambda: self.log.read_text(errors="replace").count(until) >= self.starts,
                  timeout=60, what="the bridge to subscribe")
         return self
 

@@ -10,10 +10,12 @@ import threading
 import time
 import uuid
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                  NewTopic, ResourceType)
 
 from brokers import Mosquitto
-from conftest import wait_for
+from conftest import run, wait_for
 from test_bridge import Bridge, KafkaReader, generate, header, publish, read_back_exactly
 
 
@@ -92,6 +94,128 @@ def test_an_event_kafka_refuses_for_good_goes_to_the_dlq_and_the_stream_goes_on(
     assert dlq[0].value() == big[1], "the refused event in the DLQ, byte for byte"
     assert header(dlq[0], "error_kind") == b"kafka_refused"
     assert b"max.message.bytes" in header(dlq[0], "error")
+    code, out = bridge.stop()
+    assert code == 0, out
+
+
+def test_events_kafka_refuses_for_their_timestamp_reach_the_dlq_without_a_reconnect_each(
+        tmp_path, mosquitto, kafka):
+    """Kafka 4 refuses a record stamped more than `message.timestamp.after.max.ms` (1 h by
+    default) ahead of its clock. Such events used to stay unacknowledged: each refusal cost a
+    new MQTT session and a redelivery of the whole window, without end on a large backlog. Now
+    the refused event goes to the DLQ at once (stamped with the time it was refused, which Kafka
+    takes), and the valid events that shared its batch reach their topic."""
+    events = generate(600, tmp_path)
+    ahead_s = int(time.time()) + 2 * 24 * 3600
+    refused = []
+    for topic, payload in events[::3]:
+        event = json.loads(payload)
+        event["eventId"] = str(uuid.uuid4())
+        event["timestamp"] = ahead_s
+        refused.append((topic, json.dumps(event, separators=(",", ":")).encode()))
+    mixed = [m for pair in zip(events, refused + [None] * len(events)) for m in pair if m]
+    bridge = Bridge(tmp_path, mosquitto, kafka, kafka_options={"linger.ms": "20"}).start()
+    publish(mosquitto.port, mixed)
+    bridge.wait_acked(len(mixed), timeout=120)
+
+    read_back_exactly(kafka, bridge, events)
+    reader = KafkaReader(kafka.brokers, [bridge.topics["dlq"]])
+    dlq = reader.read_until(lambda r: len(r) >= len(refused), timeout=60)
+    reader.read_until(lambda r: True, timeout=1)
+    assert sorted(m.value() for m in dlq) == sorted(p for _, p in refused), \
+        "each refused event in the DLQ once, byte for byte"
+    for m in dlq:
+        assert header(m, "error_kind") == b"kafka_refused"
+        assert b"timestamp" in header(m, "error"), header(m, "error")
+        _, stamped_ms = m.timestamp()
+        assert abs(stamped_ms / 1000 - time.time()) < 3600, "not the refused timestamp"
+    assert bridge.counter("reconnects") == 0, bridge.stats_lines()[-1]
+    assert bridge.counter("received") == len(mixed), "nothing redelivered"
+    code, out = bridge.stop()
+    assert code == 0, out
+
+
+def test_when_the_broker_refuses_an_event_for_its_timestamp_its_batch_mates_still_land_once(
+        tmp_path, mosquitto, kafka):
+    """The limit changes after the bridge read it at start, so only the broker knows: the
+    refused events must reach the DLQ by its verdict, and the valid events it failed only for
+    sharing their batches must be produced again, without an MQTT redelivery."""
+    old = generate(300, tmp_path)
+    now_s = int(time.time())
+    fresh = []
+    for topic, payload in old * 3:
+        event = json.loads(payload)
+        event["eventId"] = str(uuid.uuid4())
+        event["timestamp"] = now_s
+        fresh.append((topic, json.dumps(event, separators=(",", ":")).encode()))
+    bridge = Bridge(tmp_path, mosquitto, kafka, kafka_options={"linger.ms": "20"}).start()
+    week_ms = 7 * 24 * 3600 * 1000
+    admin = AdminClient({"bootstrap.servers": kafka.brokers})
+    topic = bridge.topics["executions"]
+    altered = admin.incremental_alter_configs([ConfigResource(
+        ResourceType.TOPIC, topic, incremental_configs=[ConfigEntry(
+            "message.timestamp.before.max.ms", str(week_ms),
+            incremental_operation=AlterConfigOpType.SET)])])
+    for future in altered.values():
+        future.result(timeout=60)
+    probe = Producer({"bootstrap.servers": kafka.brokers})
+
+    def refuses_old_records():
+        outcome = []
+        probe.produce(topic, b"probe", partition=0, timestamp=(now_s * 1000) - 2 * week_ms,
+                      on_delivery=lambda error, _: outcome.append(error))
+        probe.flush(30)
+        return outcome and outcome[0] is not None
+    wait_for(refuses_old_records, timeout=60, what="the broker to apply the new limit")
+    # The generated events are weeks old: their executions are refused now, their jobs not.
+    refused = [(t, p) for t, p in old if json.loads(p).get("eventType") == "JOB_EXECUTION"]
+    taken = [(t, p) for t, p in old if (t, p) not in refused] + fresh
+    mixed = [m for group in zip(old, fresh[0::3], fresh[1::3], fresh[2::3]) for m in group]
+    publish(mosquitto.port, mixed)
+    bridge.wait_acked(len(mixed), timeout=120)
+
+    read_back_exactly(kafka, bridge, taken)
+    fresh_executions = [p for t, p in fresh if t.startswith("$aws/events/jobExecution/")]
+    landed = KafkaReader(kafka.brokers, [topic]).read_until(
+        lambda r: len(r) >= len(fresh_executions), timeout=60)
+    assert all(m.timestamp()[1] == json.loads(m.value())["timestamp"] * 1000 for m in landed), \
+        "a record produced again keeps the event time"
+    reader = KafkaReader(kafka.brokers, [bridge.topics["dlq"]])
+    kafka_refused = lambda r: [m for m in r if header(m, "error_kind") == b"kafka_refused"]
+    dlq = reader.read_until(lambda r: len(kafka_refused(r)) >= len(refused), timeout=60)
+    reader.read_until(lambda r: True, timeout=1)
+    assert sorted(m.value() for m in kafka_refused(dlq)) == sorted(p for _, p in refused)
+    assert all(b"timestamp" in header(m, "error") for m in kafka_refused(dlq))
+    stats = bridge.stats_lines()[-1]
+    assert bridge.counter("reconnects") == 0, stats
+    assert bridge.counter("received") == len(mixed), f"nothing redelivered: {stats}"
+    code, out = bridge.stop()
+    assert code == 0, out
+
+
+def test_a_backlog_beyond_every_queue_drains_with_acks_that_never_wait_on_the_pipeline(
+        tmp_path, mosquitto, kafka):
+    """mosquitto with an unlimited in-flight window hands a backlog over as fast as it can; the
+    bridge parks what its pipeline cannot take yet and, past that bound, stops reading. Its
+    acker used to wait for room in the MQTT client's request queue, which drains only while the
+    connection reads: librdkafka's delivery thread then waited on the acker, the workers on
+    librdkafka, the connection on the workers, and nothing moved again (289k of a 1M backlog
+    received, 21k acknowledged)."""
+    bridge = Bridge(tmp_path, mosquitto, kafka).start()
+    code, out = bridge.stop()
+    assert code == 0, out
+    # In the past, so that Kafka takes every record: a month before now is well inside its
+    # default range, and the simulated fleet's clock advances by hours, not weeks.
+    start = int(time.time()) - 30 * 24 * 3600
+    report = json.loads(run("simulate", "--mqtt", mosquitto.url, "--events", 400_000,
+                            "--start-epoch-s", start, "--report", "-", "--quiet").stdout)
+    published = report["events"]
+    bridge.start(until="connected")
+    bridge.wait_acked(published, timeout=300)
+    bridge.wait_quiescent()
+    stats = bridge.stats_lines()[-1]
+    assert bridge.counter("received") == published, stats
+    assert bridge.counter("failures") == 0 and bridge.counter("reconnects") == 0, stats
     code, out = bridge.stop()
     assert code == 0, out
 

@@ -14,9 +14,9 @@
 //! * when Kafka refuses the record for good (too large for the topic, invalid), the id is
 //!   remembered as *refused*, so that its redelivery goes to the DLQ instead of looping.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 16;
@@ -25,27 +25,62 @@ const SHARDS: usize = 16;
 /// remembered anyway, or a refused record would be redelivered and refused forever.
 const REFUSALS_WITHOUT_DEDUP: usize = 64;
 
+/// An event id as the window keeps it: 128 bits of two keyed hashes of it, not the string.
+///
+/// Why: kept as strings (a UUID's 36 bytes, boxed twice, plus a map entry) a million ids took
+/// about 300 bytes each, and the bridge's memory grew with the backlog until the window was
+/// full (79 MB at 100k events, 345 MB at 1M); as hashes they take about 50. Two different ids
+/// are taken for one with a probability of about n·m / 2¹²⁸ for n ids in the window and m
+/// looked up — below 10⁻²² for a million against ten billion — and the keys are random per
+/// process, so no input can be crafted to collide.
+type IdHash = u128;
+
+/// Hashes an [`IdHash`] by taking its low bits: they are already uniformly random.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u128 keys are hashed here; any other input still spreads.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, id: u128) {
+        self.0 = id as u64;
+    }
+}
+
+type ById = BuildHasherDefault<IdHasher>;
+
 #[derive(Debug)]
-enum Entry<W> {
+enum Pending<W> {
     /// Handed to the output; these copies wait for its outcome.
     InFlight(Vec<W>),
-    /// Durable at the output.
-    Confirmed,
     /// Refused by the output for good, for this reason; the next copy goes to the DLQ.
     Refused(Arc<str>),
 }
 
 #[derive(Debug)]
 struct Shard<W> {
-    entries: HashMap<Box<str>, Entry<W>>,
+    /// Ids durable at the output: by far the most, so they are only a set.
+    confirmed: HashSet<IdHash, ById>,
+    /// Ids in flight, and ids refused.
+    pending: HashMap<IdHash, Pending<W>, ById>,
     /// Settled ids (confirmed or refused), oldest first: the ones forgotten first.
-    settled: VecDeque<Box<str>>,
+    settled: VecDeque<IdHash>,
 }
 
 impl<W> Default for Shard<W> {
     fn default() -> Self {
         Shard {
-            entries: HashMap::new(),
+            confirmed: HashSet::default(),
+            pending: HashMap::default(),
             settled: VecDeque::new(),
         }
     }
@@ -79,13 +114,15 @@ pub enum Settled {
 /// The last `capacity` confirmed event ids (approximately: each of 16 shards keeps
 /// `capacity / 16`), and every id in flight.
 ///
-/// Bound: `capacity` settled ids in memory (about 100 bytes each), oldest forgotten first; in
-/// flight, one entry per record the producer holds, which its own queue bounds, plus one
-/// waiter per copy received meanwhile, which the broker's in-flight window bounds.
+/// Bound: `capacity` settled ids in memory (about 50 bytes each, see [`IdHash`]), oldest
+/// forgotten first; in flight, one entry per record the producer holds, which its own queue
+/// bounds, plus one waiter per copy received meanwhile, which the broker's in-flight window
+/// bounds.
 #[derive(Debug)]
 pub struct DedupWindow<W = ()> {
     shards: Vec<Mutex<Shard<W>>>,
     per_shard: usize,
+    keys: (RandomState, RandomState),
 }
 
 impl<W> DedupWindow<W> {
@@ -94,13 +131,19 @@ impl<W> DedupWindow<W> {
         DedupWindow {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS),
+            keys: (RandomState::new(), RandomState::new()),
         }
     }
 
-    fn shard(&self, event_id: &str) -> MutexGuard<'_, Shard<W>> {
-        let mut hasher = DefaultHasher::new();
-        event_id.hash(&mut hasher);
-        let index = (hasher.finish() as usize) % SHARDS;
+    /// The id's hash and its shard's index.
+    fn locate(&self, event_id: &str) -> (IdHash, usize) {
+        let high = self.keys.0.hash_one(event_id);
+        let id = (IdHash::from(high) << 64) | IdHash::from(self.keys.1.hash_one(event_id));
+        // The shard from the high half, the map's buckets from the low half.
+        (id, (high >> 32) as usize % SHARDS)
+    }
+
+    fn shard(&self, index: usize) -> MutexGuard<'_, Shard<W>> {
         // A poisoned shard only means another worker panicked mid-insert; the map is still a
         // valid map, so keep using it rather than failing every later event.
         match self.shards[index].lock() {
@@ -112,54 +155,62 @@ impl<W> DedupWindow<W> {
     /// Decides what to do with a copy of `event_id`; `waiter` identifies the copy (its
     /// acknowledgement), kept while an earlier copy is in flight.
     pub fn claim(&self, event_id: &str, waiter: W) -> Claim<W> {
-        let mut shard = self.shard(event_id);
+        self.claim_located(self.locate(event_id), waiter)
+    }
+
+    fn claim_located(&self, (id, index): (IdHash, usize), waiter: W) -> Claim<W> {
+        let mut shard = self.shard(index);
         if self.per_shard == 0 {
             // Deduplication off: only refusals are remembered.
-            return match shard.entries.remove(event_id) {
-                Some(Entry::Refused(reason)) => Claim::Reroute(reason),
+            return match shard.pending.remove(&id) {
+                Some(Pending::Refused(reason)) => Claim::Reroute(reason),
                 _ => Claim::Produce,
             };
         }
-        if let Some(Entry::Refused(reason)) = shard.entries.get(event_id) {
-            let reason = Arc::clone(reason);
-            shard
-                .entries
-                .insert(event_id.into(), Entry::InFlight(Vec::new()));
-            return Claim::Reroute(reason);
-        }
-        match shard.entries.get_mut(event_id) {
-            Some(Entry::InFlight(waiters)) => {
+        match shard.pending.get_mut(&id) {
+            Some(Pending::InFlight(waiters)) => {
                 waiters.push(waiter);
-                Claim::Waiting
+                return Claim::Waiting;
             }
-            Some(Entry::Confirmed) => Claim::Duplicate(waiter),
-            Some(Entry::Refused(_)) | None => {
-                shard
-                    .entries
-                    .insert(event_id.into(), Entry::InFlight(Vec::new()));
-                Claim::Produce
+            Some(Pending::Refused(reason)) => {
+                let reason = Arc::clone(reason);
+                shard.pending.insert(id, Pending::InFlight(Vec::new()));
+                return Claim::Reroute(reason);
             }
+            None => {}
         }
+        if shard.confirmed.contains(&id) {
+            return Claim::Duplicate(waiter);
+        }
+        shard.pending.insert(id, Pending::InFlight(Vec::new()));
+        Claim::Produce
     }
 
     /// Records the outcome of the record produced for `event_id` and returns the copies that
     /// waited for it: acknowledge them if `outcome` is [`Settled::Confirmed`], else let them be
     /// redelivered.
     pub fn settle(&self, event_id: &str, outcome: Settled) -> Vec<W> {
-        let mut shard = self.shard(event_id);
-        let waiters = match shard.entries.get_mut(event_id) {
-            Some(Entry::InFlight(waiters)) => std::mem::take(waiters),
+        self.settle_located(self.locate(event_id), outcome)
+    }
+
+    fn settle_located(&self, (id, index): (IdHash, usize), outcome: Settled) -> Vec<W> {
+        let mut shard = self.shard(index);
+        let waiters = match shard.pending.remove(&id) {
+            Some(Pending::InFlight(waiters)) => waiters,
             // Settled already.
-            Some(_) => return Vec::new(),
+            Some(refused @ Pending::Refused(_)) => {
+                shard.pending.insert(id, refused);
+                return Vec::new();
+            }
+            None if shard.confirmed.contains(&id) => return Vec::new(),
             // Never claimed (deduplication off).
             None => Vec::new(),
         };
-        shard.entries.remove(event_id);
-        let keep = match outcome {
+        let refused = match outcome {
             Settled::Failed => return waiters,
             Settled::Confirmed if self.per_shard == 0 => return waiters,
-            Settled::Confirmed => Entry::Confirmed,
-            Settled::Refused(reason) => Entry::Refused(reason),
+            Settled::Confirmed => None,
+            Settled::Refused(reason) => Some(reason),
         };
         let bound = if self.per_shard == 0 {
             REFUSALS_WITHOUT_DEDUP
@@ -170,14 +221,21 @@ impl<W> DedupWindow<W> {
             let Some(oldest) = shard.settled.pop_front() else {
                 break;
             };
+            shard.confirmed.remove(&oldest);
             // An id forgotten and claimed again since is in flight: leave that entry alone.
-            if !matches!(shard.entries.get(&oldest), Some(Entry::InFlight(_))) {
-                shard.entries.remove(&oldest);
+            if matches!(shard.pending.get(&oldest), Some(Pending::Refused(_))) {
+                shard.pending.remove(&oldest);
             }
         }
-        let id: Box<str> = event_id.into();
-        shard.settled.push_back(id.clone());
-        shard.entries.insert(id, keep);
+        shard.settled.push_back(id);
+        match refused {
+            None => {
+                shard.confirmed.insert(id);
+            }
+            Some(reason) => {
+                shard.pending.insert(id, Pending::Refused(reason));
+            }
+        }
         waiters
     }
 
@@ -188,9 +246,10 @@ impl<W> DedupWindow<W> {
     where
         W: Default,
     {
-        match self.claim(event_id, W::default()) {
+        let located = self.locate(event_id);
+        match self.claim_located(located, W::default()) {
             Claim::Produce | Claim::Reroute(_) => {
-                self.settle(event_id, Settled::Confirmed);
+                self.settle_located(located, Settled::Confirmed);
                 true
             }
             Claim::Duplicate(_) | Claim::Waiting => false,
@@ -216,6 +275,16 @@ mod tests {
         );
         let off: DedupWindow = DedupWindow::new(0);
         assert!(off.first_time("x") && off.first_time("x"));
+    }
+
+    #[test]
+    fn distinct_ids_are_never_taken_for_each_other_and_each_repeat_is_caught() {
+        let window: DedupWindow = DedupWindow::new(200_000);
+        let ids: Vec<String> = (0..100_000)
+            .map(|i| format!("{:08x}-0000-4000-8000-{i:012x}", i * 7919))
+            .collect();
+        assert!(ids.iter().all(|id| window.first_time(id)));
+        assert!(ids.iter().all(|id| !window.first_time(id)));
     }
 
     #[test]

@@ -51,8 +51,10 @@ pub(crate) struct Inbound {
     pub(crate) received_at_ms: i64,
 }
 
-/// Completions can never exceed the unacknowledged messages of a connection, which MQTT's
-/// 16-bit packet ids cap at 65,535, so senders never wait on this bound.
+/// Completions waiting for a connection's acker. They rarely exceed its unacknowledged
+/// messages, which MQTT's 16-bit packet ids cap at 65,535 — but a broker may exceed that cap
+/// (mosquitto with `max_inflight_messages 0` reuses packet ids), so a sender can wait here;
+/// it waits only briefly, because the acker never stops reading (see `acker`).
 pub(crate) const COMPLETIONS_PER_CONNECTION: usize = 65_536;
 
 pub(crate) fn now_ms() -> i64 {

@@ -127,21 +127,17 @@ impl Client {
     /// The event loop is gone (shutdown).
     pub(crate) async fn ack(&self, pkid: u16) -> Result<(), MqttError> {
         match self {
-            Client::V311(client) => {
-                let mut publish = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
-                publish.pkid = pkid;
-                Ok(client.ack(&publish).await?)
-            }
-            Client::V5(client) => {
-                let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new(
-                    "",
-                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    Vec::new(),
-                    None,
-                );
-                publish.pkid = pkid;
-                Ok(client.ack(&publish).await?)
-            }
+            Client::V311(client) => Ok(client.ack(&received_v311(pkid)).await?),
+            Client::V5(client) => Ok(client.ack(&received_v5(pkid)).await?),
+        }
+    }
+
+    /// Queues a PUBACK for QoS 1 packet `pkid` if the client's request queue has room; `false`
+    /// when it is full or the event loop is gone ([`Client::ack`] tells which, by waiting).
+    pub(crate) fn try_ack(&self, pkid: u16) -> bool {
+        match self {
+            Client::V311(client) => client.try_ack(&received_v311(pkid)).is_ok(),
+            Client::V5(client) => client.try_ack(&received_v5(pkid)).is_ok(),
         }
     }
 
@@ -197,6 +193,25 @@ impl Client {
             Client::V5(client) => Ok(client.disconnect().await?),
         }
     }
+}
+
+/// The QoS 1 PUBLISH a PUBACK answers: rumqttc builds the acknowledgement from its packet id.
+fn received_v311(pkid: u16) -> rumqttc::Publish {
+    let mut publish = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
+    publish.pkid = pkid;
+    publish
+}
+
+/// [`received_v311`] for MQTT 5.
+fn received_v5(pkid: u16) -> rumqttc::v5::mqttbytes::v5::Publish {
+    let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new(
+        "",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        Vec::new(),
+        None,
+    );
+    publish.pkid = pkid;
+    publish
 }
 
 impl EventLoop {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crossbeam::channel as xchan;
 use jobstream_metrics::Throttle;
 use jobstream_parser::Family;
-use jobstream_sink::kafka::{ClientRole, KafkaSink};
+use jobstream_parser::RejectKind;
+use jobstream_sink::kafka::{ClientRole, KafkaSink, Outcome, TimestampRanges};
 use tokio::sync::{mpsc, Notify};
 
 use crate::acker::acker;
@@ -77,7 +78,8 @@ pub async fn run(
                 source,
             })??;
             jobstream_sink::kafka::ensure_topics(kafka).await?;
-            (None, Some(kafka))
+            let ranges = jobstream_sink::kafka::timestamp_ranges(kafka).await?;
+            (None, Some((kafka, ranges)))
         }
     };
 
@@ -101,48 +103,61 @@ pub async fn run(
         .unzip();
     let completion_tx = Arc::new(completion_tx);
     let throttle = Arc::new(Throttle::new(WARNING_INTERVAL));
-    let sink = kafka.map(|kafka| {
+    let sink = kafka.map(|(kafka, ranges): (_, TimestampRanges)| {
         let completion_tx = Arc::clone(&completion_tx);
         let dedup_for_delivery = Arc::clone(&claims);
         let stats = Arc::clone(&stats);
         let throttle = Arc::clone(&throttle);
         KafkaSink::new(
             kafka.clone(),
-            move |delivery: Delivery, result| {
+            move |delivery: Delivery, outcome: Outcome| {
                 stats.kafka_pending.dec();
                 stats
                     .delivery_latency
                     .observe_duration(delivery.sent.elapsed());
-                match (&result, delivery.family) {
-                    (Ok(()), Some(Family::Job)) => {
-                        stats.produced_jobs.fetch_add(1, Ordering::Relaxed)
+                match (&outcome, delivery.family) {
+                    (Outcome::Delivered, Some(Family::Job)) => {
+                        stats.produced_jobs.fetch_add(1, Ordering::Relaxed);
                     }
-                    (Ok(()), Some(Family::Execution)) => {
-                        stats.produced_executions.fetch_add(1, Ordering::Relaxed)
+                    (Outcome::Delivered, Some(Family::Execution)) => {
+                        stats.produced_executions.fetch_add(1, Ordering::Relaxed);
                     }
-                    (Ok(()), None) => stats.rejected.fetch_add(1, Ordering::Relaxed),
-                    (Err(error), _) => {
+                    (Outcome::Delivered, None) => {
+                        stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (Outcome::Rerouted(reason), _) => {
+                        stats.reject(RejectKind::KafkaRefused);
+                        stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = throttle.allow(RejectKind::KafkaRefused.as_str()) {
+                            tracing::warn!(error = %reason, similar_since_last = suppressed, "Kafka refused an event for good; it is in the DLQ");
+                        }
+                    }
+                    (Outcome::Failed(error), _) => {
                         if let Some(suppressed) = throttle.allow("kafka_delivery") {
                             tracing::error!(%error, similar_since_last = suppressed, "Kafka did not take a record; it stays unacknowledged and will be redelivered");
                         }
-                        stats.delivery_failures.fetch_add(1, Ordering::Relaxed)
+                        stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
                     }
-                };
-                // The copies that waited for this record share its outcome.
+                }
+                // The copies that waited for this record share its outcome: an event in the
+                // DLQ is as durable as one in its topic.
                 let waiters = match &delivery.event_id {
                     Some(id) => {
-                        let outcome = match &result {
-                            Ok(()) => Settled::Confirmed,
-                            Err(error) => match jobstream_sink::kafka::refused_for_good(error) {
-                                Some(refused) => Settled::Refused(refused.to_string().into()),
-                                None => Settled::Failed,
-                            },
+                        let settled = match &outcome {
+                            Outcome::Delivered | Outcome::Rerouted(_) => Settled::Confirmed,
+                            Outcome::Failed(error) => {
+                                match jobstream_sink::kafka::refused_for_good(error) {
+                                    Some(refused) => Settled::Refused(refused.to_string().into()),
+                                    None => Settled::Failed,
+                                }
+                            }
                         };
-                        dedup_for_delivery.settle(id, outcome)
+                        dedup_for_delivery.settle(id, settled)
                     }
                     None => Vec::new(),
                 };
-                if result.is_err() {
+                let durable = outcome.is_durable();
+                if !durable {
                     // Copies that waited on a failed record stay unacknowledged too (the broker
                     // redelivers them); counted so that received = acked + abandoned + failures.
                     stats
@@ -150,12 +165,13 @@ pub async fn run(
                         .fetch_add(waiters.iter().flatten().count() as u64, Ordering::Relaxed);
                 }
                 for token in delivery.token.into_iter().chain(waiters.into_iter().flatten()) {
-                    let completion = match result {
-                        Ok(()) => Completion::Done(token),
-                        Err(_) => Completion::Failed(token),
+                    let completion = if durable {
+                        Completion::Done(token)
+                    } else {
+                        Completion::Failed(token)
                     };
                     let tx = &completion_tx[usize::from(token.conn)];
-                    // The channel never fills (see COMPLETIONS_PER_CONNECTION). This runs on
+                    // The channel seldom fills (see COMPLETIONS_PER_CONNECTION). This runs on
                     // librdkafka's thread, except when dropping the producer purges records:
                     // then it may run on an async thread, which must not block.
                     if let Err(mpsc::error::TrySendError::Full(completion)) =
@@ -168,7 +184,7 @@ pub async fn run(
                 }
             },
         )
-        .map(Arc::new)
+        .map(|sink| Arc::new(sink.with_timestamp_ranges(ranges)))
     });
     let sink = sink.transpose()?;
 

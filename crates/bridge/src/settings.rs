@@ -45,7 +45,7 @@ pub struct PipelineConfig {
     /// Batches queued between network tasks and workers. With `batch_size` this bounds the
     /// messages parked between MQTT and the parser.
     pub queue_batches: usize,
-    /// Event ids remembered for duplicate detection (0 disables it).
+    /// Event ids remembered for duplicate detection (0 disables it); about 50 bytes each.
     pub dedup_window: usize,
     /// How long a graceful shutdown may take before giving up.
     #[serde(

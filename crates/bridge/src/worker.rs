@@ -7,7 +7,6 @@ use crossbeam::channel as xchan;
 use jobstream_metrics::Throttle;
 use jobstream_parser::{Parser, ParserConfig, Reject, RejectKind};
 use jobstream_sink::kafka::KafkaSink;
-use jobstream_sink::SinkError;
 use tokio::sync::mpsc;
 
 use crate::dedup::{Claim, DedupWindow, Settled};
@@ -101,7 +100,7 @@ pub(crate) fn worker(
                                 );
                                 match produced {
                                     Ok(()) => return Ok(()),
-                                    Err(refused @ SinkError::RecordRefused { .. }) => {
+                                    Err(refused) if refused.is_refused_for_good() => {
                                         stats.kafka_pending.dec();
                                         refused.to_string()
                                     }

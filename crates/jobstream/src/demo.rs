@@ -159,6 +159,8 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         .map_err(|e| anyhow::anyhow!("starting the in-process Kafka mock cluster: {e}"))?;
     let mut kafka = KafkaConfig::new(cluster.bootstrap_servers());
     kafka.create_topics = false;
+    // The mock cluster answers no DescribeConfigs; its topics take any timestamp anyway.
+    kafka.read_timestamp_limits = false;
     for topic in [&kafka.job_topic, &kafka.execution_topic, &kafka.dlq_topic] {
         cluster
             .create_topic(topic, kafka.partitions, 1)

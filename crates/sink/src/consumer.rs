@@ -544,7 +544,7 @@ pub fn run(
     let dlq = {
         let (ok, failed) = (rejected_in_dlq.clone(), dlq_failed.clone());
         KafkaSink::new(config.kafka.clone(), move |(): (), result| {
-            let counter = if result.is_ok() { &ok } else { &failed };
+            let counter = if result.is_durable() { &ok } else { &failed };
             counter.fetch_add(1, Ordering::Relaxed);
         })?
     };

@@ -110,6 +110,15 @@ pub enum SinkError {
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
     },
+    /// The topic would refuse the event for its timestamp (see `kafka::timestamps`): it
+    /// belongs in the DLQ.
+    #[error("Kafka refused the record for good: topic {topic} does not take it: {out_of_range}")]
+    TimestampOutOfRange {
+        /// The event's topic.
+        topic: String,
+        /// How far out of range, and the setting.
+        out_of_range: crate::kafka::OutOfRange,
+    },
     /// No broker answered within the connect timeout: retrying later may help.
     #[error("kafka: no broker at {brokers} answered within {timeout:?}: {detail}")]
     KafkaUnreachable {
@@ -145,6 +154,14 @@ pub enum SinkError {
 
 impl SinkError {
     /// Wraps a Kafka error with what was being done.
+    /// Whether Kafka will never take the record as it is: it belongs in the DLQ.
+    pub fn is_refused_for_good(&self) -> bool {
+        matches!(
+            self,
+            SinkError::RecordRefused { .. } | SinkError::TimestampOutOfRange { .. }
+        )
+    }
+
     pub fn kafka(
         action: impl Into<String>,
     ) -> impl FnOnce(rdkafka::error::KafkaError) -> SinkError {

@@ -303,7 +303,11 @@ pub fn replay(
             runtime.block_on(crate::kafka::ensure_topics(&kafka_config))?;
             let (delivered, failed) = (delivered.clone(), failed.clone());
             Some(KafkaSink::new(kafka_config, move |(): (), result| {
-                let counter = if result.is_ok() { &delivered } else { &failed };
+                let counter = if result.is_durable() {
+                    &delivered
+                } else {
+                    &failed
+                };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             })?)
         }

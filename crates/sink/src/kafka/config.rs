@@ -34,6 +34,11 @@ pub struct KafkaConfig {
     pub replication: Option<i32>,
     /// Whether to create missing topics at start (Admin API).
     pub create_topics: bool,
+    /// Whether to read the event topics' timestamp limits at start
+    /// (`message.timestamp.before.max.ms`/`after.max.ms`, needs DescribeConfigs), so that an
+    /// event Kafka would refuse for its timestamp goes to the DLQ before it is batched; off,
+    /// such events still reach the DLQ, by the broker's verdict, one batch at a time.
+    pub read_timestamp_limits: bool,
     /// Topic-level settings of the topics it creates (`min.insync.replicas`, `retention.ms`,
     /// …); existing topics are not changed.
     pub topic_config: BTreeMap<String, String>,
@@ -115,6 +120,7 @@ impl KafkaConfig {
             partitions: 3,
             replication: None,
             create_topics: true,
+            read_timestamp_limits: true,
             topic_config: BTreeMap::new(),
             connect_timeout: Duration::from_secs(30),
             max_queued: 100_000,

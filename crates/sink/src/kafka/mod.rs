@@ -7,7 +7,8 @@
 //! blocking worker threads. They hand the record to librdkafka and return; when librdkafka's
 //! queue is full (Kafka slow or down) they wait for room — that wait is the pipeline's
 //! backpressure, instead of unbounded buffering. The outcome of every record is reported once,
-//! on librdkafka's polling thread, through the `on_delivery` callback with the caller's token.
+//! on librdkafka's polling thread (or the resend thread, for a record produced again), through
+//! the `on_delivery` callback with the caller's token, as an [`Outcome`].
 //!
 //! Durability: `acks=all` and `enable.idempotence=true` are always set; a user option that
 //! tries to weaken them is refused.
@@ -16,15 +17,20 @@
 //! - `producer`: [`KafkaSink`], and [`refused_for_good`] for records no retry will get in;
 //! - `probe`: [`check_connection`] at start-up and [`KafkaProbe`] for readiness, which tell a
 //!   refusal (TLS, authentication, ACLs) from a broker that is down;
+//! - `resend`: the thread that produces a refused event to the DLQ and its batch-mates again;
+//! - `timestamps`: [`timestamp_ranges`], the record timestamps a topic takes;
 //! - `topics`: [`ensure_topics`].
 
 mod config;
 mod probe;
 mod producer;
+mod resend;
+mod timestamps;
 mod topics;
 
 pub use config::{is_secret_option, parse_option, KafkaConfig};
 pub(crate) use probe::classify_refusal;
 pub use probe::{check_connection, ClientRole, KafkaProbe};
-pub use producer::{refused_for_good, KafkaSink, DLQ_PREFIX_BYTES};
+pub use producer::{refused_for_good, KafkaSink, Outcome, DLQ_PREFIX_BYTES};
+pub use timestamps::{timestamp_ranges, OutOfRange, TimestampRange, TimestampRanges};
 pub use topics::ensure_topics;

@@ -10,6 +10,27 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use super::config::KafkaConfig;
 use crate::{Refusal, SinkError};
 
+/// An admin client for `config`'s cluster, with its security settings (TLS, SASL).
+///
+/// # Errors
+/// Invalid options.
+pub(super) fn admin_client(
+    config: &KafkaConfig,
+) -> Result<AdminClient<DefaultClientContext>, SinkError> {
+    let mut admin_config = ClientConfig::new();
+    admin_config.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.options {
+        if key.starts_with("security.") || key.starts_with("sasl.") || key.starts_with("ssl.") {
+            admin_config.set(key, value);
+        }
+    }
+    admin_config.create().map_err(|e| SinkError::Config {
+        setting: "kafka",
+        value: config.brokers.clone(),
+        reason: e.to_string(),
+    })
+}
+
 /// Creates the configured topics that are missing, with `partitions` and `replication`
 /// (the broker's default factor when unset). Topics that exist are left as they are, so a
 /// principal without the right to create topics (ACLs) can run once they exist.
@@ -22,19 +43,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
     if !config.create_topics {
         return Ok(());
     }
-    let mut admin_config = ClientConfig::new();
-    admin_config.set("bootstrap.servers", &config.brokers);
-    for (key, value) in &config.options {
-        if key.starts_with("security.") || key.starts_with("sasl.") || key.starts_with("ssl.") {
-            admin_config.set(key, value);
-        }
-    }
-    let admin: Arc<AdminClient<DefaultClientContext>> =
-        Arc::new(admin_config.create().map_err(|e| SinkError::Config {
-            setting: "kafka",
-            value: config.brokers.clone(),
-            reason: e.to_string(),
-        })?);
+    let admin = Arc::new(admin_client(config)?);
     let wanted = [
         &config.job_topic,
         &config.execution_topic,
