@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from conftest import STARTED, jobstream_bin, run, wait_for
 
@@ -141,16 +141,25 @@ class KafkaReader:
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 50,
         })
-        metadata = self.consumer.list_topics(timeout=30)
         assignment = []
         for topic in topics:
-            wait_for(lambda: topic in self.consumer.list_topics(timeout=10).topics, timeout=60,
-                     what=f"topic {topic}")
-            for partition in self.consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+            partitions = wait_for(lambda: self._partitions(topic), timeout=60,
+                                  what=f"topic {topic}")
+            assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
         self.consumer.assign(assignment)
         self.records = []
-        del metadata
+
+    def _partitions(self, topic):
+        """The topic's partitions, or None while it is missing or the broker does not answer
+        (a broker just restarted can refuse a metadata request once)."""
+        try:
+            # All topics, not this one by name: naming a missing topic may have a broker create it.
+            found = self.consumer.list_topics(timeout=10).topics.get(topic)
+        except KafkaException:
+            return None
+        if found is None or found.error is not None or not found.partitions:
+            return None
+        return list(found.partitions)
 
     def read_until(self, done, timeout=120.0):
         deadline = time.monotonic() + timeout
