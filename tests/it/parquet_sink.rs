@@ -100,6 +100,35 @@ fn files_land_in_hive_partitions_with_deterministic_names() {
 }
 
 #[test]
+fn a_sink_starting_on_a_root_another_writes_leaves_its_open_files_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = messages(20);
+    let mut writing = ParquetSink::new(small_files(dir.path()), "cap").expect("sink");
+    write_all(&mut writing, &input, 0);
+    let open_temporaries = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".inprogress"))
+        .count();
+    assert!(open_temporaries > 0, "the writer has files open");
+
+    let starting = ParquetSink::new(small_files(dir.path()), "cap").expect("second sink");
+    assert_eq!(
+        walk(dir.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".inprogress"))
+            .count(),
+        open_temporaries,
+        "a live writer's temporaries are not leftovers"
+    );
+    writing
+        .finish()
+        .expect("the first writer still publishes its open files");
+    starting.finish().expect("finish");
+    let ids = event_ids(dir.path());
+    assert_eq!(ids.len(), input.len(), "every event exactly once");
+}
+
+#[test]
 fn abandoned_run_leaves_no_readable_partial_file_and_rerun_adds_no_duplicates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = messages(40);
@@ -107,8 +136,9 @@ fn abandoned_run_leaves_no_readable_partial_file_and_rerun_adds_no_duplicates() 
     write_all(&mut sink, &input[..input.len() / 2], 0);
     let published_before = parquet_files(dir.path());
     assert!(!published_before.is_empty());
-    // Simulates a crash: open files are neither published nor cleaned up.
-    std::mem::forget(sink);
+    // Simulates a crash: open files are neither published nor cleaned up, and their descriptors
+    // close (as the kernel closes a dead process's).
+    drop(sink);
     let temporaries: Vec<_> = walk(dir.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".inprogress"))

@@ -6,11 +6,9 @@ kill -9 at any moment loses and duplicates nothing; `report` reads a bucket with
 here wrote: boto3 and pyarrow's S3 filesystem (and DuckDB and pyarrow on a downloaded copy)."""
 
 import hashlib
-import random
 import re
 import signal
 import subprocess
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,7 +18,8 @@ from test_parquet_readers import spark  # noqa: F401  (the module-scoped Spark f
 from test_bridge import generate as bridge_lines
 from test_bridge import publish
 from test_direct_parquet import Direct
-from test_parquet_stage import PARTITIONS, Sink, Topics, assert_exactly_once, generate, produce
+from test_parquet_stage import (PARTITIONS, Sink, Topics, assert_exactly_once, generate, kill_at_random_moments,
+                                produce)
 
 
 def digests(files: dict) -> dict:
@@ -88,13 +87,7 @@ def test_kafka_stage_to_a_bucket_killed_at_random_moments_writes_every_event_exa
     produce(kafka, topics, lines)
     sink = Sink(tmp_path, kafka, topics, "s3://jobstream/stage", group="g-s3-kill", max_file_rows=3000,
                 env=s3.env(), parquet_extra={"staging_dir": str(tmp_path / "staging")})
-    rng = random.Random(11)
-    for _ in range(4):
-        sink.start()
-        wait_for(sink.assigned, timeout=120, what="an assignment")
-        time.sleep(rng.uniform(0.3, 2.5))
-        sink.kill()
-    temporaries = list((tmp_path / "staging").rglob("*.inprogress"))
+    temporaries = kill_at_random_moments(sink, tmp_path / "staging", rounds=4, seed=11, longest=2.5)
     sink.start()
     wait_for(lambda: sink.caught_up(partitions=2 * PARTITIONS), timeout=600, what="the last run to catch up")
     sink.stop()

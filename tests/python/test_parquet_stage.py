@@ -219,19 +219,32 @@ def test_sink_stage_writes_each_kafka_event_to_parquet_once_and_rejects_to_the_d
     assert sorted(p.name for p in out.rglob("*.parquet")) == before
 
 
+def kill_at_random_moments(sink, temporaries_under, rounds, seed, longest):
+    """Starts and SIGKILLs `sink` `rounds` times; the temporaries each kill left behind. The
+    first kill lands as soon as a file is being written, so that at least one kill hits a file
+    mid-write whatever the machine's speed; the others at a random moment after assignment."""
+    rng = random.Random(seed)
+    left = set()
+    for round in range(rounds):
+        sink.start()
+        wait_for(sink.assigned, timeout=120, what="an assignment")
+        if round == 0:
+            wait_for(lambda: list(temporaries_under.rglob("*.inprogress")), timeout=120,
+                     what="a file being written")
+        else:
+            time.sleep(rng.uniform(0.2, longest))
+        sink.kill()
+        left |= set(temporaries_under.rglob("*.inprogress"))
+    return left
+
+
 def test_sink_killed_at_random_moments_still_writes_every_event_exactly_once(tmp_path, kafka):
     lines = generate(200_000, tmp_path)
     topics = Topics(kafka)
     produce(kafka, topics, lines)
     out = tmp_path / "out"
     sink = Sink(tmp_path, kafka, topics, out, group="g-kill", max_file_rows=4000)
-    rng = random.Random(5)
-    for _ in range(5):
-        sink.start()
-        wait_for(sink.assigned, timeout=120, what="an assignment")
-        time.sleep(rng.uniform(0.2, 3.0))
-        sink.kill()
-    temporaries = list(out.rglob("*.inprogress"))
+    temporaries = kill_at_random_moments(sink, out, rounds=5, seed=5, longest=3.0)
     sink.start()
     wait_for(lambda: sink.caught_up(partitions=2 * PARTITIONS), timeout=600, what="the last run to catch up")
     sink.stop()

@@ -112,7 +112,7 @@ pub(crate) async fn acker(
     }
     // Draining: the connection task polls until the acker ends, so these get through.
     for (sent, pkid) in unsent.iter().enumerate() {
-        if client_gone || client.ack(*pkid).await.is_err() {
+        if client.ack(*pkid).await.is_err() {
             stats
                 .abandoned
                 .fetch_add((unsent.len() - sent) as u64, Ordering::Relaxed);

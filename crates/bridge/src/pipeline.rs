@@ -77,8 +77,7 @@ pub async fn run(
                 what: "the connection check",
                 source,
             })??;
-            jobstream_sink::kafka::ensure_topics(kafka).await?;
-            let ranges = jobstream_sink::kafka::timestamp_ranges(kafka).await?;
+            let ranges = jobstream_sink::kafka::prepare_topics(kafka).await?;
             (None, Some((kafka, ranges)))
         }
     };

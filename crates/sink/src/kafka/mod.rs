@@ -33,4 +33,4 @@ pub(crate) use probe::classify_refusal;
 pub use probe::{check_connection, ClientRole, KafkaProbe};
 pub use producer::{refused_for_good, KafkaSink, Outcome, DLQ_PREFIX_BYTES};
 pub use timestamps::{timestamp_ranges, OutOfRange, TimestampRange, TimestampRanges};
-pub use topics::ensure_topics;
+pub use topics::{ensure_topics, prepare_topics};

@@ -102,7 +102,7 @@ impl<T: Send + Sync + 'static> ProducerContext for Context<T> {
                 match self.resend.try_send(resend) {
                     Ok(()) => return,
                     Err(TrySendError::Full(resend) | TrySendError::Disconnected(resend)) => {
-                        self.shared.resending.end();
+                        self.shared.resending.abandon();
                         resend.into_sent()
                     }
                 }
@@ -468,8 +468,8 @@ pub(super) fn refusal_reason(error: &KafkaError, timestamp_ms: i64) -> Option<Ar
         Some(RDKafkaErrorCode::InvalidTimestamp | RDKafkaErrorCode::InvalidRecord)
     );
     Some(if timestamp_may_be_why {
-        let hours = (timestamp_ms - now_ms()) as f64 / 3_600_000.0;
-        format!("{refused}; the record's timestamp was {hours:+.1} h from this host's clock, which the topic's message.timestamp.before.max.ms / after.max.ms may not allow").into()
+        let offset = super::timestamps::offset_from_clock(timestamp_ms - now_ms());
+        format!("{refused}; its timestamp is {offset}, which the topic's message.timestamp.before.max.ms / after.max.ms may not allow").into()
     } else {
         refused.to_string().into()
     })

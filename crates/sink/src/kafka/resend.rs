@@ -213,6 +213,16 @@ impl Resending {
         self.counts().0 += 1;
     }
 
+    /// A resend begun but never queued (the queue was full): nothing was produced, so nothing
+    /// a flush should wait for.
+    pub(super) fn abandon(&self) {
+        let mut counts = self.counts();
+        counts.0 = counts.0.saturating_sub(1);
+        if counts.0 == 0 {
+            self.idle.notify_all();
+        }
+    }
+
     pub(super) fn end(&self) {
         let mut counts = self.counts();
         counts.0 = counts.0.saturating_sub(1);

@@ -10,7 +10,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 
 use super::config::KafkaConfig;
 use super::topics::admin_client;
@@ -39,23 +40,24 @@ pub struct OutOfRange {
 
 impl std::fmt::Display for OutOfRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let direction = if self.offset_ms >= 0 {
-            "ahead of"
-        } else {
-            "behind"
-        };
         write!(
             f,
-            "its timestamp is {} {direction} the clock, beyond the topic's {} of {} (raise it, or create the topic with message.timestamp.type=LogAppendTime)",
-            human(self.offset_ms.unsigned_abs()),
+            "its timestamp is {}, beyond the topic's {} of {} (raise it, or create the topic with message.timestamp.type=LogAppendTime)",
+            offset_from_clock(self.offset_ms),
             self.setting,
             human(self.limit_ms.unsigned_abs()),
         )
     }
 }
 
+/// `"47 h 59 min ahead of the clock"`: how far a timestamp `offset_ms` from this host's clock is.
+pub(super) fn offset_from_clock(offset_ms: i64) -> String {
+    let direction = if offset_ms >= 0 { "ahead of" } else { "behind" };
+    format!("{} {direction} the clock", human(offset_ms.unsigned_abs()))
+}
+
 /// `3600000` ms as `1 h 0 min`, `90061000` as `25 h 1 min`: enough to tell how far off.
-fn human(ms: u64) -> String {
+pub(super) fn human(ms: u64) -> String {
     let minutes = ms / 60_000;
     if minutes == 0 {
         return format!("{:.1} s", ms as f64 / 1000.0);
@@ -138,7 +140,17 @@ pub async fn timestamp_ranges(config: &KafkaConfig) -> Result<TimestampRanges, S
     if !config.read_timestamp_limits {
         return Ok(TimestampRanges::default());
     }
-    let admin = admin_client(config)?;
+    Ok(read_timestamp_ranges(&admin_client(config)?, config).await)
+}
+
+/// [`timestamp_ranges`] over an admin client already connected.
+pub(super) async fn read_timestamp_ranges(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+) -> TimestampRanges {
+    if !config.read_timestamp_limits {
+        return TimestampRanges::default();
+    }
     let topics = [
         ResourceSpecifier::Topic(&config.job_topic),
         ResourceSpecifier::Topic(&config.execution_topic),
@@ -149,7 +161,7 @@ pub async fn timestamp_ranges(config: &KafkaConfig) -> Result<TimestampRanges, S
         Ok(described) => described,
         Err(error) => {
             tracing::warn!(%error, "could not read the topics' timestamp limits; records Kafka refuses for their timestamp are found one batch at a time");
-            return Ok(TimestampRanges::default());
+            return TimestampRanges::default();
         }
     };
     let mut ranges = TimestampRanges::default();
@@ -178,7 +190,7 @@ pub async fn timestamp_ranges(config: &KafkaConfig) -> Result<TimestampRanges, S
             }
         }
     }
-    Ok(ranges)
+    ranges
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::config::KafkaConfig;
+use super::timestamps::{read_timestamp_ranges, TimestampRanges};
 use crate::{Refusal, SinkError};
 
 /// An admin client for `config`'s cluster, with its security settings (TLS, SASL).
@@ -43,7 +44,30 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
     if !config.create_topics {
         return Ok(());
     }
+    ensure_topics_with(&Arc::new(admin_client(config)?), config).await
+}
+
+/// What a producing process does with the cluster before its first record: creates the missing
+/// topics ([`ensure_topics`]) and reads the event topics' timestamp ranges
+/// ([`timestamp_ranges`](super::timestamp_ranges)), over one admin connection.
+///
+/// # Errors
+/// As [`ensure_topics`].
+pub async fn prepare_topics(config: &KafkaConfig) -> Result<TimestampRanges, SinkError> {
+    if !config.create_topics && !config.read_timestamp_limits {
+        return Ok(TimestampRanges::default());
+    }
     let admin = Arc::new(admin_client(config)?);
+    if config.create_topics {
+        ensure_topics_with(&admin, config).await?;
+    }
+    Ok(read_timestamp_ranges(&admin, config).await)
+}
+
+async fn ensure_topics_with(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    config: &KafkaConfig,
+) -> Result<(), SinkError> {
     let wanted = [
         &config.job_topic,
         &config.execution_topic,
@@ -58,7 +82,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
     // a broker with auto.create.topics.enable create it with its own defaults.
     // librdkafka's metadata call blocks: off the async threads.
     let metadata = {
-        let (admin, timeout) = (Arc::clone(&admin), config.connect_timeout);
+        let (admin, timeout) = (Arc::clone(admin), config.connect_timeout);
         tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
             .await
             .map_err(|source| SinkError::TaskStopped {

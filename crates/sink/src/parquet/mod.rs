@@ -61,6 +61,7 @@ pub mod ddl;
 mod encoder;
 mod naming;
 pub mod store;
+mod temporary;
 mod writeback;
 
 pub use config::{
@@ -73,6 +74,7 @@ pub use naming::{sanitize_source, RESUME_FROM_KEY};
 use encoder::{encode, Encoder, EncoderJob, IDLE_CHECK_ROWS};
 use naming::{final_name, read_resume_from, resume_from_metadata, temp_name};
 use store::{Location, ObjectRoot, Put};
+use temporary::{create_locked, remove_if_abandoned, Leftover};
 
 /// A published Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +189,8 @@ pub struct ParquetSink {
 
 impl ParquetSink {
     /// A sink for `source` (sanitised with [`sanitize_source`]). Removes temporaries a crashed
-    /// run of the same source left, and indexes its published files.
+    /// run of the same source left (never those a live writer holds, in this process or
+    /// another), and indexes its published files.
     ///
     /// # Errors
     /// Invalid settings, or the root cannot be created or read.
@@ -233,9 +236,19 @@ impl ParquetSink {
                         && file_name.ends_with(".inprogress")
                     {
                         let path = file.path();
-                        fs::remove_file(&path)
-                            .map_err(SinkError::io("remove stale temporary", &path))?;
-                        tracing::info!(path = %path.display(), "removed a temporary left by an interrupted run");
+                        match remove_if_abandoned(&path) {
+                            Ok(Leftover::Removed) => tracing::info!(
+                                path = %path.display(),
+                                "removed a temporary left by an interrupted run"
+                            ),
+                            Ok(Leftover::InUse | Leftover::Gone) => {}
+                            // Removing what may be a live writer's file loses its rows; an
+                            // abandoned one only takes space.
+                            Err(error) => tracing::warn!(
+                                %error,
+                                "kept a temporary that may be another writer's; remove it once no run writes here"
+                            ),
+                        }
                     } else if let (None, Some(range)) =
                         (&store, parse_final_name(&source, file_name))
                     {
@@ -556,7 +569,7 @@ impl ParquetSink {
         let dir = self.local_root.join(partition_dir(family, day));
         fs::create_dir_all(&dir).map_err(SinkError::io("create directory", &dir))?;
         let temp_path = dir.join(temp_name(&self.source, first));
-        let file = File::create(&temp_path).map_err(SinkError::io("create", &temp_path))?;
+        let file = create_locked(&temp_path)?;
         let handle = file
             .try_clone()
             .map_err(SinkError::io("open", &temp_path))?;
@@ -725,7 +738,6 @@ impl Closing {
         if let Some((store, relative)) = store {
             // The PUT is the publication and the durability: no local fsync is needed.
             file.bytes = handle.metadata().map(|m| m.len()).unwrap_or_default();
-            drop(handle);
             let put = store.put_create(&temp_path, &relative)?;
             if put == Put::AlreadyExists {
                 // Same name, same input positions: an earlier run published these rows and
@@ -737,6 +749,8 @@ impl Closing {
             }
             fs::remove_file(&temp_path)
                 .map_err(SinkError::io("remove uploaded temporary", &temp_path))?;
+            // The lock goes with the last handle, only once the temporary is gone.
+            drop(handle);
             file.path = PathBuf::from(store.url_of(&relative));
             return Ok(file);
         }
@@ -744,9 +758,11 @@ impl Closing {
             .sync_all()
             .map_err(SinkError::io("fsync", &temp_path))?;
         file.bytes = handle.metadata().map(|m| m.len()).unwrap_or_default();
-        drop(handle);
         fs::rename(&temp_path, &final_path)
             .map_err(SinkError::io("publish (rename)", &final_path))?;
+        // Released only after the rename: unlocked, the temporary looks abandoned to a sink
+        // starting on the same root.
+        drop(handle);
         sync_dir(&dir)?;
         file.path = final_path;
         Ok(file)
