@@ -223,6 +223,30 @@ def test_a_backlog_beyond_every_queue_drains_with_acks_that_never_wait_on_the_pi
     assert code == 0, out
 
 
+def test_a_simulated_fleet_bridged_into_default_topics_lands_in_them_and_not_in_the_dlq(
+        tmp_path, mosquitto, kafka):
+    """`simulate`'s clock moves ~150 ms an event, so 40k events span 100 minutes. Started at
+    now, the last 40 minutes of them were dated beyond Kafka 4's default
+    `message.timestamp.after.max.ms` (1 h) and went to the DLQ: a first trial of the bridge
+    showed thousands of refusals. Its default now ends the run's dates about now."""
+    bridge = Bridge(tmp_path, mosquitto, kafka).start(until="connected")
+    report = json.loads(run("simulate", "--mqtt", mosquitto.url, "--events", 40_000,
+                            "--report", "-", "--quiet").stdout)
+    published = report["events"]
+    bridge.wait_acked(published, timeout=300)
+    stats = bridge.stats_lines()[-1]
+    assert bridge.counter("rejected") == 0, stats
+    events = KafkaReader(kafka.brokers, [bridge.topics["jobs"], bridge.topics["executions"]])
+    landed = events.read_until(lambda r: len(r) >= published, timeout=120)
+    assert len(landed) == published, stats
+    quiet_until = time.monotonic() + 5
+    dlq = KafkaReader(kafka.brokers, [bridge.topics["dlq"]]).read_until(
+        lambda r: bool(r) or time.monotonic() > quiet_until, timeout=30)
+    assert not dlq, [(header(m, "error_kind"), header(m, "error")) for m in dlq[:3]]
+    code, out = bridge.stop()
+    assert code == 0, out
+
+
 def test_oversized_messages_reach_the_dlq_and_the_messages_after_them_flow(tmp_path, kafka):
     broker = Mosquitto(tmp_path / "mosquitto", max_packet_size=4 * 1024 * 1024).start()
     try:

@@ -54,15 +54,40 @@ impl Default for FleetConfig {
     }
 }
 
+/// The fleet's clock moves by 1–299 ms before each event: 150 ms on average.
+const MEAN_STEP_MS: i64 = 150;
+
+/// At most this many events per job besides its things' (in progress, an ending, and a
+/// cancellation or deletion in progress).
+const JOB_EVENTS_PER_JOB: usize = 3;
+
 impl FleetConfig {
     /// A config that yields about `events` events (jobs of `things_per_job` things).
     pub fn with_events(events: usize) -> Self {
         let base = FleetConfig::default();
-        let per_job = base.things_per_job + 3;
+        let per_job = base.things_per_job + JOB_EVENTS_PER_JOB;
         FleetConfig {
             jobs: events.div_ceil(per_job).max(1),
             ..base
         }
+    }
+}
+
+impl FleetConfig {
+    /// The `start_epoch_s` whose run ends near `end_epoch_s` rather than after it: the clock
+    /// moves about 150 ms an event, so a million events span some 42 hours, and a run started
+    /// at now is dated that far into the future, which brokers refuse (Kafka 4 takes records at
+    /// most an hour ahead of its clock by default). Counted for the most events the config can
+    /// yield, so a run ends no later than `end_epoch_s` give or take the steps' randomness
+    /// (about a minute for a million events), and earlier when things skip reporting.
+    pub fn start_to_end_by(&self, end_epoch_s: i64) -> i64 {
+        let most_events = self
+            .jobs
+            .saturating_mul(self.things_per_job.max(1) + JOB_EVENTS_PER_JOB);
+        let span_ms = i64::try_from(most_events)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(MEAN_STEP_MS);
+        end_epoch_s.saturating_sub(span_ms / 1000)
     }
 }
 
@@ -255,8 +280,9 @@ impl Fleet {
     }
 
     fn next_message(&mut self, slot: usize) -> Option<Message> {
-        // Events are a few to a few hundred milliseconds apart; `timestamp` is in seconds.
-        self.clock_ms += self.rng.random_range(1..300);
+        // Events are a few to a few hundred milliseconds apart (MEAN_STEP_MS); `timestamp` is
+        // in seconds.
+        self.clock_ms += self.rng.random_range(1..2 * MEAN_STEP_MS);
         let now_s = self.clock_ms / 1000;
         let event_id = self.uuid();
         let extra = self.config.unknown_fields && self.rng.random_ratio(1, 40);
@@ -481,6 +507,45 @@ mod tests {
         let b = Fleet::generate(FleetConfig::default());
         assert_eq!(a, b);
         assert!(a.len() > 1000);
+    }
+
+    fn timestamp_s(message: &Message) -> Option<i64> {
+        let payload = std::str::from_utf8(&message.payload).ok()?;
+        let rest = &payload[payload.find("\"timestamp\":")? + "\"timestamp\":".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    #[test]
+    fn a_run_started_to_end_by_a_moment_is_dated_up_to_it_not_beyond() {
+        let end_s = 1_800_000_000;
+        for (jobs, things_per_job) in [(1, 1), (20, 100), (200, 500)] {
+            let config = FleetConfig {
+                jobs,
+                things_per_job,
+                ..FleetConfig::default()
+            };
+            let start_epoch_s = config.start_to_end_by(end_s);
+            let messages = Fleet::generate(FleetConfig {
+                start_epoch_s,
+                ..config
+            });
+            let stamps: Vec<i64> = messages.iter().filter_map(timestamp_s).collect();
+            assert_eq!(stamps.len(), messages.len(), "every event has a timestamp");
+            let last = stamps.iter().copied().max().unwrap_or_default();
+            let span = end_s - start_epoch_s;
+            // The steps' randomness: a few standard deviations of the sum of uniform steps.
+            let slack_s = 60 + (messages.len() as f64).sqrt() as i64 / 2;
+            assert!(
+                last <= end_s + slack_s,
+                "{jobs}×{things_per_job}: last event at {last}, {}s after the end",
+                last - end_s
+            );
+            assert!(
+                last >= end_s - span / 4 - slack_s,
+                "{jobs}×{things_per_job}: the run ends well before the end ({last} vs {end_s})"
+            );
+        }
     }
 
     #[test]
