@@ -158,6 +158,7 @@ def test_bench_refuses_bad_flags_with_exit_78_before_starting_anything(tmp_path)
         (["--mqtt", "mqtts://127.0.0.1:1"], "mqtt://"),
         (["--mqtt", "tcp://127.0.0.1:1"], "--mqtt"),
         (["--scaling-processes", "17", "--mqtt", "mqtt://127.0.0.1:1"], "--scaling-processes"),
+        (["--mosquitto-nodelay", "--mqtt", "mqtt://127.0.0.1:1"], "set_tcp_nodelay true"),
     ]
     for flags, named in cases:
         refused = run("bench", *flags, *given, check=False, timeout=60)
@@ -172,7 +173,7 @@ def test_a_small_bench_writes_its_result_and_charts_and_jobstream_loses_and_dupl
     result_path, chart_path = tmp_path / "results" / "result.json", tmp_path / "charts" / "rate.svg"
     latency_path = tmp_path / "charts" / "latency.svg"
     bench = run("bench", "--events", 3000, "--repetitions", 1, "--scaling", "1,2", "--scaling-processes", 2,
-                "--latency-events", 300, "--latency-rate", 1000,
+                "--latency-events", 300, "--latency-rate", 1000, "--mosquitto-nodelay",
                 "--python", sys.executable, "--mosquitto", need("mosquitto"),
                 "--kafka-script", ROOT / "scripts" / "kafka",
                 "--mosquitto-sub", need("mosquitto_sub"), "--workdir", tmp_path / "work",
@@ -189,8 +190,13 @@ def test_a_small_bench_writes_its_result_and_charts_and_jobstream_loses_and_dupl
     assert result["settings"]["kafka_broker"]["started_by_bench"] is True
     assert result["settings"]["kafka_broker"]["version"].startswith("Apache Kafka 4.")
 
+    assert result["settings"]["mqtt_broker"]["set_tcp_nodelay"] is True
+    assert "set_tcp_nodelay true" in (tmp_path / "work" / "mosquitto.conf").read_text()
+    assert result["settings"]["warmup_run"] is True and "warm-up run (ceiling, not recorded)" in bench.stderr
+
     runs = {r["contender"]: r for r in result["runs"]}
     assert set(runs) == set(labels)
+    assert len(result["runs"]) == len(labels), "the warm-up run is not recorded"
     for label, r in runs.items():
         assert r["error"] is None, (label, r["error"])
         assert r["events"] >= 2900 and r["events_per_sec"] > 0 and r["peak_rss_mb"] > 0

@@ -58,6 +58,19 @@ pub(super) fn wait_port(port: u16, what: &str) -> Result<(), BenchError> {
     )))
 }
 
+/// What bench's own mosquitto is configured with, besides its listener (scripts/bench-brokers
+/// writes the same): an unlimited in-flight window and queue, since the backlog must fit and the
+/// hand-off must not be throttled to 20 messages in flight (mosquitto's default).
+pub(super) const MOSQUITTO_SETTINGS: &str = "max_inflight_messages 0\nmax_queued_messages 0";
+
+/// With `--mosquitto-nodelay`: Nagle's algorithm off. With it on (mosquitto's default),
+/// mosquitto holds each small PUBLISH until the last one's TCP ACK, and a subscriber that
+/// acknowledges only once Kafka confirmed has nothing to send with that ACK, so its kernel
+/// delays it: jobstream paid 2–3 ms more median latency than clients that acknowledge on
+/// receipt. Off, mosquitto writes a segment per message: the raw drain of a 100k backlog fell
+/// from ~170k to ~90k events/s (README, Benchmarks).
+pub(super) const MOSQUITTO_NODELAY: &str = "set_tcp_nodelay true";
+
 pub(super) fn start_mosquitto(
     args: &BenchArgs,
     dir: &Path,
@@ -67,10 +80,12 @@ pub(super) fn start_mosquitto(
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\n\
-             # Unlimited in-flight window and queue: the backlog must fit, and the hand-off\n\
-             # must not be throttled to 20 messages in flight (mosquitto's default).\n\
-             max_inflight_messages 0\nmax_queued_messages 0\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{MOSQUITTO_SETTINGS}\n{}\n",
+            if args.mosquitto_nodelay {
+                MOSQUITTO_NODELAY
+            } else {
+                ""
+            }
         ),
     )
     .io_with(|| format!("writing {}", conf.display()))?;

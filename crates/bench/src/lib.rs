@@ -138,6 +138,11 @@ pub struct BenchArgs {
     /// mosquitto binary (when bench starts the broker).
     #[arg(long, default_value = "mosquitto")]
     mosquitto: PathBuf,
+    /// Start bench's mosquitto with `set_tcp_nodelay true` (Nagle's algorithm off): lower
+    /// latency for subscribers that acknowledge late, such as jobstream, and a slower hand-off
+    /// of a backlog. Off by default, so that the ceiling is the broker's fastest drain.
+    #[arg(long)]
+    mosquitto_nodelay: bool,
     /// Seconds a single drain may take before the run is recorded as failed.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -153,6 +158,10 @@ pub struct BenchArgs {
     /// Skip the Kafka → Parquet measurement after the jobstream runs.
     #[arg(long)]
     no_parquet: bool,
+    /// Skip the unrecorded warm-up run of the first contender. Without it, the first recorded
+    /// run meets a cold broker (Kafka's JIT): its p99 latency was 3–6× the others'.
+    #[arg(long)]
+    no_warmup: bool,
     /// Working directory for logs, broker data and scripts (default: a new temporary one).
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -255,6 +264,11 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     }
     if args.partitions < 1 {
         return Err(invalid_flag("--partitions must be at least 1"));
+    }
+    if args.mosquitto_nodelay && args.mqtt.is_some() {
+        return Err(invalid_flag(
+            "--mosquitto-nodelay configures the mosquitto bench starts; with --mqtt, set `set_tcp_nodelay true` in your broker's configuration instead",
+        ));
     }
     // Checked before minutes of measuring, not after them: a result that cannot be written is
     // a whole run lost.

@@ -142,6 +142,20 @@ impl Bench {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        if let (false, Some(first)) = (self.args.no_warmup, plans.first()) {
+            progress.set_prefix("[warm-up]");
+            let warmup = self.run_one(first, &progress);
+            progress.suspend(|| match &warmup.error {
+                Some(error) => eprintln!(
+                    "bench: warm-up run ({}, not recorded): FAILED: {error}",
+                    first.label
+                ),
+                None => eprintln!(
+                    "bench: warm-up run ({}, not recorded): {:.0} events/s",
+                    first.label, warmup.events_per_sec
+                ),
+            });
+        }
         let mut results: Vec<RunResult> = Vec::new();
         for (index, plan) in plans.iter().enumerate() {
             progress.set_prefix(format!(

@@ -259,6 +259,12 @@ impl Summary {
                 "latency_events": bench.args.latency_events,
                 "latency_rate": bench.args.latency_rate,
                 "sample_ms": bench.args.sample_ms,
+                "warmup_run": !bench.args.no_warmup,
+                "mqtt_broker": {
+                    "started_by_bench": bench.args.mqtt.is_none(),
+                    "settings": bench.args.mqtt.is_none().then_some(super::brokers::MOSQUITTO_SETTINGS),
+                    "set_tcp_nodelay": bench.args.mosquitto_nodelay,
+                },
                 "partitions": bench.args.partitions,
                 "mqtt": jobstream_bridge::config::redact(&bench.mqtt_url),
                 "kafka": bench.kafka,
