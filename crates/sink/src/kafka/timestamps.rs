@@ -57,7 +57,7 @@ pub(super) fn offset_from_clock(offset_ms: i64) -> String {
 }
 
 /// `3600000` ms as `1 h 0 min`, `90061000` as `25 h 1 min`: enough to tell how far off.
-pub(super) fn human(ms: u64) -> String {
+fn human(ms: u64) -> String {
     let minutes = ms / 60_000;
     if minutes == 0 {
         return format!("{:.1} s", ms as f64 / 1000.0);
