@@ -105,18 +105,12 @@ fn a_sink_starting_on_a_root_another_writes_leaves_its_open_files_alone() {
     let input = messages(20);
     let mut writing = ParquetSink::new(small_files(dir.path()), "cap").expect("sink");
     write_all(&mut writing, &input, 0);
-    let open_temporaries = walk(dir.path())
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".inprogress"))
-        .count();
+    let open_temporaries = temporaries(dir.path()).len();
     assert!(open_temporaries > 0, "the writer has files open");
 
     let starting = ParquetSink::new(small_files(dir.path()), "cap").expect("second sink");
     assert_eq!(
-        walk(dir.path())
-            .into_iter()
-            .filter(|p| p.to_string_lossy().ends_with(".inprogress"))
-            .count(),
+        temporaries(dir.path()).len(),
         open_temporaries,
         "a live writer's temporaries are not leftovers"
     );
@@ -139,12 +133,8 @@ fn abandoned_run_leaves_no_readable_partial_file_and_rerun_adds_no_duplicates() 
     // Simulates a crash: open files are neither published nor cleaned up, and their descriptors
     // close (as the kernel closes a dead process's).
     drop(sink);
-    let temporaries: Vec<_> = walk(dir.path())
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".inprogress"))
-        .collect();
     assert!(
-        !temporaries.is_empty(),
+        !temporaries(dir.path()).is_empty(),
         "a crash mid-file leaves temporaries"
     );
     assert_eq!(
@@ -155,9 +145,7 @@ fn abandoned_run_leaves_no_readable_partial_file_and_rerun_adds_no_duplicates() 
 
     let mut sink = ParquetSink::new(small_files(dir.path()), "cap").expect("restart");
     assert!(
-        walk(dir.path())
-            .iter()
-            .all(|p| !p.to_string_lossy().ends_with(".inprogress")),
+        temporaries(dir.path()).is_empty(),
         "restart removes the temporaries"
     );
     let (written, skipped) = write_all(&mut sink, &input, 0);
@@ -513,6 +501,14 @@ fn an_error_on_the_encoder_thread_is_returned_by_the_sink_not_a_hang_or_a_panic(
         parquet_files(dir.path()).is_empty(),
         "nothing was published"
     );
+}
+
+/// The sink's temporaries (`.….inprogress`) under `root`.
+fn temporaries(root: &Path) -> Vec<std::path::PathBuf> {
+    walk(root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".inprogress"))
+        .collect()
 }
 
 fn walk(root: &Path) -> Vec<std::path::PathBuf> {

@@ -59,7 +59,7 @@ const MEAN_STEP_MS: i64 = 150;
 
 /// At most this many events per job besides its things' (in progress, an ending, and a
 /// cancellation or deletion in progress).
-const JOB_EVENTS_PER_JOB: usize = 3;
+pub const JOB_EVENTS_PER_JOB: usize = 3;
 
 impl FleetConfig {
     /// A config that yields about `events` events (jobs of `things_per_job` things).
@@ -71,9 +71,7 @@ impl FleetConfig {
             ..base
         }
     }
-}
 
-impl FleetConfig {
     /// The `start_epoch_s` whose run ends near `end_epoch_s` rather than after it: the clock
     /// moves about 150 ms an event, so a million events span some 42 hours, and a run started
     /// at now is dated that far into the future, which brokers refuse (Kafka 4 takes records at

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use jobstream_bridge::MqttConfig;
-use jobstream_fleet::{Fleet, FleetConfig, Tally};
+use jobstream_fleet::{Fleet, FleetConfig, Tally, JOB_EVENTS_PER_JOB};
 use jobstream_publisher::{publish, PublishSettings};
 use rumqttc::QoS;
 
@@ -146,7 +146,9 @@ pub fn run(args: SimulateArgs) -> Result<(), Failure> {
     let seed = args.seed.unwrap_or_else(now_nanos);
     let jobs = match (args.jobs, args.events) {
         (Some(jobs), _) => jobs.max(1),
-        (None, Some(events)) => events.div_ceil(args.things_per_job + 3).max(1),
+        (None, Some(events)) => events
+            .div_ceil(args.things_per_job + JOB_EVENTS_PER_JOB)
+            .max(1),
         (None, None) => 10,
     };
     let mut fleet_config = FleetConfig {

@@ -18,8 +18,8 @@
 //! - `probe`: [`check_connection`] at start-up and [`KafkaProbe`] for readiness, which tell a
 //!   refusal (TLS, authentication, ACLs) from a broker that is down;
 //! - `resend`: the thread that produces a refused event to the DLQ and its batch-mates again;
-//! - `timestamps`: [`timestamp_ranges`], the record timestamps a topic takes;
-//! - `topics`: [`ensure_topics`].
+//! - `timestamps`: [`TimestampRanges`], the record timestamps a topic takes;
+//! - `topics`: [`ensure_topics`], and [`prepare_topics`], which also reads those ranges.
 
 mod config;
 mod probe;
@@ -32,5 +32,5 @@ pub use config::{is_secret_option, parse_option, KafkaConfig};
 pub(crate) use probe::classify_refusal;
 pub use probe::{check_connection, ClientRole, KafkaProbe};
 pub use producer::{refused_for_good, KafkaSink, Outcome, DLQ_PREFIX_BYTES};
-pub use timestamps::{timestamp_ranges, OutOfRange, TimestampRange, TimestampRanges};
+pub use timestamps::{OutOfRange, TimestampRange, TimestampRanges};
 pub use topics::{ensure_topics, prepare_topics};

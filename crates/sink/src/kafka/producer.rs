@@ -202,7 +202,7 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
     }
 
     /// Refuses events whose timestamps their topic would refuse, before they are batched
-    /// ([`crate::kafka::timestamp_ranges`] reads them from the cluster).
+    /// ([`crate::kafka::prepare_topics`] reads them from the cluster).
     #[must_use]
     pub fn with_timestamp_ranges(mut self, ranges: TimestampRanges) -> Self {
         self.timestamp_ranges = ranges;

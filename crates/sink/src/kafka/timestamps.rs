@@ -14,8 +14,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 
 use super::config::KafkaConfig;
-use super::topics::admin_client;
-use crate::SinkError;
 
 /// How far from the broker's clock a topic lets a record's own timestamp be. A topic with
 /// `message.timestamp.type=LogAppendTime` has no range: the broker stamps records itself.
@@ -127,23 +125,12 @@ pub(super) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Reads the event topics' timestamp ranges from the cluster (none when
-/// `read_timestamp_limits` is off).
+/// Reads the event topics' timestamp ranges over `admin` (none when `read_timestamp_limits` is
+/// off); [`prepare_topics`](super::prepare_topics) calls it.
 ///
 /// A principal that may not describe topic configurations gets no ranges, and a warning:
 /// records out of range then still reach the DLQ, by the broker's verdict, but each refusal
 /// fails the valid records batched with it once more.
-///
-/// # Errors
-/// The admin client cannot be created (invalid options).
-pub async fn timestamp_ranges(config: &KafkaConfig) -> Result<TimestampRanges, SinkError> {
-    if !config.read_timestamp_limits {
-        return Ok(TimestampRanges::default());
-    }
-    Ok(read_timestamp_ranges(&admin_client(config)?, config).await)
-}
-
-/// [`timestamp_ranges`] over an admin client already connected.
 pub(super) async fn read_timestamp_ranges(
     admin: &AdminClient<DefaultClientContext>,
     config: &KafkaConfig,

@@ -49,7 +49,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), SinkError> {
 
 /// What a producing process does with the cluster before its first record: creates the missing
 /// topics ([`ensure_topics`]) and reads the event topics' timestamp ranges
-/// ([`timestamp_ranges`](super::timestamp_ranges)), over one admin connection.
+/// ([`TimestampRanges`]), over one admin connection.
 ///
 /// # Errors
 /// As [`ensure_topics`].
